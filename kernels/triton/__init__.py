@@ -1,0 +1,1 @@
+"""Triton kernels of the mmrec ops (installed as mmrec_ops.triton_kernels)."""

@@ -1,0 +1,1 @@
+"""MM-Rec language model built on mmrec_ops."""

@@ -1,0 +1,53 @@
+"""The `cpu` and `cuda` backends: thin wrappers that hand contiguous tensors to mmrec_ops._C
+(DLPack, zero-copy) with outputs allocated here and the current CUDA stream."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import backends
+
+try:
+    from . import _C as C
+    IMPORT_ERROR: Optional[BaseException] = None
+except ImportError as exc:  # running from a source tree without a build
+    C = None
+    IMPORT_ERROR = exc
+
+# Ops with a kernel per device; an op missing here is served by the reference on that device.
+CPU_OPS = ("scan",)
+CUDA_OPS = ("scan",)
+
+
+def _in(x: Optional[Tensor]) -> Optional[Tensor]:
+    return None if x is None else x.detach().contiguous()
+
+
+def _stream(x: Tensor) -> int:
+    return torch.cuda.current_stream(x.device).cuda_stream if x.is_cuda else 0
+
+
+def scan_forward(a: Tensor, b: Tensor, h0: Optional[Tensor], reverse: bool) -> Tensor:
+    a, b, h0 = _in(a), _in(b), _in(h0)
+    h = backends.new_output(a.shape, a)  # [B, T, D]
+    C.scan_fwd(a, b, h0, h, reverse, _stream(a))
+    return h
+
+
+def scan_backward(grad: Tensor, a: Tensor, h: Tensor, h0: Optional[Tensor], reverse: bool):
+    grad, a, h, h0 = _in(grad), _in(a), _in(h), _in(h0)
+    da, db = backends.new_output(a.shape, a), backends.new_output(a.shape, a)
+    dh0 = backends.new_output((a.shape[0], a.shape[2]), a)
+    C.scan_bwd(a, h, h0, grad, da, db, dh0, reverse, _stream(a))
+    return da, db, dh0
+
+
+_FUNCS = {"scan": (scan_forward, scan_backward)}
+
+
+def register_all() -> None:
+    for backend_name, ops in (("cpu", CPU_OPS), ("cuda", CUDA_OPS)):
+        for op in ops:
+            backends.register(backend_name, op, *_FUNCS[op])

@@ -1,0 +1,184 @@
+"""The four mmrec ops, each defined once: torch.library custom ops in namespace ``mmrec``
+with fake (meta) implementations for torch.compile and autograd formulas that call a fused
+backward op. Every call validates its arguments, then runs the backend that
+``backends.resolve`` picks for the device (see backends.py)."""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from . import _ref, backends, validate
+
+_ref.register_all()
+
+
+def _run(op: str, which: str, device: torch.device, *args):
+    _, impl = backends.resolve(op, device.type)
+    return getattr(impl, which)(*args)
+
+
+# --------------------------------------------------------------------------------------- scan
+@torch.library.custom_op("mmrec::scan", mutates_args=())
+def scan(a: Tensor, b: Tensor, h0: Optional[Tensor] = None, reverse: bool = False) -> Tensor:
+    """h_t = a_t * h_{t-1} + b_t (reverse: h_t = a_t * h_{t+1} + b_t). a, b: [B, T, D]; h0: [B, D]."""
+    validate.scan(a, b, h0, reverse)
+    return _run("scan", "forward", a.device, a, b, h0, reverse)
+
+
+@scan.register_fake
+def _(a, b, h0=None, reverse=False):
+    validate.scan(a, b, h0, reverse)
+    return a.new_empty(a.shape)
+
+
+@torch.library.custom_op("mmrec::scan_backward", mutates_args=())
+def scan_backward(grad: Tensor, a: Tensor, h: Tensor, h0: Optional[Tensor], reverse: bool
+                  ) -> Tuple[Tensor, Tensor, Tensor]:
+    return _run("scan", "backward", a.device, grad, a, h, h0, reverse)
+
+
+@scan_backward.register_fake
+def _(grad, a, h, h0, reverse):
+    return a.new_empty(a.shape), a.new_empty(a.shape), a.new_empty(a.shape[0], a.shape[2])
+
+
+def _scan_setup(ctx, inputs, output):
+    a, _, h0, reverse = inputs
+    ctx.save_for_backward(a, output, h0)
+    ctx.reverse = reverse
+
+
+def _scan_grad(ctx, grad):
+    a, h, h0 = ctx.saved_tensors
+    da, db, dh0 = scan_backward(grad, a, h, h0, ctx.reverse)
+    return da, db, (dh0 if h0 is not None else None), None
+
+
+scan.register_autograd(_scan_grad, setup_context=_scan_setup)
+
+
+# --------------------------------------------------------------------------------- recurrence
+@torch.library.custom_op("mmrec::recurrence", mutates_args=())
+def recurrence(z: Tensor, gamma: Tensor, w: Tensor, bias: Optional[Tensor] = None,
+               h0: Optional[Tensor] = None) -> Tensor:
+    """h_t = z_t * sigmoid(W h_{t-1} + bias) + gamma_t * h_{t-1}. z, gamma: [B, T, D]; w: [H, d, d]."""
+    validate.recurrence(z, gamma, w, bias, h0)
+    return _run("recurrence", "forward", z.device, z, gamma, w, bias, h0)
+
+
+@recurrence.register_fake
+def _(z, gamma, w, bias=None, h0=None):
+    validate.recurrence(z, gamma, w, bias, h0)
+    return z.new_empty(z.shape)
+
+
+@torch.library.custom_op("mmrec::recurrence_backward", mutates_args=())
+def recurrence_backward(grad: Tensor, z: Tensor, gamma: Tensor, w: Tensor, bias: Optional[Tensor],
+                        h0: Optional[Tensor], h: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return _run("recurrence", "backward", z.device, grad, z, gamma, w, bias, h0, h)
+
+
+@recurrence_backward.register_fake
+def _(grad, z, gamma, w, bias, h0, h):
+    B, _, D = z.shape
+    return (z.new_empty(z.shape), z.new_empty(z.shape), w.new_empty(w.shape), z.new_empty(D),
+            z.new_empty(B, D))
+
+
+def _recurrence_setup(ctx, inputs, output):
+    z, gamma, w, bias, h0 = inputs
+    ctx.save_for_backward(z, gamma, w, bias, h0, output)
+
+
+def _recurrence_grad(ctx, grad):
+    z, gamma, w, bias, h0, h = ctx.saved_tensors
+    dz, dgamma, dw, dbias, dh0 = recurrence_backward(grad, z, gamma, w, bias, h0, h)
+    return dz, dgamma, dw, (dbias if bias is not None else None), (dh0 if h0 is not None else None)
+
+
+recurrence.register_autograd(_recurrence_grad, setup_context=_recurrence_setup)
+
+
+# ---------------------------------------------------------------------------------------- mdi
+@torch.library.custom_op("mmrec::mdi", mutates_args=())
+def mdi(v: Tensor, mod: Tensor, base: Tensor, m0: Optional[Tensor] = None, eps: float = 1e-6) -> Tensor:
+    """m_t^n = gamma_t^n m_{t-1}^n + (1 - gamma_t^n) v_t, gamma = clamp(sigmoid(base) sigmoid(mod), eps, 1-eps).
+    v: [B, T, D]; mod: [B, T, N]; base: [N, D]; m0: [B, N, D] -> m: [B, T, N, D]."""
+    validate.mdi(v, mod, base, m0, eps)
+    return _run("mdi", "forward", v.device, v, mod, base, m0, eps)
+
+
+@mdi.register_fake
+def _(v, mod, base, m0=None, eps=1e-6):
+    validate.mdi(v, mod, base, m0, eps)
+    B, T, D = v.shape
+    return v.new_empty(B, T, base.shape[0], D)
+
+
+@torch.library.custom_op("mmrec::mdi_backward", mutates_args=())
+def mdi_backward(grad: Tensor, v: Tensor, mod: Tensor, base: Tensor, m0: Optional[Tensor], m: Tensor,
+                 eps: float) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    return _run("mdi", "backward", v.device, grad, v, mod, base, m0, m, eps)
+
+
+@mdi_backward.register_fake
+def _(grad, v, mod, base, m0, m, eps):
+    B, _, D = v.shape
+    return v.new_empty(v.shape), mod.new_empty(mod.shape), base.new_empty(base.shape), \
+        v.new_empty(B, base.shape[0], D)
+
+
+def _mdi_setup(ctx, inputs, output):
+    v, mod, base, m0, eps = inputs
+    ctx.save_for_backward(v, mod, base, m0, output)
+    ctx.eps = eps
+
+
+def _mdi_grad(ctx, grad):
+    v, mod, base, m0, m = ctx.saved_tensors
+    dv, dmod, dbase, dm0 = mdi_backward(grad, v, mod, base, m0, m, ctx.eps)
+    return dv, dmod, dbase, (dm0 if m0 is not None else None), None
+
+
+mdi.register_autograd(_mdi_grad, setup_context=_mdi_setup)
+
+
+# ------------------------------------------------------------------------------ memory_update
+@torch.library.custom_op("mmrec::memory_update", mutates_args=())
+def memory_update(M0: Tensor, key: Tensor, value: Tensor, strength: Tensor) -> Tensor:
+    """Gated content-addressed write per chunk: M0: [B, S, D]; key, value: [B, NC, D]; strength: [B, NC]
+    -> Ms: [B, NC + 1, S, D] with Ms[:, 0] = M0."""
+    validate.memory_update(M0, key, value, strength)
+    return _run("memory_update", "forward", M0.device, M0, key, value, strength)
+
+
+@memory_update.register_fake
+def _(M0, key, value, strength):
+    validate.memory_update(M0, key, value, strength)
+    B, S, D = M0.shape
+    return M0.new_empty(B, key.shape[1] + 1, S, D)
+
+
+@torch.library.custom_op("mmrec::memory_update_backward", mutates_args=())
+def memory_update_backward(grad: Tensor, M0: Tensor, key: Tensor, value: Tensor, strength: Tensor, Ms: Tensor
+                           ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    return _run("memory_update", "backward", M0.device, grad, M0, key, value, strength, Ms)
+
+
+@memory_update_backward.register_fake
+def _(grad, M0, key, value, strength, Ms):
+    return M0.new_empty(M0.shape), key.new_empty(key.shape), value.new_empty(value.shape), \
+        strength.new_empty(strength.shape)
+
+
+def _memory_update_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs, output)
+
+
+def _memory_update_grad(ctx, grad):
+    return memory_update_backward(grad, *ctx.saved_tensors)
+
+
+memory_update.register_autograd(_memory_update_grad, setup_context=_memory_update_setup)

@@ -1,0 +1,95 @@
+"""Pure-PyTorch reference of the four mmrec ops: the executable form of SPEC.md.
+
+Plain loops over time, differentiable by autograd. Every backend is tested against these
+functions run in float64. Low-precision inputs are computed in float32 and cast back, as
+the kernels do. Signatures equal the ops'.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+__all__ = ["scan", "recurrence", "mdi", "memory_update"]
+
+
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def scan(a: Tensor, b: Tensor, h0: Optional[Tensor] = None, reverse: bool = False) -> Tensor:
+    """h_t = a_t * h_{t-1} + b_t from h_{-1} = h0; reverse: h_t = a_t * h_{t+1} + b_t from h_T = h0.
+
+    a, b: [B, T, D]; h0: [B, D] or None (zeros). Returns h: [B, T, D].
+    """
+    acc = _acc(a.dtype)
+    a_, b_ = a.to(acc), b.to(acc)
+    h = a_.new_zeros(a.shape[0], a.shape[2]) if h0 is None else h0.to(acc)
+    steps = range(a.shape[1] - 1, -1, -1) if reverse else range(a.shape[1])
+    out = [None] * a.shape[1]
+    for t in steps:
+        h = a_[:, t] * h + b_[:, t]
+        out[t] = h
+    return torch.stack(out, 1).to(a.dtype)
+
+
+def recurrence(z: Tensor, gamma: Tensor, w: Tensor, bias: Optional[Tensor] = None,
+               h0: Optional[Tensor] = None) -> Tensor:
+    """h_t = z_t * sigmoid(W h_{t-1} + bias) + gamma_t * h_{t-1}, W block-diagonal (one d x d block per head).
+
+    z, gamma: [B, T, D]; w: [H, d, d] with H * d = D; bias: [D]; h0: [B, D]. Returns h: [B, T, D].
+    """
+    acc = _acc(z.dtype)
+    B, T, D = z.shape
+    H, d, _ = w.shape
+    z_, g_, w_ = z.to(acc), gamma.to(acc), w.to(acc)
+    h = z_.new_zeros(B, D) if h0 is None else h0.to(acc)
+    out = []
+    for t in range(T):
+        p = torch.einsum("kij,bkj->bki", w_, h.view(B, H, d)).reshape(B, D)  # [B, D]
+        if bias is not None:
+            p = p + bias.to(acc)
+        h = z_[:, t] * torch.sigmoid(p) + g_[:, t] * h
+        out.append(h)
+    return torch.stack(out, 1).to(z.dtype)
+
+
+def mdi(v: Tensor, mod: Tensor, base: Tensor, m0: Optional[Tensor] = None, eps: float = 1e-6) -> Tensor:
+    """N memories m_t^n = gamma_t^n * m_{t-1}^n + (1 - gamma_t^n) * v_t with
+    gamma_t^n = clamp(sigmoid(base^n) * sigmoid(mod_t^n), eps, 1 - eps).
+
+    v: [B, T, D]; mod: [B, T, N]; base: [N, D]; m0: [B, N, D]. Returns m: [B, T, N, D].
+    """
+    acc = _acc(v.dtype)
+    B, T, D = v.shape
+    N = base.shape[0]
+    v_ = v.to(acc)
+    gamma = torch.clamp(torch.sigmoid(base.to(acc))[None, None] * torch.sigmoid(mod.to(acc))[..., None],
+                        eps, 1 - eps)  # [B, T, N, D]
+    m = v_.new_zeros(B, N, D) if m0 is None else m0.to(acc)
+    out = []
+    for t in range(T):
+        m = gamma[:, t] * m + (1 - gamma[:, t]) * v_[:, t, None, :]
+        out.append(m)
+    return torch.stack(out, 1).to(v.dtype)
+
+
+def memory_update(M0: Tensor, key: Tensor, value: Tensor, strength: Tensor) -> Tensor:
+    """Content-addressed gated write of one (key, value) per chunk into S slots.
+
+    w_c = softmax_j(<M_c[j], key_c> / sqrt(D)); M_{c+1}[j] = M_c[j] + strength_c * w_c[j] * (value_c - M_c[j]).
+    M0: [B, S, D]; key, value: [B, NC, D]; strength: [B, NC]. Returns Ms: [B, NC + 1, S, D], Ms[:, 0] = M0.
+    """
+    acc = _acc(M0.dtype)
+    D = M0.shape[-1]
+    scale = 1.0 / math.sqrt(D)
+    M = M0.to(acc)
+    k_, v_, s_ = key.to(acc), value.to(acc), strength.to(acc)
+    out = [M]
+    for c in range(key.shape[1]):
+        w = torch.softmax(torch.einsum("bsd,bd->bs", M, k_[:, c]) * scale, dim=-1)  # [B, S]
+        M = M + (s_[:, c, None, None] * w[..., None]) * (v_[:, c, None, :] - M)
+        out.append(M)
+    return torch.stack(out, 1).to(M0.dtype)

@@ -1,0 +1,112 @@
+"""Argument checks shared by every backend: bad input raises a clear TypeError/ValueError
+naming the argument, before any kernel sees it. Runs on fake tensors too (torch.compile)."""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _tensor(op: str, name: str, x, ndim: int, dims: str) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"mmrec.{op}: {name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"mmrec.{op}: {name} must be a floating tensor (float16, bfloat16, float32, float64), "
+                        f"got {x.dtype}")
+    if x.dim() != ndim:
+        raise ValueError(f"mmrec.{op}: {name} must have {ndim} dims {dims}, got shape {tuple(x.shape)}")
+    if x.numel() == 0:
+        raise ValueError(f"mmrec.{op}: {name} must not be empty (every dim >= 1), got shape {tuple(x.shape)}")
+    return x
+
+
+def _like(op: str, first: str, x0: Tensor, name: str, x: Tensor) -> None:
+    if x.dtype != x0.dtype:
+        raise TypeError(f"mmrec.{op}: {name} has dtype {x.dtype} but {first} has {x0.dtype}; all tensors of one "
+                        f"call share a dtype")
+    if x.device != x0.device:
+        raise ValueError(f"mmrec.{op}: {name} is on {x.device} but {first} is on {x0.device}")
+
+
+def _shape(op: str, name: str, x: Tensor, expected: Sequence[int], dims: str) -> None:
+    if tuple(x.shape) != tuple(expected):
+        raise ValueError(f"mmrec.{op}: {name} must have shape {dims} = {tuple(expected)}, got {tuple(x.shape)}")
+
+
+def _bool(op: str, name: str, x) -> None:
+    if not isinstance(x, bool):
+        raise TypeError(f"mmrec.{op}: {name} must be a bool, got {type(x).__name__}")
+
+
+def scan(a, b, h0: Optional[Tensor], reverse) -> None:
+    _tensor("scan", "a", a, 3, "[B, T, D]")
+    _tensor("scan", "b", b, 3, "[B, T, D]")
+    _like("scan", "a", a, "b", b)
+    _shape("scan", "b", b, a.shape, "[B, T, D] like a")
+    if h0 is not None:
+        _tensor("scan", "h0", h0, 2, "[B, D]")
+        _like("scan", "a", a, "h0", h0)
+        _shape("scan", "h0", h0, (a.shape[0], a.shape[2]), "[B, D]")
+    _bool("scan", "reverse", reverse)
+
+
+def recurrence(z, gamma, w, bias: Optional[Tensor], h0: Optional[Tensor]) -> None:
+    op = "recurrence"
+    _tensor(op, "z", z, 3, "[B, T, D]")
+    _tensor(op, "gamma", gamma, 3, "[B, T, D]")
+    _like(op, "z", z, "gamma", gamma)
+    _shape(op, "gamma", gamma, z.shape, "[B, T, D] like z")
+    _tensor(op, "w", w, 3, "[H, d, d]")
+    _like(op, "z", z, "w", w)
+    B, _, D = z.shape
+    H, d, d2 = w.shape
+    if d != d2 or H * d != D:
+        raise ValueError(f"mmrec.{op}: w must have shape [H, d, d] with H * d = D = {D}, got {tuple(w.shape)}")
+    if bias is not None:
+        _tensor(op, "bias", bias, 1, "[D]")
+        _like(op, "z", z, "bias", bias)
+        _shape(op, "bias", bias, (D,), "[D]")
+    if h0 is not None:
+        _tensor(op, "h0", h0, 2, "[B, D]")
+        _like(op, "z", z, "h0", h0)
+        _shape(op, "h0", h0, (B, D), "[B, D]")
+
+
+def mdi(v, mod, base, m0: Optional[Tensor], eps) -> None:
+    op = "mdi"
+    _tensor(op, "v", v, 3, "[B, T, D]")
+    _tensor(op, "mod", mod, 3, "[B, T, N]")
+    _like(op, "v", v, "mod", mod)
+    _tensor(op, "base", base, 2, "[N, D]")
+    _like(op, "v", v, "base", base)
+    B, T, D = v.shape
+    N = base.shape[0]
+    _shape(op, "mod", mod, (B, T, N), "[B, T, N]")
+    _shape(op, "base", base, (N, D), "[N, D]")
+    if m0 is not None:
+        _tensor(op, "m0", m0, 3, "[B, N, D]")
+        _like(op, "v", v, "m0", m0)
+        _shape(op, "m0", m0, (B, N, D), "[B, N, D]")
+    if isinstance(eps, bool) or not isinstance(eps, (float, int)):
+        raise TypeError(f"mmrec.{op}: eps must be a float, got {type(eps).__name__}")
+    if not (math.isfinite(eps) and 0.0 < eps < 0.5):
+        raise ValueError(f"mmrec.{op}: eps must be finite and in (0, 0.5), got {eps}")
+
+
+def memory_update(M0, key, value, strength) -> None:
+    op = "memory_update"
+    _tensor(op, "M0", M0, 3, "[B, S, D]")
+    _tensor(op, "key", key, 3, "[B, NC, D]")
+    _tensor(op, "value", value, 3, "[B, NC, D]")
+    _tensor(op, "strength", strength, 2, "[B, NC]")
+    for name, x in (("key", key), ("value", value), ("strength", strength)):
+        _like(op, "M0", M0, name, x)
+    B, _, D = M0.shape
+    NC = key.shape[1]
+    _shape(op, "key", key, (B, NC, D), "[B, NC, D]")
+    _shape(op, "value", value, (B, NC, D), "[B, NC, D] like key")
+    _shape(op, "strength", strength, (B, NC), "[B, NC]")
