@@ -91,7 +91,9 @@ def serves(name: str, op: str, device_type: str) -> bool:
     """True if backend `name` has a kernel for `op` on `device_type` and is built."""
     if name != "ref":
         _load_backend(name)
-    return ((name, op) in _IMPLS and device_type in _devices_of(name) and why_not_built(name) is None)
+    if device_type == "cuda" and not torch.cuda.is_available():
+        return False
+    return (name, op) in _IMPLS and device_type in _devices_of(name) and why_not_built(name) is None
 
 
 _loaded: Dict[str, bool] = {}

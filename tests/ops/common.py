@@ -1,0 +1,75 @@
+"""Helpers shared by the per-op test files: backend parametrisation, error metrics, runners."""
+from __future__ import annotations
+
+from typing import Callable, List, Sequence
+
+import pytest
+import torch
+
+from mmrec_ops import backends
+
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def backend_cases(op: str) -> List:
+    """pytest params (backend, device) for every backend that serves `op` on a device here."""
+    cases = []
+    for name in backends.BACKENDS:
+        for dev in backends.DEVICES:
+            if backends.serves(name, op, dev):
+                cases.append(pytest.param(name, dev, id=f"{name}-{dev}"))
+    return cases
+
+
+def dtypes_for(backend: str, device: str) -> List[torch.dtype]:
+    """Low-precision I/O dtypes a backend supports on a device, besides float32/float64."""
+    if device == "cuda":
+        return [torch.bfloat16, torch.float16]
+    if backend in ("cpu", "ref"):
+        return [torch.bfloat16]
+    return []
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """max|out - ref| / max|ref|, NaN-propagating (NaN never passes a `<` check)."""
+    out64, ref64 = out.detach().double().cpu(), ref.detach().double().cpu()
+    if out64.shape != ref64.shape:
+        raise AssertionError(f"shape {tuple(out64.shape)} != reference {tuple(ref64.shape)}")
+    if not torch.isfinite(out64).all():
+        return float("nan")
+    denom = ref64.abs().max().item()
+    return (out64 - ref64).abs().max().item() / (denom if denom > 0 else 1.0)
+
+
+def assert_close(out, ref, tol: float, what: str = "output") -> None:
+    err = rel_err(out, ref)
+    assert err < tol, f"{what}: max|out-ref|/max|ref| = {err:.3e} (tolerance {tol:.1e})"
+
+
+def tol_for(dtype: torch.dtype, float32_tol: float) -> float:
+    return {torch.float64: 1e-10, torch.float32: float32_tol, torch.bfloat16: 2e-2, torch.float16: 5e-3}[dtype]
+
+
+def run(backend: str, fn: Callable, *args, **kwargs):
+    with backends.backend(backend):
+        return fn(*args, **kwargs)
+
+
+def grads(out: torch.Tensor, inputs: Sequence[torch.Tensor], seed: int = 0):
+    """Gradients of <out, G> for a fixed random G w.r.t. each input (None where unused)."""
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    g = g.to(device=out.device, dtype=out.dtype)
+    return torch.autograd.grad(out, list(inputs), g, allow_unused=True)
+
+
+def layout(x: torch.Tensor, kind: str) -> torch.Tensor:
+    """Same values, other memory layout: 'contig', 'noncontig' (permuted storage) or 'expanded' (stride 0)."""
+    if kind == "noncontig":
+        return x.transpose(0, -1).contiguous().transpose(0, -1)
+    if kind == "expanded":
+        return x[:1].expand(x.shape) if x.shape[0] > 1 else x.expand(x.shape)
+    return x
+
+
+def leaf(x: torch.Tensor) -> torch.Tensor:
+    return x.detach().clone().requires_grad_(True)
