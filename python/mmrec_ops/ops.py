@@ -1,7 +1,11 @@
 """The four mmrec ops, each defined once: torch.library custom ops in namespace ``mmrec``
 with fake (meta) implementations for torch.compile and autograd formulas that call a fused
 backward op. Every call validates its arguments, then runs the backend that
-``backends.resolve`` picks for the device (see backends.py)."""
+``backends.resolve`` picks for the device (see backends.py).
+
+The public functions at the end validate before the dispatcher sees the call, so that a
+wrong argument type is a TypeError naming the argument (the dispatcher itself raises
+RuntimeError and silently turns ints into bools)."""
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -25,13 +29,12 @@ def _run(op: str, which: str, device: torch.device, *args):
 
 # --------------------------------------------------------------------------------------- scan
 @torch.library.custom_op("mmrec::scan", mutates_args=())
-def scan(a: Tensor, b: Tensor, h0: Optional[Tensor] = None, reverse: bool = False) -> Tensor:
-    """h_t = a_t * h_{t-1} + b_t (reverse: h_t = a_t * h_{t+1} + b_t). a, b: [B, T, D]; h0: [B, D]."""
+def _scan_op(a: Tensor, b: Tensor, h0: Optional[Tensor] = None, reverse: bool = False) -> Tensor:
     validate.scan(a, b, h0, reverse)
     return _run("scan", "forward", a.device, a, b, h0, reverse)
 
 
-@scan.register_fake
+@_scan_op.register_fake
 def _(a, b, h0=None, reverse=False):
     validate.scan(a, b, h0, reverse)
     return a.new_empty(a.shape)
@@ -60,19 +63,18 @@ def _scan_grad(ctx, grad):
     return da, db, (dh0 if h0 is not None else None), None
 
 
-scan.register_autograd(_scan_grad, setup_context=_scan_setup)
+_scan_op.register_autograd(_scan_grad, setup_context=_scan_setup)
 
 
 # --------------------------------------------------------------------------------- recurrence
 @torch.library.custom_op("mmrec::recurrence", mutates_args=())
-def recurrence(z: Tensor, gamma: Tensor, w: Tensor, bias: Optional[Tensor] = None,
+def _recurrence_op(z: Tensor, gamma: Tensor, w: Tensor, bias: Optional[Tensor] = None,
                h0: Optional[Tensor] = None) -> Tensor:
-    """h_t = z_t * sigmoid(W h_{t-1} + bias) + gamma_t * h_{t-1}. z, gamma: [B, T, D]; w: [H, d, d]."""
     validate.recurrence(z, gamma, w, bias, h0)
     return _run("recurrence", "forward", z.device, z, gamma, w, bias, h0)
 
 
-@recurrence.register_fake
+@_recurrence_op.register_fake
 def _(z, gamma, w, bias=None, h0=None):
     validate.recurrence(z, gamma, w, bias, h0)
     return z.new_empty(z.shape)
@@ -102,19 +104,17 @@ def _recurrence_grad(ctx, grad):
     return dz, dgamma, dw, (dbias if bias is not None else None), (dh0 if h0 is not None else None)
 
 
-recurrence.register_autograd(_recurrence_grad, setup_context=_recurrence_setup)
+_recurrence_op.register_autograd(_recurrence_grad, setup_context=_recurrence_setup)
 
 
 # ---------------------------------------------------------------------------------------- mdi
 @torch.library.custom_op("mmrec::mdi", mutates_args=())
-def mdi(v: Tensor, mod: Tensor, base: Tensor, m0: Optional[Tensor] = None, eps: float = 1e-6) -> Tensor:
-    """m_t^n = gamma_t^n m_{t-1}^n + (1 - gamma_t^n) v_t, gamma = clamp(sigmoid(base) sigmoid(mod), eps, 1-eps).
-    v: [B, T, D]; mod: [B, T, N]; base: [N, D]; m0: [B, N, D] -> m: [B, T, N, D]."""
+def _mdi_op(v: Tensor, mod: Tensor, base: Tensor, m0: Optional[Tensor] = None, eps: float = 1e-6) -> Tensor:
     validate.mdi(v, mod, base, m0, eps)
     return _run("mdi", "forward", v.device, v, mod, base, m0, eps)
 
 
-@mdi.register_fake
+@_mdi_op.register_fake
 def _(v, mod, base, m0=None, eps=1e-6):
     validate.mdi(v, mod, base, m0, eps)
     B, T, D = v.shape
@@ -146,19 +146,17 @@ def _mdi_grad(ctx, grad):
     return dv, dmod, dbase, (dm0 if m0 is not None else None), None
 
 
-mdi.register_autograd(_mdi_grad, setup_context=_mdi_setup)
+_mdi_op.register_autograd(_mdi_grad, setup_context=_mdi_setup)
 
 
 # ------------------------------------------------------------------------------ memory_update
 @torch.library.custom_op("mmrec::memory_update", mutates_args=())
-def memory_update(M0: Tensor, key: Tensor, value: Tensor, strength: Tensor) -> Tensor:
-    """Gated content-addressed write per chunk: M0: [B, S, D]; key, value: [B, NC, D]; strength: [B, NC]
-    -> Ms: [B, NC + 1, S, D] with Ms[:, 0] = M0."""
+def _memory_update_op(M0: Tensor, key: Tensor, value: Tensor, strength: Tensor) -> Tensor:
     validate.memory_update(M0, key, value, strength)
     return _run("memory_update", "forward", M0.device, M0, key, value, strength)
 
 
-@memory_update.register_fake
+@_memory_update_op.register_fake
 def _(M0, key, value, strength):
     validate.memory_update(M0, key, value, strength)
     B, S, D = M0.shape
@@ -185,4 +183,33 @@ def _memory_update_grad(ctx, grad):
     return memory_update_backward(grad, *ctx.saved_tensors)
 
 
-memory_update.register_autograd(_memory_update_grad, setup_context=_memory_update_setup)
+_memory_update_op.register_autograd(_memory_update_grad, setup_context=_memory_update_setup)
+
+
+# ------------------------------------------------------------------------------ public API
+def scan(a: Tensor, b: Tensor, h0: Optional[Tensor] = None, reverse: bool = False) -> Tensor:
+    """h_t = a_t * h_{t-1} + b_t (reverse: h_t = a_t * h_{t+1} + b_t). a, b: [B, T, D]; h0: [B, D]."""
+    validate.scan(a, b, h0, reverse)
+    return _scan_op(a, b, h0, reverse)
+
+
+def recurrence(z: Tensor, gamma: Tensor, w: Tensor, bias: Optional[Tensor] = None,
+               h0: Optional[Tensor] = None) -> Tensor:
+    """h_t = z_t * sigmoid(W h_{t-1} + bias) + gamma_t * h_{t-1}. z, gamma: [B, T, D]; w: [H, d, d]."""
+    validate.recurrence(z, gamma, w, bias, h0)
+    return _recurrence_op(z, gamma, w, bias, h0)
+
+
+def mdi(v: Tensor, mod: Tensor, base: Tensor, m0: Optional[Tensor] = None, eps: float = 1e-6) -> Tensor:
+    """m_t^n = gamma_t^n m_{t-1}^n + (1 - gamma_t^n) v_t, gamma = clamp(sigmoid(base) sigmoid(mod), eps, 1-eps).
+    v: [B, T, D]; mod: [B, T, N]; base: [N, D]; m0: [B, N, D] -> m: [B, T, N, D]."""
+    validate.mdi(v, mod, base, m0, eps)
+    return _mdi_op(v, mod, base, m0, float(eps))
+
+
+def memory_update(M0: Tensor, key: Tensor, value: Tensor, strength: Tensor) -> Tensor:
+    """Gated content-addressed write per chunk: M0: [B, S, D]; key, value: [B, NC, D]; strength: [B, NC]
+    -> Ms: [B, NC + 1, S, D] with Ms[:, 0] = M0."""
+    validate.memory_update(M0, key, value, strength)
+    return _memory_update_op(M0, key, value, strength)
+
