@@ -1,6 +1,9 @@
 // OpenMP shim and ISA dispatch for the CPU kernels.
 // MMREC_ISA_DISPATCH compiles a function three times (AVX-512, AVX2+FMA, baseline x86-64)
-// and picks one at load time (ifunc); inlined templates inherit the clone's ISA.
+// and picks one at load time (ifunc); always-inline templates inherit the clone's ISA.
+// The body of an `omp parallel` region is outlined into a function compiled for the BASELINE
+// ISA (seen in the disassembly: SSE mulps/addps only), so put the dispatched function inside
+// the region (one call per task), never around it.
 #pragma once
 #include <cstdint>
 #include <omp.h>

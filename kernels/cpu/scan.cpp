@@ -90,75 +90,65 @@ MMREC_INLINE void bwd_task(const T* a, const T* h, const T* h0, const T* g, T* d
   for (int64_t i = 0; i < width; ++i) dh0[i] = from_acc<T>(A(to_float(a_first[i])) * delta[i]);
 }
 
-template <class T>
-MMREC_INLINE void fwd(const T* a, const T* b, const T* h0, T* h, int64_t B, int64_t T_, int64_t D, bool reverse) {
-  const Tiling tl = tile(B, D);
-#pragma omp parallel for schedule(static) num_threads(num_threads_for(B * T_ * D, tl.tasks))
-  for (int64_t task = 0; task < tl.tasks; ++task) {
-    const int64_t bi = task / tl.slices_per_batch, d0 = (task % tl.slices_per_batch) * tl.slice;
-    const int64_t width = std::min(tl.slice, D - d0), base = bi * T_ * D + d0;
-    fwd_task(a + base, b + base, h0 ? h0 + bi * D + d0 : nullptr, h + base, T_, D, width, reverse);
+// ISA-dispatched task bodies, one per storage type (target_clones does not apply to templates, and the
+// body of an OpenMP region is outlined at the baseline ISA, so dispatch happens per task inside it).
+#define MMREC_SCAN_TASKS(T, SUFFIX)                                                                          \
+  MMREC_ISA_DISPATCH void fwd_task_##SUFFIX(const T* a, const T* b, const T* h0, T* h, int64_t T_, int64_t D, \
+                                            int64_t width, bool r) {                                          \
+    fwd_task(a, b, h0, h, T_, D, width, r);                                                                   \
+  }                                                                                                           \
+  MMREC_ISA_DISPATCH void bwd_task_##SUFFIX(const T* a, const T* h, const T* h0, const T* g, T* da, T* db,     \
+                                            T* dh0, int64_t T_, int64_t D, int64_t width, bool r) {           \
+    bwd_task(a, h, h0, g, da, db, dh0, T_, D, width, r);                                                      \
+  }                                                                                                           \
+  void dispatch_task(const T* a, const T* b, const T* h0, T* h, int64_t T_, int64_t D, int64_t w, bool r) {   \
+    fwd_task_##SUFFIX(a, b, h0, h, T_, D, w, r);                                                              \
+  }                                                                                                           \
+  void dispatch_task(const T* a, const T* h, const T* h0, const T* g, T* da, T* db, T* dh0, int64_t T_,       \
+                     int64_t D, int64_t w, bool r) {                                                          \
+    bwd_task_##SUFFIX(a, h, h0, g, da, db, dh0, T_, D, w, r);                                                 \
   }
-}
-
-template <class T>
-MMREC_INLINE void bwd(const T* a, const T* h, const T* h0, const T* g, T* da, T* db, T* dh0, int64_t B, int64_t T_,
-                      int64_t D, bool reverse) {
-  const Tiling tl = tile(B, D);
-#pragma omp parallel for schedule(static) num_threads(num_threads_for(B * T_ * D, tl.tasks))
-  for (int64_t task = 0; task < tl.tasks; ++task) {
-    const int64_t bi = task / tl.slices_per_batch, d0 = (task % tl.slices_per_batch) * tl.slice;
-    const int64_t width = std::min(tl.slice, D - d0), base = bi * T_ * D + d0;
-    bwd_task(a + base, h + base, h0 ? h0 + bi * D + d0 : nullptr, g + base, da + base, db + base,
-             dh0 + bi * D + d0, T_, D, width, reverse);
-  }
-}
-
-// One ISA-dispatched entry point per storage type (target_clones does not apply to templates).
-MMREC_ISA_DISPATCH void fwd_f32(const float* a, const float* b, const float* h0, float* h, int64_t B, int64_t T_,
-                                int64_t D, bool r) {
-  fwd(a, b, h0, h, B, T_, D, r);
-}
-MMREC_ISA_DISPATCH void fwd_f64(const double* a, const double* b, const double* h0, double* h, int64_t B, int64_t T_,
-                                int64_t D, bool r) {
-  fwd(a, b, h0, h, B, T_, D, r);
-}
-MMREC_ISA_DISPATCH void fwd_bf16(const bf16_t* a, const bf16_t* b, const bf16_t* h0, bf16_t* h, int64_t B,
-                                 int64_t T_, int64_t D, bool r) {
-  fwd(a, b, h0, h, B, T_, D, r);
-}
-MMREC_ISA_DISPATCH void bwd_f32(const float* a, const float* h, const float* h0, const float* g, float* da, float* db,
-                                float* dh0, int64_t B, int64_t T_, int64_t D, bool r) {
-  bwd(a, h, h0, g, da, db, dh0, B, T_, D, r);
-}
-MMREC_ISA_DISPATCH void bwd_f64(const double* a, const double* h, const double* h0, const double* g, double* da,
-                                double* db, double* dh0, int64_t B, int64_t T_, int64_t D, bool r) {
-  bwd(a, h, h0, g, da, db, dh0, B, T_, D, r);
-}
-MMREC_ISA_DISPATCH void bwd_bf16(const bf16_t* a, const bf16_t* h, const bf16_t* h0, const bf16_t* g, bf16_t* da,
-                                 bf16_t* db, bf16_t* dh0, int64_t B, int64_t T_, int64_t D, bool r) {
-  bwd(a, h, h0, g, da, db, dh0, B, T_, D, r);
-}
+MMREC_SCAN_TASKS(float, f32)
+MMREC_SCAN_TASKS(double, f64)
+MMREC_SCAN_TASKS(bf16_t, bf16)
+#undef MMREC_SCAN_TASKS
 
 }  // namespace
 
-template <> void scan_fwd<float>(const float* a, const float* b, const float* h0, float* h, int64_t B, int64_t T_,
-                                 int64_t D, bool r) { fwd_f32(a, b, h0, h, B, T_, D, r); }
-template <> void scan_fwd<double>(const double* a, const double* b, const double* h0, double* h, int64_t B,
-                                  int64_t T_, int64_t D, bool r) { fwd_f64(a, b, h0, h, B, T_, D, r); }
-template <> void scan_fwd<bf16_t>(const bf16_t* a, const bf16_t* b, const bf16_t* h0, bf16_t* h, int64_t B,
-                                  int64_t T_, int64_t D, bool r) { fwd_bf16(a, b, h0, h, B, T_, D, r); }
-template <> void scan_bwd<float>(const float* a, const float* h, const float* h0, const float* g, float* da, float* db,
-                                 float* dh0, int64_t B, int64_t T_, int64_t D, bool r) {
-  bwd_f32(a, h, h0, g, da, db, dh0, B, T_, D, r);
+template <class T>
+void scan_fwd(const T* a, const T* b, const T* h0, T* h, int64_t B, int64_t T_, int64_t D, bool reverse) {
+  const Tiling tl = tile(B, D);
+#pragma omp parallel for schedule(static) num_threads(num_threads_for(B * T_ * D, tl.tasks))
+  for (int64_t task = 0; task < tl.tasks; ++task) {
+    const int64_t bi = task / tl.slices_per_batch, d0 = (task % tl.slices_per_batch) * tl.slice;
+    const int64_t width = std::min(tl.slice, D - d0), base = bi * T_ * D + d0;
+    dispatch_task(a + base, b + base, h0 ? h0 + bi * D + d0 : nullptr, h + base, T_, D, width, reverse);
+  }
 }
-template <> void scan_bwd<double>(const double* a, const double* h, const double* h0, const double* g, double* da,
-                                  double* db, double* dh0, int64_t B, int64_t T_, int64_t D, bool r) {
-  bwd_f64(a, h, h0, g, da, db, dh0, B, T_, D, r);
+
+template <class T>
+void scan_bwd(const T* a, const T* h, const T* h0, const T* g, T* da, T* db, T* dh0, int64_t B, int64_t T_,
+              int64_t D, bool reverse) {
+  const Tiling tl = tile(B, D);
+#pragma omp parallel for schedule(static) num_threads(num_threads_for(B * T_ * D, tl.tasks))
+  for (int64_t task = 0; task < tl.tasks; ++task) {
+    const int64_t bi = task / tl.slices_per_batch, d0 = (task % tl.slices_per_batch) * tl.slice;
+    const int64_t width = std::min(tl.slice, D - d0), base = bi * T_ * D + d0;
+    dispatch_task(a + base, h + base, h0 ? h0 + bi * D + d0 : nullptr, g + base, da + base, db + base,
+                  dh0 + bi * D + d0, T_, D, width, reverse);
+  }
 }
-template <> void scan_bwd<bf16_t>(const bf16_t* a, const bf16_t* h, const bf16_t* h0, const bf16_t* g, bf16_t* da,
-                                  bf16_t* db, bf16_t* dh0, int64_t B, int64_t T_, int64_t D, bool r) {
-  bwd_bf16(a, h, h0, g, da, db, dh0, B, T_, D, r);
-}
+
+template void scan_fwd<float>(const float*, const float*, const float*, float*, int64_t, int64_t, int64_t, bool);
+template void scan_fwd<double>(const double*, const double*, const double*, double*, int64_t, int64_t, int64_t,
+                               bool);
+template void scan_fwd<bf16_t>(const bf16_t*, const bf16_t*, const bf16_t*, bf16_t*, int64_t, int64_t, int64_t,
+                               bool);
+template void scan_bwd<float>(const float*, const float*, const float*, const float*, float*, float*, float*, int64_t,
+                              int64_t, int64_t, bool);
+template void scan_bwd<double>(const double*, const double*, const double*, const double*, double*, double*,
+                               double*, int64_t, int64_t, int64_t, bool);
+template void scan_bwd<bf16_t>(const bf16_t*, const bf16_t*, const bf16_t*, const bf16_t*, bf16_t*, bf16_t*, bf16_t*,
+                               int64_t, int64_t, int64_t, bool);
 
 }  // namespace mmrec::cpu
