@@ -68,6 +68,8 @@ def why_not_built(name: str) -> Optional[str]:
     if name == "triton":
         if importlib.util.find_spec("triton") is None:
             return "triton is not installed (pip install 'mmrec[triton]')"
+        if importlib.util.find_spec("mmrec_ops._triton") is None:
+            return "this build of mmrec_ops has no Triton kernels"
         if not (torch.cuda.is_available() or _triton_interpret()):
             return "triton needs a CUDA device (or TRITON_INTERPRET=1 to run on CPU tensors)"
         return None
