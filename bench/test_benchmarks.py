@@ -1,0 +1,58 @@
+"""pytest-benchmark entry point: `pytest bench --benchmark-only` times every op on every backend that
+serves it here (forward and forward+backward, float32) at moderate shapes. The scripts bench_*.py
+print the full tables with bandwidth fractions and peers, and write bench/results/*.json."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import mmrec_ops  # noqa: E402
+from mmrec_ops import backends  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _inputs(op: str, device: str):
+    g = torch.Generator().manual_seed(0)
+
+    def r(*shape, lo=-1.0, hi=1.0):
+        return (torch.rand(shape, generator=g) * (hi - lo) + lo).to(device).requires_grad_(True)
+
+    if op == "scan":
+        return r(4, 1024, 512, lo=0.5), r(4, 1024, 512)
+    if op == "recurrence":
+        return r(2, 256, 256), r(2, 256, 256, lo=0.5), r(4, 64, 64, lo=-0.1, hi=0.1), r(256), None
+    if op == "mdi":
+        return r(4, 512, 256), r(4, 512, 4, lo=-3, hi=3), r(4, 256, lo=-2, hi=4)
+    return r(4, 8, 256), r(4, 32, 256), r(4, 32, 256), r(4, 32, lo=0, hi=1)
+
+
+CASES = [pytest.param(op, name, p, id=f"{op}-{name}-{p}") for op in backends.OPS for name in backends.BACKENDS
+         if backends.serves(name, op, DEVICE) for p in ("fwd", "fwd+bwd")]
+
+
+@pytest.mark.parametrize("op,backend_name,pass_", CASES)
+def test_op(benchmark, op, backend_name, pass_):
+    fn = getattr(mmrec_ops, op)
+    args = _inputs(op, DEVICE)
+
+    def step():
+        with mmrec_ops.backend(backend_name):
+            if pass_ == "fwd":
+                with torch.no_grad():
+                    out = fn(*args)
+            else:
+                out = fn(*args)
+                out.sum().backward()
+        if DEVICE == "cuda":
+            torch.cuda.synchronize()
+        return out
+
+    benchmark.group = f"{op} {pass_}"
+    out = benchmark(step)
+    assert torch.isfinite(out).all()
