@@ -120,8 +120,8 @@ def run_case(case: str, args) -> dict:
         rss_after = _rss_mib()
     decode = times[min(4, len(times) - 1):]                                  # first calls warm the allocator
     token_s = statistics.median(decode)
-    row.update(prompt=prompt_len, new_tokens=new_tokens, prefill_s=prefill_s, prefill_tokens_per_s=prompt_len / prefill_s,
-               token_ms=1e3 * token_s, tokens_per_s=1 / token_s, rss_decode_start_mib=rss_before,
+    row.update(prompt=prompt_len, new_tokens=new_tokens, prefill_s=prefill_s,
+               prefill_tokens_per_s=prompt_len / prefill_s, token_ms=1e3 * token_s, tokens_per_s=1 / token_s, rss_decode_start_mib=rss_before,
                rss_decode_end_mib=rss_after, peak_mib=_peak_mib(device))
     return row
 

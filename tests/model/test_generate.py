@@ -93,3 +93,13 @@ def test_generation_state_does_not_grow():
 def test_bad_generation_arguments_raise(kwargs, word):
     with pytest.raises(ValueError, match=word):
         tiny_model().generate(torch.zeros(1, 3, dtype=torch.long), **kwargs)
+
+
+def test_generation_ignores_dropout_and_restores_the_mode():
+    model = tiny_model(dropout=0.5).train()
+    prompt = torch.randint(0, V, (2, 6))
+    out, logits = model.generate(prompt, 4, temperature=0.0, return_logits=True)
+    assert model.training
+    model.eval()
+    full, _ = model(out[:, :-1])
+    assert rel_err(logits, full[:, 5:]) < 1e-5
