@@ -105,7 +105,7 @@ class MMRecBlock(nn.Module):
     """Pre-norm MM-Rec block (SPEC.md): recurrence + MDI banks + chunked slot memory, a multi-memory
     read over 1 + N + S items per token, then a SwiGLU feed-forward."""
 
-    def __init__(self, config: MMRecConfig, layer_index: int):
+    def __init__(self, config: MMRecConfig):
         super().__init__()
         self.config = config
         D, N, S, H = config.d_model, config.n_banks, config.n_slots, config.n_heads
@@ -181,7 +181,7 @@ class MMRecBlock(nn.Module):
             h = mmrec_ops.scan(gamma, z * torch.sigmoid(parts[4]), h0)       # [B, T, D]
         else:
             h = mmrec_ops.recurrence(z, gamma, self.w_g.to(dt), self.b_g.to(dt), h0)
-        m = mmrec_ops.mdi(v, c, self.base.to(dt), m0, cfg.mdi_eps)  # [B, T, N, D]
+        m = mmrec_ops.mdi(v, c, self.base.to(dt), m0, cfg.mdi_eps)         # [B, T, N, D]
 
         # chunk summaries, aligned to absolute stream positions: local chunk 0 completes the open chunk
         n_complete = (k0 + T) // C                # chunks completed inside this segment
@@ -262,7 +262,7 @@ class MMRecLM(nn.Module):
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
         self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(MMRecBlock(config, i) for i in range(config.n_layers))
+        self.blocks = nn.ModuleList(MMRecBlock(config) for _ in range(config.n_layers))
         self.norm = RMSNorm(config.d_model, config.norm_eps)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         nn.init.normal_(self.embed.weight, std=config.init_std)

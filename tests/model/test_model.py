@@ -201,3 +201,15 @@ def test_cuda_bf16_autocast_segments(variant):
     with torch.autocast("cuda", dtype=torch.bfloat16):
         out, _ = _segments(model, ids, [0, 5, 13, 24])
     assert rel_err(out.float(), ref) < 5e-2
+
+
+def test_state_select_and_to():
+    model = tiny_model(dtype=torch.float64)
+    ids = torch.randint(0, V, (3, 14))
+    full, _ = model(ids)
+    _, state = model(ids[:, :9])
+    row, _ = model(ids[1:2, 9:], state.select([1]))
+    assert rel_err(row, full[1:2, 9:]) < 1e-12
+    moved = state.to(torch.float32)
+    assert moved.layers[0].h.dtype == torch.float32 and moved.layers[0].chunk_sum.dtype == torch.float32
+    assert moved.position == state.position
