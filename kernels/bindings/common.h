@@ -95,5 +95,6 @@ void dispatch_cpu(DType dt, F&& f) {
 }
 
 void bind_scan(nb::module_& m);
+void bind_cuda_ops(nb::module_& m);  // cuda_ops.cpp: recurrence, mdi, memory_update on CUDA
 
 }  // namespace mmrec::bind

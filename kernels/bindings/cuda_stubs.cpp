@@ -15,6 +15,30 @@ int scan_bwd(DType, const void*, const void*, const void*, const void*, void*, v
              bool, void*) {
   return kNotBuilt;
 }
+int recurrence_fwd(DType, const void*, const void*, const void*, const void*, const void*, void*, int64_t, int64_t,
+                   int64_t, int64_t, void*) {
+  return kNotBuilt;
+}
+int recurrence_bwd(DType, const void*, const void*, const void*, const void*, const void*, const void*, const void*,
+                   void*, void*, void*, void*, void*, int64_t, int64_t, int64_t, int64_t, void*) {
+  return kNotBuilt;
+}
+int mdi_fwd(DType, const void*, const void*, const void*, const void*, void*, int64_t, int64_t, int64_t, int64_t,
+            double, void*) {
+  return kNotBuilt;
+}
+int mdi_bwd(DType, const void*, const void*, const void*, const void*, const void*, const void*, void*, void*, void*,
+            void*, int64_t, int64_t, int64_t, int64_t, double, void*) {
+  return kNotBuilt;
+}
+int memory_update_fwd(DType, const void*, const void*, const void*, const void*, void*, int64_t, int64_t, int64_t,
+                      int64_t, void*) {
+  return kNotBuilt;
+}
+int memory_update_bwd(DType, const void*, const void*, const void*, const void*, const void*, const void*, void*,
+                      void*, void*, void*, int64_t, int64_t, int64_t, int64_t, void*) {
+  return kNotBuilt;
+}
 
 }  // namespace mmrec::cuda
 #endif

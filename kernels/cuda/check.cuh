@@ -1,8 +1,11 @@
-// Launch helpers shared by the CUDA kernels: storage <-> float conversion and error checks.
+// Launch helpers shared by the CUDA kernels: storage <-> accumulation conversion, error checks,
+// device limits and stream-ordered scratch memory.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+
+#include <cstdint>
 
 #include "common/dtypes.h"
 
@@ -22,6 +25,31 @@ __device__ __forceinline__ void store(double* p, double x) { *p = x; }
 __device__ __forceinline__ void store(__nv_bfloat16* p, float x) { *p = __float2bfloat16_rn(x); }
 __device__ __forceinline__ void store(__half* p, float x) { *p = __float2half_rn(x); }
 
+__device__ __forceinline__ float to_acc(float x) { return x; }
+__device__ __forceinline__ double to_acc(double x) { return x; }
+__device__ __forceinline__ float to_acc(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_acc(__half x) { return __half2float(x); }
+
+// float -> 16/32-bit storage type (vector paths; float64 never takes them).
+template <class T> __device__ __forceinline__ T cvt(float x);
+template <> __device__ __forceinline__ float cvt<float>(float x) { return x; }
+template <> __device__ __forceinline__ __nv_bfloat16 cvt<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+template <> __device__ __forceinline__ __half cvt<__half>(float x) { return __float2half_rn(x); }
+
+__device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+__device__ __forceinline__ double sigmoid(double x) { return 1.0 / (1.0 + exp(-x)); }
+
+template <class A> __device__ __forceinline__ A warp_sum(A x) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) x += __shfl_xor_sync(0xffffffffu, x, off);
+  return x;
+}
+template <class A> __device__ __forceinline__ A warp_max(A x) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) x = max(x, __shfl_xor_sync(0xffffffffu, x, off));
+  return x;
+}
+
 // Calls f(T{}) with the CUDA storage type of dt.
 template <class F>
 int dispatch(DType dt, F&& f) {
@@ -34,8 +62,53 @@ int dispatch(DType dt, F&& f) {
   return int(cudaErrorInvalidValue);
 }
 
+// Returns from the enclosing int-returning function on any CUDA error.
+#define MMREC_CHECK(expr)                        \
+  do {                                           \
+    const cudaError_t mmrec_err_ = (expr);       \
+    if (mmrec_err_ != cudaSuccess) return int(mmrec_err_); \
+  } while (0)
+// After a <<<...>>> launch: configuration errors and asynchronous faults seen so far.
+#define MMREC_CHECK_LAUNCH() MMREC_CHECK(cudaGetLastError())
+
 inline int last_launch_error() { return int(cudaGetLastError()); }
 
 inline unsigned blocks_for(int64_t n, int threads) { return unsigned((n + threads - 1) / threads); }
+
+inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+// Per-device limits, read once: multiprocessor count and the opt-in shared memory per block.
+struct DeviceLimits {
+  int sm_count = 0;
+  int smem_optin = 0;
+};
+int device_limits(DeviceLimits* out);
+
+// Stream-ordered scratch memory (cudaMallocAsync from the device's default pool, kept cached);
+// freed on the same stream when the owner goes out of scope, after the kernels queued before it.
+class Scratch {
+ public:
+  explicit Scratch(cudaStream_t s) : stream_(s) {}
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  ~Scratch() {
+    if (ptr_) cudaFreeAsync(ptr_, stream_);
+  }
+  // Reserves `bytes` (rounded up to 256) and returns 0 or an error; pointers from take() follow.
+  int reserve(size_t bytes);
+  template <class X>
+  X* take(size_t count) {
+    const size_t bytes = (count * sizeof(X) + 255) & ~size_t(255);
+    X* p = reinterpret_cast<X*>(static_cast<char*>(ptr_) + used_);
+    used_ += bytes;
+    return p;
+  }
+  static size_t round(size_t bytes) { return (bytes + 255) & ~size_t(255); }
+
+ private:
+  cudaStream_t stream_;
+  void* ptr_ = nullptr;
+  size_t used_ = 0;
+};
 
 }  // namespace mmrec::cuda

@@ -51,3 +51,6 @@ def register_all() -> None:
     for backend_name, ops in (("cpu", CPU_OPS), ("cuda", CUDA_OPS)):
         for op in ops:
             backends.register(backend_name, op, *_FUNCS[op])
+    if C is not None and C.has_cuda:
+        from . import _cuda  # recurrence, mdi, memory_update on CUDA
+        _cuda.register_all()
