@@ -4,8 +4,8 @@
 //
 // One thread per (b, d) runs the N scans of its channel together (v read once, N outputs written), banks in
 // groups of NB held in registers; gamma is recomputed from sigmoid(base) (per thread, once) and sigmoid(mod)
-// (staged in shared memory per 16 steps: shared by the block, which covers one batch row), never stored.
-// v of the next 16 steps is loaded before they run. Backward reductions are deterministic: dmod is summed per
+// (staged in shared memory per 8 steps: shared by the block, which covers one batch row), never stored.
+// v of the next 8 steps is loaded before they run. Backward reductions are deterministic: dmod is summed per
 // warp (shuffles) into [B, T, N, D/32] partials, dbase per thread into [B, N, D] partials; two small kernels
 // add the partials in a fixed order.
 #include <algorithm>
@@ -18,7 +18,7 @@ namespace mmrec::cuda {
 namespace {
 
 constexpr int kThreads = 128;
-constexpr int kSteps = 16;  // steps staged at once
+constexpr int kSteps = 8;  // steps staged at once
 
 template <class T, int NB>
 __global__ void __launch_bounds__(kThreads) mdi_fwd_kernel(const T* __restrict__ v, const T* __restrict__ mod,
