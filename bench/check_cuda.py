@@ -62,21 +62,23 @@ def run_case(name, fn, ref_fn, args, dtype, grads=True, failures=None):
 
 
 def scan_cases(small: bool):
+    """(B, T, D, dtype, reverse, with_h0): every shape in float32 both ways; the other dtypes on a vector-path and
+    a scalar-path shape; a multi-group scan without h0."""
+    if small:
+        specs = [(2, 3, 8, torch.float32, False, True), (1, 70, 5, torch.float32, True, True)]
+    else:
+        shapes = [(2, 65, 1024), (3, 2049, 36), (1, 4099, 5), (1, 64 * 33, 128), (2, 64 * 64 + 1, 8), (4, 300, 257)]
+        specs = [(*shape, torch.float32, rev, True) for shape in shapes for rev in (False, True)]
+        specs += [(*shape, dtype, rev, True) for shape in [(2, 65, 1024), (1, 64 * 33 + 7, 6)]
+                  for dtype in (torch.bfloat16, torch.float16, torch.float64) for rev in (False, True)]
+        specs += [(3, 2049, 36, torch.float32, rev, False) for rev in (False, True)]
     cases = []
-    shapes = [(2, 3, 8), (1, 70, 5)] if small else \
-        [(2, 65, 1024), (3, 2049, 36), (1, 4099, 5), (1, 64 * 33, 128), (2, 64 * 64 + 1, 8), (4, 300, 257)]
-    dtypes = [torch.float32] if small else [torch.float32, torch.bfloat16, torch.float16, torch.float64]
-    for B, T, D in shapes:
-        for dtype in dtypes:
-            for reverse in (False, True):
-                for with_h0 in (True, False):
-                    if small and not with_h0:
-                        continue
-                    a = rand((B, T, D), dtype, 0.9, 1.0)
-                    b = rand((B, T, D), dtype)
-                    h0 = rand((B, D), dtype) if with_h0 else None
-                    cases.append((f"scan B={B} T={T} D={D} rev={reverse} h0={with_h0}", mmrec_ops.scan, reference.scan,
-                                  (a, b, h0, reverse), dtype))
+    for B, T, D, dtype, reverse, with_h0 in specs:
+        a = rand((B, T, D), dtype, 0.9, 1.0)
+        b = rand((B, T, D), dtype)
+        h0 = rand((B, D), dtype) if with_h0 else None
+        cases.append((f"scan B={B} T={T} D={D} rev={reverse} h0={with_h0}", mmrec_ops.scan, reference.scan,
+                      (a, b, h0, reverse), dtype))
     return cases
 
 

@@ -24,7 +24,9 @@ step() {  # step NAME TIMEOUT_S CMD...: runs CMD with a timeout, tees its output
 }
 
 step env 30 bash -c "nvidia-smi; nvcc --version; $PY -c 'import torch; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name())'"
-if ! step build 200 $PY -m pip install --no-build-isolation --no-deps -v .; then
+# sm_90 only here (the H100): halves the nvcc time; the sm_80 + sm_90 build is the default elsewhere.
+if ! step build 240 $PY -m pip install --no-build-isolation --no-deps -v \
+    --config-settings=cmake.define.CMAKE_CUDA_ARCHITECTURES=90 .; then
   echo "build failed: see $OUT/build.log" | tee -a "$OUT/summary.log"
   exit 1
 fi
