@@ -1,0 +1,129 @@
+"""The `triton` backend: launches the kernels of mmrec_ops.triton_kernels on CUDA tensors (or CPU tensors
+under TRITON_INTERPRET=1). Every dtype of the contract is served: float16/bfloat16/float32 accumulate in
+float32, float64 in float64. Outputs come from backends.new_output; float32 scratch (partial sums reduced
+here in a fixed order, so results are deterministic) from torch.empty."""
+from __future__ import annotations
+
+import math
+import os
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from mmrec_ops.triton_kernels import mdi as _mdi
+from mmrec_ops.triton_kernels import memory_update as _mu
+from mmrec_ops.triton_kernels import recurrence as _rec
+from mmrec_ops.triton_kernels import scan as _scan
+
+from . import backends
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "") not in ("", "0")
+# Tests set this to force the chunked (parallel over T) scan path with that many chunks.
+SCAN_CHUNKS: Optional[int] = None
+
+
+def _in(x: Optional[Tensor]) -> Optional[Tensor]:
+    return None if x is None else x.detach().contiguous()
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _tl_acc(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _check_device(x: Tensor) -> None:
+    if not (x.is_cuda or INTERPRET):
+        raise ValueError("mmrec triton backend: tensors must be on a CUDA device (or set TRITON_INTERPRET=1 "
+                         f"for CPU tensors), got {x.device}")
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 2
+
+
+def _dummy(like: Tensor) -> Tensor:
+    return torch.empty(1, dtype=like.dtype, device=like.device)
+
+
+# --------------------------------------------------------------------------------------- scan
+def _scan_blocks(dtype: torch.dtype):
+    if INTERPRET:
+        return 4, 8, 1
+    if dtype == torch.float64:
+        return 32, 32, 4
+    return 64, 32, 4  # BLOCK_T, BLOCK_D, num_warps
+
+
+def _scan_chunks(B: int, T: int, D: int, block_t: int, block_d: int, device: torch.device) -> int:
+    if SCAN_CHUNKS is not None:
+        return max(1, min(SCAN_CHUNKS, T))
+    programs = B * triton.cdiv(D, block_d)
+    target = 2 * _sm_count(device)
+    if programs >= target:
+        return 1
+    return max(1, min(triton.cdiv(T, block_t), triton.cdiv(target, programs)))
+
+
+def _scan_launch(a: Tensor, b: Tensor, init: Optional[Tensor], out: Tensor, *, reverse: bool, shift_a: bool,
+                 mode: int, h: Optional[Tensor] = None, h0: Optional[Tensor] = None, da: Optional[Tensor] = None,
+                 dh0: Optional[Tensor] = None) -> None:
+    """Runs scan_kernel over a, b: [B, T, D] (init: [B, D] or None), chunking T when B * D is small."""
+    B, T, D = a.shape
+    block_t, block_d, warps = _scan_blocks(a.dtype)
+    acc = _acc_dtype(a.dtype)
+    nd = triton.cdiv(D, block_d)
+    dummy = _dummy(a)
+    flags = dict(REVERSE=reverse, SHIFT_A=shift_a, HAS_H0=h0 is not None, MODE=mode, ACC=_tl_acc(a.dtype),
+                 BLOCK_T=block_t, BLOCK_D=block_d, num_warps=warps)
+    ptrs = (h if h is not None else dummy, h0 if h0 is not None else dummy, da if da is not None else dummy,
+            dh0 if dh0 is not None else dummy)
+    nch = _scan_chunks(B, T, D, block_t, block_d, a.device)
+    if nch == 1:
+        _scan.scan_kernel[(nd, B, 1)](a, b, init if init is not None else dummy, out, *ptrs, dummy, dummy,
+                                      T, D, T, 1, HAS_INIT=init is not None, **flags)
+        return
+    span = triton.cdiv(triton.cdiv(T, nch), block_t) * block_t
+    nch = triton.cdiv(T, span)
+    agg_a = torch.empty(B, nch, D, dtype=acc, device=a.device)  # prod of multipliers over each chunk
+    agg_b = torch.empty(B, nch, D, dtype=acc, device=a.device)  # each chunk's end state from 0
+    _scan.scan_kernel[(nd, B, nch)](a, b, dummy, dummy, *ptrs, agg_a, agg_b, T, D, span, nch,
+                                    HAS_INIT=False, **{**flags, "MODE": 1})
+    ends = torch.empty(B, nch, D, dtype=acc, device=a.device)  # state after each chunk
+    _scan_launch(agg_a, agg_b, init, ends, reverse=False, shift_a=False, mode=0)
+    start = torch.zeros(B, 1, D, dtype=acc, device=a.device) if init is None else init.to(acc).view(B, 1, D)
+    carry_in = torch.cat([start, ends[:, :-1]], 1).contiguous()  # [B, nch, D]
+    _scan.scan_kernel[(nd, B, nch)](a, b, carry_in, out, *ptrs, dummy, dummy, T, D, span, nch,
+                                    HAS_INIT=True, **flags)
+
+
+def scan_forward(a: Tensor, b: Tensor, h0: Optional[Tensor], reverse: bool) -> Tensor:
+    a, b, h0 = _in(a), _in(b), _in(h0)
+    _check_device(a)
+    h = backends.new_output(a.shape, a)  # [B, T, D]
+    _scan_launch(a, b, h0, h, reverse=reverse, shift_a=False, mode=0)
+    return h
+
+
+def scan_backward(grad: Tensor, a: Tensor, h: Tensor, h0: Optional[Tensor], reverse: bool):
+    grad, a, h, h0 = _in(grad), _in(a), _in(h), _in(h0)
+    _check_device(a)
+    da, db = backends.new_output(a.shape, a), backends.new_output(a.shape, a)
+    dh0 = backends.new_output((a.shape[0], a.shape[2]), a)
+    _scan_launch(a, grad, None, db, reverse=not reverse, shift_a=True, mode=2, h=h, h0=h0, da=da, dh0=dh0)
+    return da, db, dh0
+
+
+_FUNCS = {"scan": (scan_forward, scan_backward)}
+
+
+def register_all() -> None:
+    for op, (fwd, bwd) in _FUNCS.items():
+        backends.register("triton", op, fwd, bwd)
