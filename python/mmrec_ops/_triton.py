@@ -121,7 +121,69 @@ def scan_backward(grad: Tensor, a: Tensor, h: Tensor, h0: Optional[Tensor], reve
     return da, db, dh0
 
 
-_FUNCS = {"scan": (scan_forward, scan_backward)}
+# --------------------------------------------------------------------------------- recurrence
+# tl.dot precision for float32 I/O: "ieee" (exact fp32 FMA) or "tf32x3" (tensor cores, ~fp32 accuracy).
+# bfloat16/float16 I/O use "tf32" (error far below their own rounding); float64 is always "ieee".
+RECURRENCE_FP32_PRECISION = os.environ.get("MMREC_TRITON_FP32_DOT", "ieee")
+MAX_HEAD_DIM = 128
+
+
+def _rec_config(B: int, d: int, dtype: torch.dtype):
+    if d > MAX_HEAD_DIM:
+        raise ValueError(f"mmrec.recurrence: the triton backend handles head dimensions d = D / H <= {MAX_HEAD_DIM}, "
+                         f"got d = {d}; use more heads (w: [H, d, d]) or the cuda/cpu backend")
+    block_h = max(16, triton.next_power_of_2(d))
+    block_b = 16
+    if dtype == torch.float64:
+        prec = "ieee"
+    elif dtype == torch.float32:
+        prec = RECURRENCE_FP32_PRECISION
+    else:
+        prec = "tf32"
+    warps = 1 if INTERPRET else (4 if block_h <= 32 else 8)
+    return dict(ACC=_tl_acc(dtype), PREC=prec, BLOCK_B=block_b, BLOCK_H=block_h, num_warps=warps)
+
+
+def recurrence_forward(z: Tensor, gamma: Tensor, w: Tensor, bias: Optional[Tensor], h0: Optional[Tensor]) -> Tensor:
+    z, gamma, w, bias, h0 = _in(z), _in(gamma), _in(w), _in(bias), _in(h0)
+    _check_device(z)
+    B, T, D = z.shape
+    H, d, _ = w.shape
+    cfg = _rec_config(B, d, z.dtype)
+    dummy = _dummy(z)
+    h = backends.new_output(z.shape, z)  # [B, T, D]
+    grid = (triton.cdiv(B, cfg["BLOCK_B"]), H)
+    _rec.recurrence_fwd_kernel[grid](z, gamma, w, bias if bias is not None else dummy,
+                                     h0 if h0 is not None else dummy, h, B, T, D, d,
+                                     HAS_BIAS=bias is not None, HAS_H0=h0 is not None, **cfg)
+    return h
+
+
+def recurrence_backward(grad: Tensor, z: Tensor, gamma: Tensor, w: Tensor, bias: Optional[Tensor],
+                        h0: Optional[Tensor], h: Tensor):
+    grad, z, gamma, w, bias, h0, h = _in(grad), _in(z), _in(gamma), _in(w), _in(bias), _in(h0), _in(h)
+    _check_device(z)
+    B, T, D = z.shape
+    H, d, _ = w.shape
+    cfg = _rec_config(B, d, z.dtype)
+    acc = _acc_dtype(z.dtype)
+    dummy = _dummy(z)
+    tiles = triton.cdiv(B, cfg["BLOCK_B"])
+    dz, dgamma = backends.new_output(z.shape, z), backends.new_output(z.shape, z)
+    dh0 = backends.new_output((B, D), z)
+    dw_part = torch.empty(tiles, H, d, d, dtype=acc, device=z.device)
+    dbias_part = torch.empty(tiles, D, dtype=acc, device=z.device)
+    _rec.recurrence_bwd_kernel[(tiles, H)](grad, z, gamma, w, bias if bias is not None else dummy,
+                                           h0 if h0 is not None else dummy, h, dz, dgamma, dh0, dw_part, dbias_part,
+                                           B, T, D, d, H, HAS_BIAS=bias is not None, HAS_H0=h0 is not None, **cfg)
+    dw = backends.new_output(w.shape, w)
+    dw.copy_(dw_part.sum(0))
+    dbias = backends.new_output((D,), z)
+    dbias.copy_(dbias_part.sum(0))
+    return dz, dgamma, dw, dbias, dh0
+
+
+_FUNCS = {"scan": (scan_forward, scan_backward), "recurrence": (recurrence_forward, recurrence_backward)}
 
 
 def register_all() -> None:
