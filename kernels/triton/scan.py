@@ -22,6 +22,12 @@ def last_row(x, last, BLOCK_T: tl.constexpr):
 
 
 @triton.jit
+def last_row3(x, last, BLOCK_T: tl.constexpr):
+    """Row `last` of x [BLOCK_T, N, C] as [N, C]."""
+    return tl.sum(tl.where((tl.arange(0, BLOCK_T) == last)[:, None, None], x, 0.0), 0)
+
+
+@triton.jit
 def scan_kernel(a_ptr, b_ptr, init_ptr, out_ptr, h_ptr, h0_ptr, da_ptr, dh0_ptr, agg_a_ptr, agg_b_ptr,
                 T, D, L, NCH,
                 REVERSE: tl.constexpr, SHIFT_A: tl.constexpr, HAS_INIT: tl.constexpr, HAS_H0: tl.constexpr,

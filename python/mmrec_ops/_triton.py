@@ -183,7 +183,57 @@ def recurrence_backward(grad: Tensor, z: Tensor, gamma: Tensor, w: Tensor, bias:
     return dz, dgamma, dw, dbias, dh0
 
 
-_FUNCS = {"scan": (scan_forward, scan_backward), "recurrence": (recurrence_forward, recurrence_backward)}
+# ---------------------------------------------------------------------------------------- mdi
+def _mdi_config(N: int, dtype: torch.dtype, backward: bool):
+    block_n = triton.next_power_of_2(N)
+    if INTERPRET:
+        return dict(BLOCK_T=4, BLOCK_N=block_n, BLOCK_D=8, num_warps=1)
+    block_d = max(8, min(64, 256 // block_n))
+    block_t = 16 if backward or dtype == torch.float64 else 32
+    return dict(BLOCK_T=block_t, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=4)
+
+
+def _bounds(eps: float, like: Tensor) -> Tensor:
+    return torch.tensor([eps, 1.0 - eps], dtype=_acc_dtype(like.dtype), device=like.device)
+
+
+def mdi_forward(v: Tensor, mod: Tensor, base: Tensor, m0: Optional[Tensor], eps: float) -> Tensor:
+    v, mod, base, m0 = _in(v), _in(mod), _in(base), _in(m0)
+    _check_device(v)
+    B, T, D = v.shape
+    N = base.shape[0]
+    cfg = _mdi_config(N, v.dtype, backward=False)
+    m = backends.new_output((B, T, N, D), v)
+    grid = (triton.cdiv(D, cfg["BLOCK_D"]), B)
+    _mdi.mdi_fwd_kernel[grid](v, mod, base, m0 if m0 is not None else _dummy(v), m, _bounds(eps, v), T, N, D,
+                              HAS_M0=m0 is not None, ACC=_tl_acc(v.dtype), **cfg)
+    return m
+
+
+def mdi_backward(grad: Tensor, v: Tensor, mod: Tensor, base: Tensor, m0: Optional[Tensor], m: Tensor, eps: float):
+    grad, v, mod, base, m0, m = _in(grad), _in(v), _in(mod), _in(base), _in(m0), _in(m)
+    _check_device(v)
+    B, T, D = v.shape
+    N = base.shape[0]
+    cfg = _mdi_config(N, v.dtype, backward=True)
+    acc = _acc_dtype(v.dtype)
+    tiles = triton.cdiv(D, cfg["BLOCK_D"])
+    dv = backends.new_output(v.shape, v)
+    dm0 = backends.new_output((B, N, D), v)
+    dmod_part = torch.empty(tiles, B, T, N, dtype=acc, device=v.device)
+    dbase_part = torch.empty(B, N, D, dtype=acc, device=v.device)
+    _mdi.mdi_bwd_kernel[(tiles, B)](grad, v, mod, base, m0 if m0 is not None else _dummy(v), m, _bounds(eps, v),
+                                    dv, dm0, dmod_part, dbase_part, B, T, N, D,
+                                    HAS_M0=m0 is not None, ACC=_tl_acc(v.dtype), **cfg)
+    dmod = backends.new_output(mod.shape, mod)
+    dmod.copy_(dmod_part.sum(0))
+    dbase = backends.new_output(base.shape, base)
+    dbase.copy_(dbase_part.sum(0))
+    return dv, dmod, dbase, dm0
+
+
+_FUNCS = {"scan": (scan_forward, scan_backward), "recurrence": (recurrence_forward, recurrence_backward),
+          "mdi": (mdi_forward, mdi_backward)}
 
 
 def register_all() -> None:
