@@ -232,8 +232,47 @@ def mdi_backward(grad: Tensor, v: Tensor, mod: Tensor, base: Tensor, m0: Optiona
     return dv, dmod, dbase, dm0
 
 
+# ------------------------------------------------------------------------------ memory_update
+def _mu_config(S: int, D: int):
+    block_s = triton.next_power_of_2(S)
+    if INTERPRET:
+        return dict(BLOCK_S=block_s, BLOCK_D=4, num_warps=1)
+    block_d = max(16, min(triton.next_power_of_2(D), 8192 // block_s))
+    return dict(BLOCK_S=block_s, BLOCK_D=block_d, num_warps=8)
+
+
+def _scale(D: int, like: Tensor) -> Tensor:
+    return torch.tensor([1.0 / math.sqrt(D)], dtype=_acc_dtype(like.dtype), device=like.device)
+
+
+def memory_update_forward(M0: Tensor, key: Tensor, value: Tensor, strength: Tensor) -> Tensor:
+    M0, key, value, strength = _in(M0), _in(key), _in(value), _in(strength)
+    _check_device(M0)
+    B, S, D = M0.shape
+    NC = key.shape[1]
+    Ms = backends.new_output((B, NC + 1, S, D), M0)
+    work = torch.empty(B, S, D, dtype=_acc_dtype(M0.dtype), device=M0.device)  # state M_c
+    _mu.memory_update_fwd_kernel[(B,)](M0, key, value, strength, Ms, work, _scale(D, M0), NC, S, D,
+                                       ACC=_tl_acc(M0.dtype), **_mu_config(S, D))
+    return Ms
+
+
+def memory_update_backward(grad: Tensor, M0: Tensor, key: Tensor, value: Tensor, strength: Tensor, Ms: Tensor):
+    grad, M0, key, value, strength, Ms = _in(grad), _in(M0), _in(key), _in(value), _in(strength), _in(Ms)
+    _check_device(M0)
+    B, S, D = M0.shape
+    NC = key.shape[1]
+    dM0 = backends.new_output(M0.shape, M0)
+    dkey, dvalue = backends.new_output(key.shape, key), backends.new_output(value.shape, value)
+    dstrength = backends.new_output(strength.shape, strength)
+    work = torch.empty(B, S, D, dtype=_acc_dtype(M0.dtype), device=M0.device)  # dL/dM_{c+1}
+    _mu.memory_update_bwd_kernel[(B,)](grad, key, value, strength, Ms, work, dM0, dkey, dvalue, dstrength,
+                                       _scale(D, M0), NC, S, D, ACC=_tl_acc(M0.dtype), **_mu_config(S, D))
+    return dM0, dkey, dvalue, dstrength
+
+
 _FUNCS = {"scan": (scan_forward, scan_backward), "recurrence": (recurrence_forward, recurrence_backward),
-          "mdi": (mdi_forward, mdi_backward)}
+          "mdi": (mdi_forward, mdi_backward), "memory_update": (memory_update_forward, memory_update_backward)}
 
 
 def register_all() -> None:
