@@ -6,8 +6,31 @@
 # >= 16 (tl.dot's minimum) with zero weights, so padded channels stay 0. s_t is recomputed in the backward
 # from the saved h_{t-1} (one extra tl.dot per step instead of a [B, T, D] buffer). dW and dbias are
 # accumulated in registers over the program's steps and written per batch tile; the caller sums the tiles.
+# PREC "3xtf32" (float32 I/O) splits each float32 operand into a tf32 head and a tail and sums three tf32 tensor-core
+# products (error ~2^-22): on an H100 at B=16, D=1024, H=8 "ieee" (FMA) takes 11 ms forward / 115 ms backward and
+# plain "tf32" gives 2e-4 relative error; Triton's own "tf32x3" ran out of shared memory.
 import triton
 import triton.language as tl
+
+
+@triton.jit
+def split_tf32(x):
+    """x = head + tail with head exact in tf32 (low 13 mantissa bits cleared)."""
+    head = (x.to(tl.uint32, bitcast=True) & 0xFFFFE000).to(tl.float32, bitcast=True)
+    return head, x - head
+
+
+@triton.jit
+def matmul(x, y, PREC: tl.constexpr, ACC: tl.constexpr):
+    """x @ y accumulated in ACC, at precision PREC ("ieee", "tf32" or "3xtf32")."""
+    if PREC == "3xtf32":
+        x_head, x_tail = split_tf32(x)
+        y_head, y_tail = split_tf32(y)
+        out = tl.dot(x_tail, y_head, input_precision="tf32")
+        out = tl.dot(x_head, y_tail, out, input_precision="tf32")
+        return tl.dot(x_head, y_head, out, input_precision="tf32")
+    else:
+        return tl.dot(x, y, input_precision=PREC, out_dtype=ACC)
 
 
 @triton.jit
@@ -36,7 +59,7 @@ def recurrence_fwd_kernel(z_ptr, g_ptr, w_ptr, bias_ptr, h0_ptr, h_ptr, B, T, D,
     for t in range(T):
         z = tl.load(z_ptr + offs, mask=ok, other=0.0).to(ACC)
         gamma = tl.load(g_ptr + offs, mask=ok, other=0.0).to(ACC)
-        p = tl.dot(h, wt, input_precision=PREC, out_dtype=ACC) + bias[None, :]
+        p = matmul(h, wt, PREC, ACC) + bias[None, :]
         s = tl.sigmoid(p)
         h = z * s + gamma * h
         tl.store(h_ptr + offs, h.to(h_ptr.dtype.element_ty), mask=ok)
@@ -80,13 +103,13 @@ def recurrence_bwd_kernel(grad_ptr, z_ptr, g_ptr, w_ptr, bias_ptr, h0_ptr, h_ptr
         z = tl.load(z_ptr + offs, mask=ok, other=0.0).to(ACC)
         gamma = tl.load(g_ptr + offs, mask=ok, other=0.0).to(ACC)
         delta = tl.load(grad_ptr + offs, mask=ok, other=0.0).to(ACC) + carry
-        s = tl.sigmoid(tl.dot(h_prev, wt, input_precision=PREC, out_dtype=ACC) + bias[None, :])
+        s = tl.sigmoid(matmul(h_prev, wt, PREC, ACC) + bias[None, :])
         e = delta * z * s * (1.0 - s)
         tl.store(dz_ptr + offs, (delta * s).to(dz_ptr.dtype.element_ty), mask=ok)
         tl.store(dg_ptr + offs, (delta * h_prev).to(dg_ptr.dtype.element_ty), mask=ok)
-        dw += tl.dot(tl.trans(e), h_prev, input_precision=PREC, out_dtype=ACC)
+        dw += matmul(tl.trans(e), h_prev, PREC, ACC)
         dbias += tl.sum(e, 0)
-        carry = gamma * delta + tl.dot(e, w, input_precision=PREC, out_dtype=ACC)
+        carry = gamma * delta + matmul(e, w, PREC, ACC)
     tl.store(dh0_ptr + rows[:, None].to(tl.int64) * D + cols[None, :], carry.to(dh0_ptr.dtype.element_ty), mask=ok)
     dw_offs = (tile * H + head).to(tl.int64) * d * d + j[:, None] * d + j[None, :]
     tl.store(dw_part_ptr + dw_offs, dw, mask=w_ok)

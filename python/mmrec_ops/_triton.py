@@ -21,8 +21,6 @@ from mmrec_ops.triton_kernels import scan as _scan
 from . import backends
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "") not in ("", "0")
-# Tests set this to force the chunked (parallel over T) scan path with that many chunks.
-SCAN_CHUNKS: Optional[int] = None
 
 
 def _in(x: Optional[Tensor]) -> Optional[Tensor]:
@@ -43,72 +41,53 @@ def _check_device(x: Tensor) -> None:
                          f"for CPU tensors), got {x.device}")
 
 
-def _sm_count(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 2
-
-
 def _dummy(like: Tensor) -> Tensor:
     return torch.empty(1, dtype=like.dtype, device=like.device)
 
 
 # --------------------------------------------------------------------------------------- scan
-def _scan_blocks(dtype: torch.dtype):
+def _scan_blocks(T: int, dtype: torch.dtype):
+    """Tiles of 4096 elements (BLOCK_T x BLOCK_D), 4 warps. The carry hand-off between the T-tiles of a channel
+    is sequential (~1.5 us each on an H100), so BLOCK_T grows with T to keep that chain <= ~64 links:
+    B=8,T=4096,D=1024 fp32 forward 0.165 ms with 64 x 64 (128 x 32: 0.166, 32 x 64: 0.237);
+    B=1,T=16384,D=256 0.103 ms with 256 x 16 (64 x 64: 0.374)."""
     if INTERPRET:
-        return 4, 8, 1
+        return dict(BLOCK_T=4, BLOCK_D=8, num_warps=1)
+    if SCAN_BLOCKS is not None:
+        block_t, block_d, warps = SCAN_BLOCKS
+        return dict(BLOCK_T=block_t, BLOCK_D=block_d, num_warps=warps)
+    block_t = min(256, max(64, triton.next_power_of_2(triton.cdiv(T, 64))))
     if dtype == torch.float64:
-        return 32, 32, 4
-    return 64, 32, 4  # BLOCK_T, BLOCK_D, num_warps
+        return dict(BLOCK_T=block_t, BLOCK_D=2048 // block_t, num_warps=4)
+    return dict(BLOCK_T=block_t, BLOCK_D=4096 // block_t, num_warps=4)
 
 
-def _scan_chunks(B: int, T: int, D: int, block_t: int, block_d: int, device: torch.device) -> int:
-    if SCAN_CHUNKS is not None:
-        return max(1, min(SCAN_CHUNKS, T))
-    programs = B * triton.cdiv(D, block_d)
-    target = 2 * _sm_count(device)
-    if programs >= target:
-        return 1
-    return max(1, min(triton.cdiv(T, block_t), triton.cdiv(target, programs)))
+SCAN_BLOCKS: Optional[tuple] = None  # (BLOCK_T, BLOCK_D, num_warps) override for tuning
 
 
-def _scan_launch(a: Tensor, b: Tensor, init: Optional[Tensor], out: Tensor, *, reverse: bool, shift_a: bool,
-                 mode: int, h: Optional[Tensor] = None, h0: Optional[Tensor] = None, da: Optional[Tensor] = None,
+def _scan_launch(a: Tensor, b: Tensor, init: Optional[Tensor], out: Tensor, *, reverse: bool, backward: bool,
+                 h: Optional[Tensor] = None, h0: Optional[Tensor] = None, da: Optional[Tensor] = None,
                  dh0: Optional[Tensor] = None) -> None:
-    """Runs scan_kernel over a, b: [B, T, D] (init: [B, D] or None), chunking T when B * D is small."""
+    """One launch of the chained scan over a, b: [B, T, D] from init: [B, D] (None: zeros)."""
     B, T, D = a.shape
-    block_t, block_d, warps = _scan_blocks(a.dtype)
-    acc = _acc_dtype(a.dtype)
-    nd = triton.cdiv(D, block_d)
+    cfg = _scan_blocks(T, a.dtype)
+    tiles_t = triton.cdiv(T, cfg["BLOCK_T"])
+    tiles = tiles_t * B * triton.cdiv(D, cfg["BLOCK_D"])
+    ends = torch.empty(tiles_t, B, D, dtype=_acc_dtype(a.dtype), device=a.device)
+    flags = torch.zeros(1 + tiles, dtype=torch.int32, device=a.device)
     dummy = _dummy(a)
-    flags = dict(REVERSE=reverse, SHIFT_A=shift_a, HAS_H0=h0 is not None, MODE=mode, ACC=_tl_acc(a.dtype),
-                 BLOCK_T=block_t, BLOCK_D=block_d, num_warps=warps)
-    ptrs = (h if h is not None else dummy, h0 if h0 is not None else dummy, da if da is not None else dummy,
-            dh0 if dh0 is not None else dummy)
-    nch = _scan_chunks(B, T, D, block_t, block_d, a.device)
-    if nch == 1:
-        _scan.scan_kernel[(nd, B, 1)](a, b, init if init is not None else dummy, out, *ptrs, dummy, dummy,
-                                      T, D, T, 1, HAS_INIT=init is not None, **flags)
-        return
-    span = triton.cdiv(triton.cdiv(T, nch), block_t) * block_t
-    nch = triton.cdiv(T, span)
-    agg_a = torch.empty(B, nch, D, dtype=acc, device=a.device)  # prod of multipliers over each chunk
-    agg_b = torch.empty(B, nch, D, dtype=acc, device=a.device)  # each chunk's end state from 0
-    _scan.scan_kernel[(nd, B, nch)](a, b, dummy, dummy, *ptrs, agg_a, agg_b, T, D, span, nch,
-                                    HAS_INIT=False, **{**flags, "MODE": 1})
-    ends = torch.empty(B, nch, D, dtype=acc, device=a.device)  # state after each chunk
-    _scan_launch(agg_a, agg_b, init, ends, reverse=False, shift_a=False, mode=0)
-    start = torch.zeros(B, 1, D, dtype=acc, device=a.device) if init is None else init.to(acc).view(B, 1, D)
-    carry_in = torch.cat([start, ends[:, :-1]], 1).contiguous()  # [B, nch, D]
-    _scan.scan_kernel[(nd, B, nch)](a, b, carry_in, out, *ptrs, dummy, dummy, T, D, span, nch,
-                                    HAS_INIT=True, **flags)
+    _scan.scan_kernel[(tiles,)](a, b, dummy if init is None else init, out, dummy if h is None else h,
+                                dummy if h0 is None else h0, dummy if da is None else da,
+                                dummy if dh0 is None else dh0, ends, flags, B, T, D,
+                                REVERSE=reverse, SHIFT_A=backward, HAS_INIT=init is not None, HAS_H0=h0 is not None,
+                                BACKWARD=backward, ACC=_tl_acc(a.dtype), **cfg)
 
 
 def scan_forward(a: Tensor, b: Tensor, h0: Optional[Tensor], reverse: bool) -> Tensor:
     a, b, h0 = _in(a), _in(b), _in(h0)
     _check_device(a)
     h = backends.new_output(a.shape, a)  # [B, T, D]
-    _scan_launch(a, b, h0, h, reverse=reverse, shift_a=False, mode=0)
+    _scan_launch(a, b, h0, h, reverse=reverse, backward=False)
     return h
 
 
@@ -117,14 +96,15 @@ def scan_backward(grad: Tensor, a: Tensor, h: Tensor, h0: Optional[Tensor], reve
     _check_device(a)
     da, db = backends.new_output(a.shape, a), backends.new_output(a.shape, a)
     dh0 = backends.new_output((a.shape[0], a.shape[2]), a)
-    _scan_launch(a, grad, None, db, reverse=not reverse, shift_a=True, mode=2, h=h, h0=h0, da=da, dh0=dh0)
+    _scan_launch(a, grad, None, db, reverse=not reverse, backward=True, h=h, h0=h0, da=da, dh0=dh0)
     return da, db, dh0
 
 
 # --------------------------------------------------------------------------------- recurrence
-# tl.dot precision for float32 I/O: "ieee" (exact fp32 FMA) or "tf32x3" (tensor cores, ~fp32 accuracy).
+# tl.dot precision for float32 I/O: "3xtf32" (three tf32 tensor-core products, ~fp32 accuracy) or "ieee" (FMA).
 # bfloat16/float16 I/O use "tf32" (error far below their own rounding); float64 is always "ieee".
-RECURRENCE_FP32_PRECISION = os.environ.get("MMREC_TRITON_FP32_DOT", "ieee")
+RECURRENCE_FP32_PRECISION = os.environ.get("MMREC_TRITON_FP32_DOT", "3xtf32")
+RECURRENCE_STAGES = 1
 MAX_HEAD_DIM = 128
 
 
@@ -141,7 +121,10 @@ def _rec_config(B: int, d: int, dtype: torch.dtype):
     else:
         prec = "tf32"
     warps = 1 if INTERPRET else (4 if block_h <= 32 else 8)
-    return dict(ACC=_tl_acc(dtype), PREC=prec, BLOCK_B=block_b, BLOCK_H=block_h, num_warps=warps)
+    cfg = dict(ACC=_tl_acc(dtype), PREC=prec, BLOCK_B=block_b, BLOCK_H=block_h, num_warps=warps)
+    if not INTERPRET:
+        cfg["num_stages"] = RECURRENCE_STAGES
+    return cfg
 
 
 def recurrence_forward(z: Tensor, gamma: Tensor, w: Tensor, bias: Optional[Tensor], h0: Optional[Tensor]) -> Tensor:
@@ -184,13 +167,29 @@ def recurrence_backward(grad: Tensor, z: Tensor, gamma: Tensor, w: Tensor, bias:
 
 
 # ---------------------------------------------------------------------------------------- mdi
-def _mdi_config(N: int, dtype: torch.dtype, backward: bool):
+def _mdi_config(T: int, N: int, dtype: torch.dtype, backward: bool):
+    """[BLOCK_T, BLOCK_N, BLOCK_D] tiles of ~4096 (forward) / ~2048 (backward) elements; BLOCK_T grows with T
+    to keep the chain of carry hand-offs short (see _scan_blocks)."""
     block_n = triton.next_power_of_2(N)
     if INTERPRET:
         return dict(BLOCK_T=4, BLOCK_N=block_n, BLOCK_D=8, num_warps=1)
-    block_d = max(8, min(64, 256 // block_n))
-    block_t = 16 if backward or dtype == torch.float64 else 32
-    return dict(BLOCK_T=block_t, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=4)
+    if MDI_BLOCKS is not None:
+        block_t, block_d, warps = MDI_BLOCKS[backward]
+        return dict(BLOCK_T=block_t, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=warps)
+    block_t = min(256, max(32, triton.next_power_of_2(triton.cdiv(T, 64))))
+    size = 2048 if backward or dtype == torch.float64 else 4096
+    return dict(BLOCK_T=block_t, BLOCK_N=block_n, BLOCK_D=max(16, size // (block_t * block_n)), num_warps=4)
+
+
+MDI_BLOCKS: Optional[dict] = None  # {False: (BLOCK_T, BLOCK_D, warps), True: ...} override for tuning
+
+
+def _chain_buffers(T: int, B: int, D: int, block_t: int, block_d: int, state: tuple, like: Tensor):
+    """ends [n_tiles_T, B, *state] in the accumulation dtype and zeroed int32 flags for a chained scan."""
+    tiles_t = triton.cdiv(T, block_t)
+    tiles = tiles_t * B * triton.cdiv(D, block_d)
+    ends = torch.empty(tiles_t, B, *state, dtype=_acc_dtype(like.dtype), device=like.device)
+    return ends, torch.zeros(1 + tiles, dtype=torch.int32, device=like.device), tiles
 
 
 def _bounds(eps: float, like: Tensor) -> Tensor:
@@ -202,11 +201,11 @@ def mdi_forward(v: Tensor, mod: Tensor, base: Tensor, m0: Optional[Tensor], eps:
     _check_device(v)
     B, T, D = v.shape
     N = base.shape[0]
-    cfg = _mdi_config(N, v.dtype, backward=False)
+    cfg = _mdi_config(T, N, v.dtype, backward=False)
     m = backends.new_output((B, T, N, D), v)
-    grid = (triton.cdiv(D, cfg["BLOCK_D"]), B)
-    _mdi.mdi_fwd_kernel[grid](v, mod, base, m0 if m0 is not None else _dummy(v), m, _bounds(eps, v), T, N, D,
-                              HAS_M0=m0 is not None, ACC=_tl_acc(v.dtype), **cfg)
+    ends, flags, tiles = _chain_buffers(T, B, D, cfg["BLOCK_T"], cfg["BLOCK_D"], (N, D), v)
+    _mdi.mdi_fwd_kernel[(tiles,)](v, mod, base, m0 if m0 is not None else _dummy(v), m, _bounds(eps, v), ends, flags,
+                                  B, T, N, D, HAS_M0=m0 is not None, ACC=_tl_acc(v.dtype), **cfg)
     return m
 
 
@@ -215,20 +214,20 @@ def mdi_backward(grad: Tensor, v: Tensor, mod: Tensor, base: Tensor, m0: Optiona
     _check_device(v)
     B, T, D = v.shape
     N = base.shape[0]
-    cfg = _mdi_config(N, v.dtype, backward=True)
+    cfg = _mdi_config(T, N, v.dtype, backward=True)
     acc = _acc_dtype(v.dtype)
-    tiles = triton.cdiv(D, cfg["BLOCK_D"])
     dv = backends.new_output(v.shape, v)
     dm0 = backends.new_output((B, N, D), v)
-    dmod_part = torch.empty(tiles, B, T, N, dtype=acc, device=v.device)
-    dbase_part = torch.empty(B, N, D, dtype=acc, device=v.device)
-    _mdi.mdi_bwd_kernel[(tiles, B)](grad, v, mod, base, m0 if m0 is not None else _dummy(v), m, _bounds(eps, v),
-                                    dv, dm0, dmod_part, dbase_part, B, T, N, D,
-                                    HAS_M0=m0 is not None, ACC=_tl_acc(v.dtype), **cfg)
+    ends, flags, tiles = _chain_buffers(T, B, D, cfg["BLOCK_T"], cfg["BLOCK_D"], (N, D), v)
+    dmod_part = torch.empty(triton.cdiv(D, cfg["BLOCK_D"]), B, T, N, dtype=acc, device=v.device)
+    dbase_part = torch.empty(ends.shape, dtype=acc, device=v.device)  # [n_tiles_T, B, N, D]
+    _mdi.mdi_bwd_kernel[(tiles,)](grad, v, mod, base, m0 if m0 is not None else _dummy(v), m, _bounds(eps, v),
+                                  ends, flags, dv, dm0, dmod_part, dbase_part, B, T, N, D,
+                                  HAS_M0=m0 is not None, ACC=_tl_acc(v.dtype), **cfg)
     dmod = backends.new_output(mod.shape, mod)
     dmod.copy_(dmod_part.sum(0))
     dbase = backends.new_output(base.shape, base)
-    dbase.copy_(dbase_part.sum(0))
+    dbase.copy_(dbase_part.sum((0, 1)))
     return dv, dmod, dbase, dm0
 
 
