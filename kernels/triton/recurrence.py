@@ -70,8 +70,10 @@ def recurrence_fwd_kernel(z_ptr, g_ptr, w_ptr, bias_ptr, h0_ptr, h_ptr, B, T, D,
 def recurrence_bwd_kernel(grad_ptr, z_ptr, g_ptr, w_ptr, bias_ptr, h0_ptr, h_ptr,
                           dz_ptr, dg_ptr, dh0_ptr, dw_part_ptr, dbias_part_ptr, B, T, D, d, H,
                           HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
-                          BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
-    """grad, z, gamma, h, dz, dgamma: [B, T, D]; dh0: [B, D];
+                          BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, RELOAD_W: tl.constexpr = False):
+    """RELOAD_W re-reads W (from L2) every step instead of keeping W and W^T resident, for when their operand copies
+    do not fit in shared memory (3xtf32 at d = 128).
+    grad, z, gamma, h, dz, dgamma: [B, T, D]; dh0: [B, D];
     dw_part: [n_tiles, H, d, d] and dbias_part: [n_tiles, D] float32/64, one slice per batch tile."""
     tile = tl.program_id(0)
     head = tl.program_id(1)
@@ -103,6 +105,9 @@ def recurrence_bwd_kernel(grad_ptr, z_ptr, g_ptr, w_ptr, bias_ptr, h0_ptr, h_ptr
         z = tl.load(z_ptr + offs, mask=ok, other=0.0).to(ACC)
         gamma = tl.load(g_ptr + offs, mask=ok, other=0.0).to(ACC)
         delta = tl.load(grad_ptr + offs, mask=ok, other=0.0).to(ACC) + carry
+        if RELOAD_W:
+            w = tl.load(w_head + j[:, None] * d + j[None, :], mask=w_ok, other=0.0).to(ACC)
+            wt = tl.load(w_head + j[None, :] * d + j[:, None], mask=w_ok, other=0.0).to(ACC)
         s = tl.sigmoid(matmul(h_prev, wt, PREC, ACC) + bias[None, :])
         e = delta * z * s * (1.0 - s)
         tl.store(dz_ptr + offs, (delta * s).to(dz_ptr.dtype.element_ty), mask=ok)

@@ -120,3 +120,15 @@ def test_memory_update_many_d_tiles_and_padded_slots(monkeypatch):
     _check("memory_update", (_rand(gen, (B, S, D), torch.float64), _rand(gen, (B, NC, D), torch.float64, -2, 2),
                              _rand(gen, (B, NC, D), torch.float64), _rand(gen, (B, NC), torch.float64, 0, 1)),
            torch.float64, grad_tol=1e-10)
+
+
+def test_recurrence_backward_reloading_w(monkeypatch):
+    """The backward variant that re-reads W every step (used where W and W^T do not both fit on chip)."""
+    monkeypatch.setattr(_triton, "_fallbacks", lambda cfg, backward: [{**cfg, "RELOAD_W": True}] if backward else [cfg])
+    monkeypatch.setattr(_triton, "_REC_VARIANT", {})
+    gen = torch.Generator().manual_seed(5)
+    B, T, H, d = 3, 4, 2, 3
+    D = H * d
+    _check("recurrence", (_rand(gen, (B, T, D), torch.float64), _rand(gen, (B, T, D), torch.float64, 0.5, 1.0),
+                          _rand(gen, (H, d, d), torch.float64, -0.5, 0.5), _rand(gen, (D,), torch.float64, -0.3, 0.3),
+                          _rand(gen, (B, D), torch.float64)), torch.float64, grad_tol=1e-10)
