@@ -60,18 +60,30 @@ def make_args(op: str, dtype: torch.dtype, sz: dict, device: str):
 
 
 def bench_one(backend: str, op: str, args) -> dict:
+    """Forces `backend` through MMREC_BACKEND: `with backends.backend()` is a context variable, which autograd's
+    CUDA worker thread (where backward runs) does not see."""
     fn = getattr(mmrec_ops, op)
     tensors = [x for x in args if isinstance(x, torch.Tensor)]
-    with backends.backend(backend):
-        with torch.no_grad():
-            fwd = triton.testing.do_bench(lambda: fn(*args), return_mode="median")
-        out = fn(*args)
-        grad = torch.randn_like(out)
+    previous = os.environ.get("MMREC_BACKEND")
+    os.environ["MMREC_BACKEND"] = backend
+    try:
+        return _time(fn, args, tensors)
+    finally:
+        if previous is None:
+            del os.environ["MMREC_BACKEND"]
+        else:
+            os.environ["MMREC_BACKEND"] = previous
 
-        def fwd_bwd():
-            torch.autograd.backward(fn(*args), grad)
 
-        fwd_bwd_ms = triton.testing.do_bench(fwd_bwd, grad_to_none=tensors, return_mode="median")
+def _time(fn, args, tensors) -> dict:
+    with torch.no_grad():
+        fwd = triton.testing.do_bench(lambda: fn(*args), return_mode="median")
+    grad = torch.randn_like(fn(*args))
+
+    def fwd_bwd():
+        torch.autograd.backward(fn(*args), grad)
+
+    fwd_bwd_ms = triton.testing.do_bench(fwd_bwd, grad_to_none=tensors, return_mode="median")
     return {"fwd_ms": fwd, "fwd_bwd_ms": fwd_bwd_ms}
 
 

@@ -4,6 +4,9 @@ slots), clamped mdi decays, and the recurrence head-size limit. On a CPU these r
 (tests/conftest.py), so shapes stay small."""
 from __future__ import annotations
 
+import contextlib
+import os
+
 import pytest
 import torch
 
@@ -25,10 +28,26 @@ def _rand(gen, shape, dtype, lo=-1.0, hi=1.0):
     return x.to(device=DEVICE, dtype=dtype).requires_grad_(True)
 
 
+@contextlib.contextmanager
+def _triton_forced():
+    """Forward and backward on `triton`. MMREC_BACKEND as well as the context: autograd runs CUDA backward ops on
+    its own worker thread, which does not see the context variable of backends.backend()."""
+    previous = os.environ.get("MMREC_BACKEND")
+    os.environ["MMREC_BACKEND"] = "triton"
+    try:
+        with backends.backend("triton"):
+            yield
+    finally:
+        if previous is None:
+            del os.environ["MMREC_BACKEND"]
+        else:
+            os.environ["MMREC_BACKEND"] = previous
+
+
 def _check(op: str, args, dtype, float32_tol=1e-5, grad_tol=None):
     """Forward and every input gradient on `triton` against float64 autograd through the reference."""
     tensors = [x for x in args if isinstance(x, torch.Tensor)]
-    with backends.backend("triton"):
+    with _triton_forced():
         out = getattr(mmrec_ops, op)(*args)
         got = grads(out, tensors)
     ref_args = [x.detach().double().requires_grad_(True) if isinstance(x, torch.Tensor) else x for x in args]
@@ -77,7 +96,7 @@ def test_scan_cumulative_product_is_exact_where_logs_underflow():
     gamma = torch.full((1, 12, 3), 1e-20, dtype=torch.float32, device=DEVICE)
     gamma[:, :, 1] = 0.0
     gamma[:, :, 2] = 0.5
-    with backends.backend("triton"):
+    with _triton_forced():
         out = mmrec_ops.scan(gamma, torch.zeros_like(gamma), torch.ones(1, 3, device=DEVICE))
     want = torch.cumprod(gamma.double(), 1)
     assert torch.isfinite(out).all()
@@ -98,7 +117,7 @@ def test_recurrence_batch_tiles_and_padded_heads():
 def test_recurrence_rejects_heads_over_128():
     z = torch.zeros(1, 2, 129, device=DEVICE)
     w = torch.zeros(1, 129, 129, device=DEVICE)
-    with backends.backend("triton"), pytest.raises(ValueError, match="head dimensions"):
+    with _triton_forced(), pytest.raises(ValueError, match="head dimensions"):
         mmrec_ops.recurrence(z, z, w)
 
 
