@@ -2,14 +2,21 @@
 backend built on this machine is collected by the op tests (a silently skipped backend fails the run)."""
 from __future__ import annotations
 
+import importlib.util
 import os
 
-import pytest
 import torch
-from hypothesis import HealthCheck, settings
 
-import mmrec_ops
-from mmrec_ops import backends
+# Without a GPU, the triton backend runs CPU tensors through Triton's interpreter, so a plain `pytest` tests it
+# too. Set before mmrec_ops (and so triton.jit) is imported: the interpreter is chosen when kernels are defined.
+if importlib.util.find_spec("triton") is not None and not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+import mmrec_ops  # noqa: E402
+from mmrec_ops import backends  # noqa: E402
 
 backends.set_poison(True)
 torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))

@@ -1,0 +1,320 @@
+"""The `triton` backend: launches the kernels of mmrec_ops.triton_kernels on CUDA tensors (or CPU tensors
+under TRITON_INTERPRET=1). Every dtype of the contract is served: float16/bfloat16/float32 accumulate in
+float32, float64 in float64. Outputs come from backends.new_output; float32 scratch (partial sums reduced
+here in a fixed order, so results are deterministic) from torch.empty."""
+from __future__ import annotations
+
+import math
+import os
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from mmrec_ops.triton_kernels import mdi as _mdi
+from mmrec_ops.triton_kernels import memory_update as _mu
+from mmrec_ops.triton_kernels import recurrence as _rec
+from mmrec_ops.triton_kernels import scan as _scan
+
+from . import backends
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "") not in ("", "0")
+
+
+def _in(x: Optional[Tensor]) -> Optional[Tensor]:
+    return None if x is None else x.detach().contiguous()
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _tl_acc(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _check_device(x: Tensor) -> None:
+    if not (x.is_cuda or INTERPRET):
+        raise ValueError("mmrec triton backend: tensors must be on a CUDA device (or set TRITON_INTERPRET=1 "
+                         f"for CPU tensors), got {x.device}")
+
+
+def _dummy(like: Tensor) -> Tensor:
+    return torch.empty(1, dtype=like.dtype, device=like.device)
+
+
+# --------------------------------------------------------------------------------------- scan
+def _scan_blocks(T: int, dtype: torch.dtype):
+    """Tiles of 4096 elements (BLOCK_T x BLOCK_D), 4 warps. The carry hand-off between the T-tiles of a channel
+    is sequential (~1.5 us each on an H100), so BLOCK_T grows with T to keep that chain <= ~64 links:
+    B=8,T=4096,D=1024 fp32 forward 0.165 ms with 64 x 64 (128 x 32: 0.166, 32 x 64: 0.237);
+    B=1,T=16384,D=256 0.103 ms with 256 x 16 (64 x 64: 0.374)."""
+    if INTERPRET:
+        return dict(BLOCK_T=4, BLOCK_D=8, num_warps=1)
+    if SCAN_BLOCKS is not None:
+        block_t, block_d, warps = SCAN_BLOCKS
+        return dict(BLOCK_T=block_t, BLOCK_D=block_d, num_warps=warps)
+    block_t = min(256, max(64, triton.next_power_of_2(triton.cdiv(T, 64))))
+    if dtype == torch.float64:
+        return dict(BLOCK_T=block_t, BLOCK_D=2048 // block_t, num_warps=4)
+    return dict(BLOCK_T=block_t, BLOCK_D=4096 // block_t, num_warps=4)
+
+
+SCAN_BLOCKS: Optional[tuple] = None  # (BLOCK_T, BLOCK_D, num_warps) override for tuning
+
+
+def _scan_launch(a: Tensor, b: Tensor, init: Optional[Tensor], out: Tensor, *, reverse: bool, backward: bool,
+                 h: Optional[Tensor] = None, h0: Optional[Tensor] = None, da: Optional[Tensor] = None,
+                 dh0: Optional[Tensor] = None) -> None:
+    """One launch of the chained scan over a, b: [B, T, D] from init: [B, D] (None: zeros)."""
+    B, T, D = a.shape
+    cfg = _scan_blocks(T, a.dtype)
+    tiles_t = triton.cdiv(T, cfg["BLOCK_T"])
+    tiles = tiles_t * B * triton.cdiv(D, cfg["BLOCK_D"])
+    ends = torch.empty(tiles_t, B, D, dtype=_acc_dtype(a.dtype), device=a.device)
+    flags = torch.zeros(1 + tiles, dtype=torch.int32, device=a.device)
+    dummy = _dummy(a)
+    _scan.scan_kernel[(tiles,)](a, b, dummy if init is None else init, out, dummy if h is None else h,
+                                dummy if h0 is None else h0, dummy if da is None else da,
+                                dummy if dh0 is None else dh0, ends, flags, B, T, D,
+                                REVERSE=reverse, SHIFT_A=backward, HAS_INIT=init is not None, HAS_H0=h0 is not None,
+                                BACKWARD=backward, ACC=_tl_acc(a.dtype), **cfg)
+
+
+def scan_forward(a: Tensor, b: Tensor, h0: Optional[Tensor], reverse: bool) -> Tensor:
+    a, b, h0 = _in(a), _in(b), _in(h0)
+    _check_device(a)
+    h = backends.new_output(a.shape, a)  # [B, T, D]
+    _scan_launch(a, b, h0, h, reverse=reverse, backward=False)
+    return h
+
+
+def scan_backward(grad: Tensor, a: Tensor, h: Tensor, h0: Optional[Tensor], reverse: bool):
+    grad, a, h, h0 = _in(grad), _in(a), _in(h), _in(h0)
+    _check_device(a)
+    da, db = backends.new_output(a.shape, a), backends.new_output(a.shape, a)
+    dh0 = backends.new_output((a.shape[0], a.shape[2]), a)
+    _scan_launch(a, grad, None, db, reverse=not reverse, backward=True, h=h, h0=h0, da=da, dh0=dh0)
+    return da, db, dh0
+
+
+# --------------------------------------------------------------------------------- recurrence
+# tl.dot precision for float32 I/O: "3xtf32" (three tf32 tensor-core products, ~fp32 accuracy) or "ieee" (FMA).
+# bfloat16/float16 I/O use "tf32" (error far below their own rounding); float64 is always "ieee".
+RECURRENCE_FP32_PRECISION = os.environ.get("MMREC_TRITON_FP32_DOT", "3xtf32")
+RECURRENCE_STAGES = 2  # software-pipelined z/gamma/grad loads: H100 d=128 backward fp32 10.2 ms vs 12.0 (1 stage)
+MAX_HEAD_DIM = 128
+
+
+def _rec_config(B: int, d: int, dtype: torch.dtype):
+    if d > MAX_HEAD_DIM:
+        raise ValueError(f"mmrec.recurrence: the triton backend handles head dimensions d = D / H <= {MAX_HEAD_DIM}, "
+                         f"got d = {d}; use more heads (w: [H, d, d]) or the cuda/cpu backend")
+    block_h = max(16, triton.next_power_of_2(d))
+    block_b = 16
+    if dtype == torch.float64:
+        prec = "ieee"
+    elif dtype == torch.float32:
+        prec = RECURRENCE_FP32_PRECISION
+    else:
+        prec = "tf32"
+    warps = 1 if INTERPRET else (4 if block_h <= 32 else 8)
+    cfg = dict(ACC=_tl_acc(dtype), PREC=prec, BLOCK_B=block_b, BLOCK_H=block_h, num_warps=warps)
+    if not INTERPRET:
+        cfg["num_stages"] = RECURRENCE_STAGES
+    return cfg
+
+
+def _launch_recurrence(kernel, grid, args, variants, d: int, dtype: torch.dtype):
+    """Launches the first of `variants` (kernel configs, fastest first) that fits in shared memory; remembers
+    per (kernel, d, dtype) which one that was. 3xtf32 keeps two tf32 copies of W (and of W^T in the backward)
+    on chip; at d = 128 the backward must re-read W each step, and FMA ("ieee") is the last resort."""
+    key = (getattr(kernel, "fn", kernel).__name__, d, dtype)
+    start = _REC_VARIANT.get(key, 0)
+    for i, cfg in enumerate(variants[start:], start):
+        try:
+            kernel[grid](*args, **cfg)
+        except triton.runtime.errors.OutOfResources:
+            if i == len(variants) - 1:
+                raise
+            continue
+        _REC_VARIANT[key] = i
+        return
+
+
+_REC_VARIANT: dict = {}
+
+
+def _fallbacks(cfg: dict, backward: bool):
+    if cfg["PREC"] != "3xtf32":
+        return [cfg]
+    return ([cfg, {**cfg, "RELOAD_W": True}] if backward else [cfg]) + [{**cfg, "PREC": "ieee"}]
+
+
+def recurrence_forward(z: Tensor, gamma: Tensor, w: Tensor, bias: Optional[Tensor], h0: Optional[Tensor]) -> Tensor:
+    z, gamma, w, bias, h0 = _in(z), _in(gamma), _in(w), _in(bias), _in(h0)
+    _check_device(z)
+    B, T, D = z.shape
+    H, d, _ = w.shape
+    cfg = _rec_config(B, d, z.dtype)
+    dummy = _dummy(z)
+    h = backends.new_output(z.shape, z)  # [B, T, D]
+    grid = (triton.cdiv(B, cfg["BLOCK_B"]), H)
+    args = (z, gamma, w, bias if bias is not None else dummy, h0 if h0 is not None else dummy, h, B, T, D, d)
+    cfg = dict(HAS_BIAS=bias is not None, HAS_H0=h0 is not None, **cfg)
+    _launch_recurrence(_rec.recurrence_fwd_kernel, grid, args, _fallbacks(cfg, backward=False), d, z.dtype)
+    return h
+
+
+def recurrence_backward(grad: Tensor, z: Tensor, gamma: Tensor, w: Tensor, bias: Optional[Tensor],
+                        h0: Optional[Tensor], h: Tensor):
+    grad, z, gamma, w, bias, h0, h = _in(grad), _in(z), _in(gamma), _in(w), _in(bias), _in(h0), _in(h)
+    _check_device(z)
+    B, T, D = z.shape
+    H, d, _ = w.shape
+    cfg = _rec_config(B, d, z.dtype)
+    acc = _acc_dtype(z.dtype)
+    dummy = _dummy(z)
+    tiles = triton.cdiv(B, cfg["BLOCK_B"])
+    dz, dgamma = backends.new_output(z.shape, z), backends.new_output(z.shape, z)
+    dh0 = backends.new_output((B, D), z)
+    dw_part = torch.empty(tiles, H, d, d, dtype=acc, device=z.device)
+    dbias_part = torch.empty(tiles, D, dtype=acc, device=z.device)
+    args = (grad, z, gamma, w, bias if bias is not None else dummy, h0 if h0 is not None else dummy, h,
+            dz, dgamma, dh0, dw_part, dbias_part, B, T, D, d, H)
+    cfg = dict(HAS_BIAS=bias is not None, HAS_H0=h0 is not None, **cfg)
+    _launch_recurrence(_rec.recurrence_bwd_kernel, (tiles, H), args, _fallbacks(cfg, backward=True), d, z.dtype)
+    dw = backends.new_output(w.shape, w)
+    dw.copy_(dw_part.sum(0))
+    dbias = backends.new_output((D,), z)
+    dbias.copy_(dbias_part.sum(0))
+    return dz, dgamma, dw, dbias, dh0
+
+
+# ---------------------------------------------------------------------------------------- mdi
+def _mdi_config(T: int, N: int, dtype: torch.dtype, backward: bool):
+    """[BLOCK_T, BLOCK_N, BLOCK_D] tiles of ~4096 (forward) / ~2048 (backward) elements; BLOCK_T grows with T
+    to keep the chain of carry hand-offs short (see _scan_blocks)."""
+    block_n = triton.next_power_of_2(N)
+    if INTERPRET:
+        return dict(BLOCK_T=4, BLOCK_N=block_n, BLOCK_D=8, num_warps=1)
+    if MDI_BLOCKS is not None:
+        block_t, block_d, warps = MDI_BLOCKS[backward]
+        return dict(BLOCK_T=block_t, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=warps)
+    if backward:  # H100, N=4, B=8, T=4096, D=1024 fp32: 64 x 16 1.50 ms; 32 x 16 2.31; 64 x 32 (8 warps) 2.78
+        block_t = min(256, max(32, triton.next_power_of_2(triton.cdiv(T, 64))))
+        return dict(BLOCK_T=block_t, BLOCK_N=block_n, BLOCK_D=max(16, 2048 // (block_t * block_n)), num_warps=4)
+    # forward: 32 x 32 0.43 ms; 64 x 16 1.10 (64-byte rows of m); 64 x 64 (8 warps) 0.48
+    block_t = min(256, max(32, triton.next_power_of_2(triton.cdiv(T, 128))))
+    size = 2048 if dtype == torch.float64 else 4096
+    return dict(BLOCK_T=block_t, BLOCK_N=block_n, BLOCK_D=max(32, size // (block_t * block_n)), num_warps=4)
+
+
+MDI_BLOCKS: Optional[dict] = None  # {False: (BLOCK_T, BLOCK_D, warps), True: ...} override for tuning
+
+
+def _chain_buffers(T: int, B: int, D: int, block_t: int, block_d: int, state: tuple, like: Tensor):
+    """ends [n_tiles_T, B, *state] in the accumulation dtype and zeroed int32 flags for a chained scan."""
+    tiles_t = triton.cdiv(T, block_t)
+    tiles = tiles_t * B * triton.cdiv(D, block_d)
+    ends = torch.empty(tiles_t, B, *state, dtype=_acc_dtype(like.dtype), device=like.device)
+    return ends, torch.zeros(1 + tiles, dtype=torch.int32, device=like.device), tiles
+
+
+def _bounds(eps: float, like: Tensor) -> Tensor:
+    return torch.tensor([eps, 1.0 - eps], dtype=_acc_dtype(like.dtype), device=like.device)
+
+
+def mdi_forward(v: Tensor, mod: Tensor, base: Tensor, m0: Optional[Tensor], eps: float) -> Tensor:
+    v, mod, base, m0 = _in(v), _in(mod), _in(base), _in(m0)
+    _check_device(v)
+    B, T, D = v.shape
+    N = base.shape[0]
+    cfg = _mdi_config(T, N, v.dtype, backward=False)
+    m = backends.new_output((B, T, N, D), v)
+    ends, flags, tiles = _chain_buffers(T, B, D, cfg["BLOCK_T"], cfg["BLOCK_D"], (N, D), v)
+    _mdi.mdi_fwd_kernel[(tiles,)](v, mod, base, m0 if m0 is not None else _dummy(v), m, _bounds(eps, v), ends, flags,
+                                  B, T, N, D, HAS_M0=m0 is not None, ACC=_tl_acc(v.dtype), **cfg)
+    return m
+
+
+def mdi_backward(grad: Tensor, v: Tensor, mod: Tensor, base: Tensor, m0: Optional[Tensor], m: Tensor, eps: float):
+    grad, v, mod, base, m0, m = _in(grad), _in(v), _in(mod), _in(base), _in(m0), _in(m)
+    _check_device(v)
+    B, T, D = v.shape
+    N = base.shape[0]
+    cfg = _mdi_config(T, N, v.dtype, backward=True)
+    acc = _acc_dtype(v.dtype)
+    dv = backends.new_output(v.shape, v)
+    dm0 = backends.new_output((B, N, D), v)
+    ends, flags, tiles = _chain_buffers(T, B, D, cfg["BLOCK_T"], cfg["BLOCK_D"], (N, D), v)
+    dmod_part = torch.empty(triton.cdiv(D, cfg["BLOCK_D"]), B, T, N, dtype=acc, device=v.device)
+    dbase_part = torch.empty(ends.shape, dtype=acc, device=v.device)  # [n_tiles_T, B, N, D]
+    _mdi.mdi_bwd_kernel[(tiles,)](grad, v, mod, base, m0 if m0 is not None else _dummy(v), m, _bounds(eps, v),
+                                  ends, flags, dv, dm0, dmod_part, dbase_part, B, T, N, D,
+                                  HAS_M0=m0 is not None, ACC=_tl_acc(v.dtype), **cfg)
+    dmod = backends.new_output(mod.shape, mod)
+    dmod.copy_(dmod_part.sum(0))
+    dbase = backends.new_output(base.shape, base)
+    dbase.copy_(dbase_part.sum((0, 1)))
+    return dv, dmod, dbase, dm0
+
+
+# ------------------------------------------------------------------------------ memory_update
+def _mu_config(S: int, D: int):
+    """[BLOCK_S, BLOCK_D] tiles of the [S, D] state. The interpreter pays per operation, not per element:
+    there one tile spans D (tests set MU_BLOCK_D to cover several)."""
+    block_s = triton.next_power_of_2(S)
+    if MU_BLOCK_D is not None:
+        block_d = MU_BLOCK_D
+    elif INTERPRET:
+        block_d = triton.next_power_of_2(D)
+    else:
+        # H100, B=16, NC=256, S=64, D=1024 fp32 fwd/bwd: 256 cols 4.42/9.40 ms, 128: 4.44/10.28, 64: 6.03/12.23
+        block_d = max(16, min(triton.next_power_of_2(D), 16384 // block_s))
+    return dict(BLOCK_S=block_s, BLOCK_D=block_d, num_warps=1 if INTERPRET else MU_WARPS)
+
+
+MU_BLOCK_D: Optional[int] = None
+MU_WARPS = 8
+
+
+def _scale(D: int, like: Tensor) -> Tensor:
+    return torch.tensor([1.0 / math.sqrt(D)], dtype=_acc_dtype(like.dtype), device=like.device)
+
+
+def memory_update_forward(M0: Tensor, key: Tensor, value: Tensor, strength: Tensor) -> Tensor:
+    M0, key, value, strength = _in(M0), _in(key), _in(value), _in(strength)
+    _check_device(M0)
+    B, S, D = M0.shape
+    NC = key.shape[1]
+    Ms = backends.new_output((B, NC + 1, S, D), M0)
+    work = torch.empty(B, S, D, dtype=_acc_dtype(M0.dtype), device=M0.device)  # state M_c
+    _mu.memory_update_fwd_kernel[(B,)](M0, key, value, strength, Ms, work, _scale(D, M0), NC, S, D,
+                                       ACC=_tl_acc(M0.dtype), **_mu_config(S, D))
+    return Ms
+
+
+def memory_update_backward(grad: Tensor, M0: Tensor, key: Tensor, value: Tensor, strength: Tensor, Ms: Tensor):
+    grad, M0, key, value, strength, Ms = _in(grad), _in(M0), _in(key), _in(value), _in(strength), _in(Ms)
+    _check_device(M0)
+    B, S, D = M0.shape
+    NC = key.shape[1]
+    dM0 = backends.new_output(M0.shape, M0)
+    dkey, dvalue = backends.new_output(key.shape, key), backends.new_output(value.shape, value)
+    dstrength = backends.new_output(strength.shape, strength)
+    work = torch.empty(B, S, D, dtype=_acc_dtype(M0.dtype), device=M0.device)  # dL/dM_{c+1}
+    _mu.memory_update_bwd_kernel[(B,)](grad, key, value, strength, Ms, work, dM0, dkey, dvalue, dstrength,
+                                       _scale(D, M0), NC, S, D, ACC=_tl_acc(M0.dtype), **_mu_config(S, D))
+    return dM0, dkey, dvalue, dstrength
+
+
+_FUNCS = {"scan": (scan_forward, scan_backward), "recurrence": (recurrence_forward, recurrence_backward),
+          "mdi": (mdi_forward, mdi_backward), "memory_update": (memory_update_forward, memory_update_backward)}
+
+
+def register_all() -> None:
+    for op, (fwd, bwd) in _FUNCS.items():
+        backends.register("triton", op, fwd, bwd)

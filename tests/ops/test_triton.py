@@ -1,0 +1,153 @@
+"""Triton-specific checks beyond the contract suite: low-precision I/O (the contract runs bfloat16/float16 only on
+GPUs), shapes that span several tiles of each kernel (chained T tiles, D tiles, batch tiles, padded heads and
+slots), clamped mdi decays, and the recurrence head-size limit. On a CPU these run under TRITON_INTERPRET=1
+(tests/conftest.py), so shapes stay small."""
+from __future__ import annotations
+
+import contextlib
+import os
+
+import pytest
+import torch
+
+import mmrec_ops
+from mmrec_ops import backends, reference
+
+from .common import assert_close, grads, tol_for
+
+if not backends.serves("triton", "scan", "cuda" if torch.cuda.is_available() else "cpu"):
+    pytest.skip(f"triton backend cannot run here: {backends.why_not_built('triton')}", allow_module_level=True)
+
+from mmrec_ops import _triton  # noqa: E402  (imports triton)
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _rand(gen, shape, dtype, lo=-1.0, hi=1.0):
+    x = torch.rand(shape, generator=gen, dtype=torch.float64) * (hi - lo) + lo
+    return x.to(device=DEVICE, dtype=dtype).requires_grad_(True)
+
+
+@contextlib.contextmanager
+def _triton_forced():
+    """Forward and backward on `triton`. MMREC_BACKEND as well as the context: autograd runs CUDA backward ops on
+    its own worker thread, which does not see the context variable of backends.backend()."""
+    previous = os.environ.get("MMREC_BACKEND")
+    os.environ["MMREC_BACKEND"] = "triton"
+    try:
+        with backends.backend("triton"):
+            yield
+    finally:
+        if previous is None:
+            del os.environ["MMREC_BACKEND"]
+        else:
+            os.environ["MMREC_BACKEND"] = previous
+
+
+def _check(op: str, args, dtype, float32_tol=1e-5, grad_tol=None):
+    """Forward and every input gradient on `triton` against float64 autograd through the reference."""
+    tensors = [x for x in args if isinstance(x, torch.Tensor)]
+    with _triton_forced():
+        out = getattr(mmrec_ops, op)(*args)
+        got = grads(out, tensors)
+    ref_args = [x.detach().double().requires_grad_(True) if isinstance(x, torch.Tensor) else x for x in args]
+    ref_tensors = [x for x in ref_args if isinstance(x, torch.Tensor)]
+    ref = getattr(reference, op)(*ref_args)
+    want = grads(ref, ref_tensors)
+    assert out.dtype == dtype
+    assert_close(out, ref, tol_for(dtype, float32_tol), f"{op} {dtype} forward")
+    gtol = grad_tol if grad_tol is not None else (1e-4 if dtype == torch.float32 else tol_for(dtype, 1e-4) * 2)
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert g is not None and g.dtype == dtype, f"{op}: input {i} got no gradient of dtype {dtype}"
+        assert_close(g, w, gtol, f"{op} {dtype} d(input {i})")
+
+
+LOW = [torch.bfloat16, torch.float16]
+
+
+@pytest.mark.parametrize("dtype", LOW)
+def test_low_precision_io(dtype):
+    gen = torch.Generator().manual_seed(0)
+    B, T, D, H, N, S = 2, 6, 6, 2, 3, 3
+    _check("scan", (_rand(gen, (B, T, D), dtype, 0.5, 1.0), _rand(gen, (B, T, D), dtype), _rand(gen, (B, D), dtype),
+                    False), dtype)
+    _check("recurrence", (_rand(gen, (B, T, D), dtype), _rand(gen, (B, T, D), dtype, 0.5, 1.0),
+                          _rand(gen, (H, D // H, D // H), dtype, -0.5, 0.5), _rand(gen, (D,), dtype, -0.3, 0.3),
+                          _rand(gen, (B, D), dtype)), dtype)
+    _check("mdi", (_rand(gen, (B, T, D), dtype), _rand(gen, (B, T, N), dtype, -3, 3), _rand(gen, (N, D), dtype, -2, 4),
+                   _rand(gen, (B, N, D), dtype), 1e-6), dtype)
+    _check("memory_update", (_rand(gen, (B, S, D), dtype), _rand(gen, (B, T, D), dtype, -2, 2),
+                             _rand(gen, (B, T, D), dtype), _rand(gen, (B, T), dtype, 0, 1)), dtype)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("with_h0", [False, True])
+def test_scan_many_tiles(reverse, with_h0):
+    """T over several chained tiles (4 steps each under the interpreter), D over two channel tiles."""
+    gen = torch.Generator().manual_seed(1)
+    B, T, D = 2, 13 if DEVICE == "cpu" else 1000, 11 if DEVICE == "cpu" else 300
+    h0 = _rand(gen, (B, D), torch.float32) if with_h0 else None
+    _check("scan", (_rand(gen, (B, T, D), torch.float32, 0.5, 1.0), _rand(gen, (B, T, D), torch.float32), h0,
+                    reverse), torch.float32, 1e-6)
+
+
+def test_scan_cumulative_product_is_exact_where_logs_underflow():
+    """prod_{i<=t} gamma_i = scan(gamma, 0, h0=1): tiny decays underflow to exact zeros, never NaN."""
+    gamma = torch.full((1, 12, 3), 1e-20, dtype=torch.float32, device=DEVICE)
+    gamma[:, :, 1] = 0.0
+    gamma[:, :, 2] = 0.5
+    with _triton_forced():
+        out = mmrec_ops.scan(gamma, torch.zeros_like(gamma), torch.ones(1, 3, device=DEVICE))
+    want = torch.cumprod(gamma.double(), 1)
+    assert torch.isfinite(out).all()
+    assert_close(out, want, 1e-7, "cumulative product")
+    assert (out[:, 3:, :2] == 0).all()
+
+
+def test_recurrence_batch_tiles_and_padded_heads():
+    """B = 18 spans two batch tiles of 16; d = 20 is padded to 32 (dW summed over the tiles)."""
+    gen = torch.Generator().manual_seed(2)
+    B, T, H, d = 18, 4, 2, 20
+    D = H * d
+    _check("recurrence", (_rand(gen, (B, T, D), torch.float32), _rand(gen, (B, T, D), torch.float32, 0.5, 1.0),
+                          _rand(gen, (H, d, d), torch.float32, -0.3, 0.3), _rand(gen, (D,), torch.float32, -0.3, 0.3),
+                          _rand(gen, (B, D), torch.float32)), torch.float32)
+
+
+def test_recurrence_rejects_heads_over_128():
+    z = torch.zeros(1, 2, 129, device=DEVICE)
+    w = torch.zeros(1, 129, 129, device=DEVICE)
+    with _triton_forced(), pytest.raises(ValueError, match="head dimensions"):
+        mmrec_ops.recurrence(z, z, w)
+
+
+@pytest.mark.parametrize("eps", [1e-6, 0.2])
+def test_mdi_many_tiles_and_clamped_decays(eps):
+    """Several chained T tiles and D tiles; eps = 0.2 clamps many decays (zero gradient there, as torch.clamp)."""
+    gen = torch.Generator().manual_seed(3)
+    B, T, N, D = 2, 10, 3, 11
+    _check("mdi", (_rand(gen, (B, T, D), torch.float64), _rand(gen, (B, T, N), torch.float64, -3, 3),
+                   _rand(gen, (N, D), torch.float64, -2, 4), _rand(gen, (B, N, D), torch.float64), eps),
+           torch.float64, grad_tol=1e-10)
+
+
+def test_memory_update_many_d_tiles_and_padded_slots(monkeypatch):
+    """D = 11 over three tiles of 4 columns; S = 3 slots padded to 4."""
+    monkeypatch.setattr(_triton, "MU_BLOCK_D", 4)
+    gen = torch.Generator().manual_seed(4)
+    B, NC, S, D = 2, 3, 3, 11
+    _check("memory_update", (_rand(gen, (B, S, D), torch.float64), _rand(gen, (B, NC, D), torch.float64, -2, 2),
+                             _rand(gen, (B, NC, D), torch.float64), _rand(gen, (B, NC), torch.float64, 0, 1)),
+           torch.float64, grad_tol=1e-10)
+
+
+def test_recurrence_backward_reloading_w(monkeypatch):
+    """The backward variant that re-reads W every step (used where W and W^T do not both fit on chip)."""
+    monkeypatch.setattr(_triton, "_fallbacks", lambda cfg, backward: [{**cfg, "RELOAD_W": True}] if backward else [cfg])
+    monkeypatch.setattr(_triton, "_REC_VARIANT", {})
+    gen = torch.Generator().manual_seed(5)
+    B, T, H, d = 3, 4, 2, 3
+    D = H * d
+    _check("recurrence", (_rand(gen, (B, T, D), torch.float64), _rand(gen, (B, T, D), torch.float64, 0.5, 1.0),
+                          _rand(gen, (H, d, d), torch.float64, -0.5, 0.5), _rand(gen, (D,), torch.float64, -0.3, 0.3),
+                          _rand(gen, (B, D), torch.float64)), torch.float64, grad_tol=1e-10)
