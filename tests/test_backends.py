@@ -96,3 +96,16 @@ def test_binding_rejects_inconsistent_arrays():
     with pytest.raises(TypeError, match="float16 is not supported"):
         x = a.half()
         mmrec_ops._native.C.scan_fwd(x, x, None, torch.empty_like(x), False, 0)
+
+
+def test_backward_runs_the_backend_that_ran_the_forward(monkeypatch):
+    """A forced backend also serves the backward, even when backward() runs after the `with` block."""
+    calls = []
+    impl = backends._IMPLS[("ref", "scan")]
+    monkeypatch.setitem(backends._IMPLS, ("ref", "scan"), backends.Impl(
+        impl.forward, lambda *args: calls.append("ref") or impl.backward(*args)))
+    a = torch.rand(2, 4, 3, requires_grad=True)
+    with mmrec_ops.backend("ref"):
+        h = mmrec_ops.scan(a, torch.randn(2, 4, 3))
+    h.sum().backward()
+    assert calls == ["ref"]

@@ -122,9 +122,9 @@ def forced_backend() -> Optional[str]:
     return name
 
 
-def resolve(op: str, device_type: str) -> Tuple[str, Impl]:
-    """The backend that runs `op` on `device_type` now, and its implementation."""
-    name = forced_backend()
+def resolve(op: str, device_type: str, name: Optional[str] = None) -> Tuple[str, Impl]:
+    """The backend that runs `op` on `device_type` (`name`, else the forced one, else by device)."""
+    name = name or forced_backend()
     if name is not None:
         reason = why_not_built(name)
         if reason is not None:

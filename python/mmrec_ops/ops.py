@@ -18,13 +18,20 @@ from . import _ref, backends, validate
 _ref.register_all()
 
 
-def _run(op: str, which: str, device: torch.device, *args):
-    """Runs the chosen backend; outputs are contiguous, as the fake implementations promise."""
-    _, impl = backends.resolve(op, device.type)
+def _run(op: str, which: str, device: torch.device, *args, backend: str = ""):
+    """Runs `backend` (or the one chosen for the device when empty); outputs are contiguous, as the fake
+    implementations promise."""
+    _, impl = backends.resolve(op, device.type, backend or None)
     out = getattr(impl, which)(*args)
     if isinstance(out, tuple):
         return tuple(x.contiguous() for x in out)
     return out.contiguous()
+
+
+def _forward_backend() -> str:
+    """The backend forced while the forward ran ("" = choose by device), so that the backward runs the
+    same one even outside the `with backend(...)` block or on autograd's CUDA worker thread."""
+    return backends.forced_backend() or ""
 
 
 # --------------------------------------------------------------------------------------- scan
@@ -41,13 +48,13 @@ def _(a, b, h0=None, reverse=False):
 
 
 @torch.library.custom_op("mmrec::scan_backward", mutates_args=())
-def scan_backward(grad: Tensor, a: Tensor, h: Tensor, h0: Optional[Tensor], reverse: bool
+def scan_backward(grad: Tensor, a: Tensor, h: Tensor, h0: Optional[Tensor], reverse: bool, backend: str
                   ) -> Tuple[Tensor, Tensor, Tensor]:
-    return _run("scan", "backward", a.device, grad, a, h, h0, reverse)
+    return _run("scan", "backward", a.device, grad, a, h, h0, reverse, backend=backend)
 
 
 @scan_backward.register_fake
-def _(grad, a, h, h0, reverse):
+def _(grad, a, h, h0, reverse, backend):
     return a.new_empty(a.shape), a.new_empty(a.shape), a.new_empty(a.shape[0], a.shape[2])
 
 
@@ -55,11 +62,12 @@ def _scan_setup(ctx, inputs, output):
     a, _, h0, reverse = inputs
     ctx.save_for_backward(a, output, h0)
     ctx.reverse = reverse
+    ctx.backend = _forward_backend()
 
 
 def _scan_grad(ctx, grad):
     a, h, h0 = ctx.saved_tensors
-    da, db, dh0 = scan_backward(grad, a, h, h0, ctx.reverse)
+    da, db, dh0 = scan_backward(grad, a, h, h0, ctx.reverse, ctx.backend)
     return da, db, (dh0 if h0 is not None else None), None
 
 
@@ -82,12 +90,13 @@ def _(z, gamma, w, bias=None, h0=None):
 
 @torch.library.custom_op("mmrec::recurrence_backward", mutates_args=())
 def recurrence_backward(grad: Tensor, z: Tensor, gamma: Tensor, w: Tensor, bias: Optional[Tensor],
-                        h0: Optional[Tensor], h: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return _run("recurrence", "backward", z.device, grad, z, gamma, w, bias, h0, h)
+                        h0: Optional[Tensor], h: Tensor, backend: str
+                        ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return _run("recurrence", "backward", z.device, grad, z, gamma, w, bias, h0, h, backend=backend)
 
 
 @recurrence_backward.register_fake
-def _(grad, z, gamma, w, bias, h0, h):
+def _(grad, z, gamma, w, bias, h0, h, backend):
     B, _, D = z.shape
     return (z.new_empty(z.shape), z.new_empty(z.shape), w.new_empty(w.shape), z.new_empty(D),
             z.new_empty(B, D))
@@ -96,11 +105,12 @@ def _(grad, z, gamma, w, bias, h0, h):
 def _recurrence_setup(ctx, inputs, output):
     z, gamma, w, bias, h0 = inputs
     ctx.save_for_backward(z, gamma, w, bias, h0, output)
+    ctx.backend = _forward_backend()
 
 
 def _recurrence_grad(ctx, grad):
     z, gamma, w, bias, h0, h = ctx.saved_tensors
-    dz, dgamma, dw, dbias, dh0 = recurrence_backward(grad, z, gamma, w, bias, h0, h)
+    dz, dgamma, dw, dbias, dh0 = recurrence_backward(grad, z, gamma, w, bias, h0, h, ctx.backend)
     return dz, dgamma, dw, (dbias if bias is not None else None), (dh0 if h0 is not None else None)
 
 
@@ -123,12 +133,12 @@ def _(v, mod, base, m0=None, eps=1e-6):
 
 @torch.library.custom_op("mmrec::mdi_backward", mutates_args=())
 def mdi_backward(grad: Tensor, v: Tensor, mod: Tensor, base: Tensor, m0: Optional[Tensor], m: Tensor,
-                 eps: float) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    return _run("mdi", "backward", v.device, grad, v, mod, base, m0, m, eps)
+                 eps: float, backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    return _run("mdi", "backward", v.device, grad, v, mod, base, m0, m, eps, backend=backend)
 
 
 @mdi_backward.register_fake
-def _(grad, v, mod, base, m0, m, eps):
+def _(grad, v, mod, base, m0, m, eps, backend):
     B, _, D = v.shape
     return v.new_empty(v.shape), mod.new_empty(mod.shape), base.new_empty(base.shape), \
         v.new_empty(B, base.shape[0], D)
@@ -138,11 +148,12 @@ def _mdi_setup(ctx, inputs, output):
     v, mod, base, m0, eps = inputs
     ctx.save_for_backward(v, mod, base, m0, output)
     ctx.eps = eps
+    ctx.backend = _forward_backend()
 
 
 def _mdi_grad(ctx, grad):
     v, mod, base, m0, m = ctx.saved_tensors
-    dv, dmod, dbase, dm0 = mdi_backward(grad, v, mod, base, m0, m, ctx.eps)
+    dv, dmod, dbase, dm0 = mdi_backward(grad, v, mod, base, m0, m, ctx.eps, ctx.backend)
     return dv, dmod, dbase, (dm0 if m0 is not None else None), None
 
 
@@ -164,23 +175,24 @@ def _(M0, key, value, strength):
 
 
 @torch.library.custom_op("mmrec::memory_update_backward", mutates_args=())
-def memory_update_backward(grad: Tensor, M0: Tensor, key: Tensor, value: Tensor, strength: Tensor, Ms: Tensor
-                           ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    return _run("memory_update", "backward", M0.device, grad, M0, key, value, strength, Ms)
+def memory_update_backward(grad: Tensor, M0: Tensor, key: Tensor, value: Tensor, strength: Tensor, Ms: Tensor,
+                           backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    return _run("memory_update", "backward", M0.device, grad, M0, key, value, strength, Ms, backend=backend)
 
 
 @memory_update_backward.register_fake
-def _(grad, M0, key, value, strength, Ms):
+def _(grad, M0, key, value, strength, Ms, backend):
     return M0.new_empty(M0.shape), key.new_empty(key.shape), value.new_empty(value.shape), \
         strength.new_empty(strength.shape)
 
 
 def _memory_update_setup(ctx, inputs, output):
     ctx.save_for_backward(*inputs, output)
+    ctx.backend = _forward_backend()
 
 
 def _memory_update_grad(ctx, grad):
-    return memory_update_backward(grad, *ctx.saved_tensors)
+    return memory_update_backward(grad, *ctx.saved_tensors, ctx.backend)
 
 
 _memory_update_op.register_autograd(_memory_update_grad, setup_context=_memory_update_setup)
