@@ -95,5 +95,6 @@ void dispatch_cpu(DType dt, F&& f) {
 }
 
 void bind_scan(nb::module_& m);
+void bind_recurrence(nb::module_& m);
 
 }  // namespace mmrec::bind

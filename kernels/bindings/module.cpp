@@ -11,4 +11,5 @@ NB_MODULE(_C, m) {
   m.def("cuda_device_count", &mmrec::cuda::device_count);
   m.def("omp_max_threads", []() { return omp_get_max_threads(); });
   mmrec::bind::bind_scan(m);
+  mmrec::bind::bind_recurrence(m);
 }

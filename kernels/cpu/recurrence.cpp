@@ -1,0 +1,389 @@
+// recurrence: p_t = W h_{t-1} + bias (W block-diagonal, head k: w[k] @ h^k), s_t = sigmoid(p_t),
+//             h_t = z_t * s_t + gamma_t * h_{t-1}  (h_{-1} = h0).
+// backward:   delta_t = G_t + gamma_{t+1} * delta_{t+1} + W^T e_{t+1}, e_t = delta_t * z_t * s_t * (1 - s_t);
+//             dz_t = delta_t s_t, dgamma_t = delta_t h_{t-1}, dbias = sum e_t, dW[k] = sum e^k_t (h^k_{t-1})^T,
+//             dh0 = gamma_0 delta_0 + W^T e_0.
+// Saved for backward: z, gamma and h, 3 D elements per token (12 D bytes in float32); s_t is recomputed
+// from h_{t-1}. Work per token: forward 2 D d flops (the per-head matvecs) + ~20 D (gate); backward
+// 6 D d (recomputed W h, W^T e, dW) + ~30 D.
+//
+// B * H independent sequences: one task = one head and a block of up to 4 batch rows, which walks all T
+// steps with its state in a padded float buffer; each step is a small matmul [rows, d] x [d, d] whose
+// register tiles reuse every loaded vector of w[k] across the rows, then the gate. The backward walks
+// t = T-1 .. 0, keeps e_t and h_{t-1} of the last steps in L1/L2 buffers and folds them into a per-thread
+// dW[k] with one blocked matmul every ~64 rows, so dW costs what the forward matvec costs instead of a
+// per-step rank-1 update; per-thread partials (static schedule) are summed in thread order: deterministic.
+#include "cpu/recurrence.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+
+#include "cpu/parallel.h"
+
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+namespace mmrec::cpu {
+namespace {
+
+// 32-byte vectors: AVX2 registers in the x86-64-v3 clone (two SSE halves in the baseline clone).
+template <class A> struct Simd;
+template <> struct Simd<float> {
+  typedef float V __attribute__((vector_size(32)));
+  typedef int32_t I __attribute__((vector_size(32)));
+  static constexpr int N = 8;
+};
+template <> struct Simd<double> {
+  typedef double V __attribute__((vector_size(32)));
+  static constexpr int N = 4;
+};
+template <class A> using vec = typename Simd<A>::V;
+
+template <class A> MMREC_INLINE vec<A> load(const A* p) { return *reinterpret_cast<const vec<A>*>(p); }
+template <class A> MMREC_INLINE void store(A* p, vec<A> v) { *reinterpret_cast<vec<A>*>(p) = v; }
+template <class A> MMREC_INLINE vec<A> splat(A x) { return vec<A>{} + x; }
+
+// 1 / (1 + exp(-x)) with exp(-x) = 2^n * poly(r) (Cephes expf polynomial, |rel err| < 2e-7);
+// -x is clamped to [-87, 88] so 2^n stays a normal float. NaN propagates.
+MMREC_INLINE vec<float> sigmoid(vec<float> x) {
+  using V = vec<float>;
+  using I = Simd<float>::I;
+  V t = -x;
+  t = t < splat(-87.f) ? splat(-87.f) : t;
+  t = t > splat(88.f) ? splat(88.f) : t;
+  const V n = (t * 1.44269504088896341f + 12582912.f) - 12582912.f;  // round to nearest integer
+  V r = t - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  V p = splat(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * (r * r) + r + 1.f;
+  const V scale = (V)((__builtin_convertvector(n, I) + 127) << 23);  // 2^n, bit cast
+  return 1.f / (1.f + p * scale);
+}
+
+MMREC_INLINE vec<double> sigmoid(vec<double> x) {
+  vec<double> s;
+  for (int l = 0; l < Simd<double>::N; ++l) s[l] = 1.0 / (1.0 + std::exp(-x[l]));
+  return s;
+}
+
+// out[r][0:NV*N] = init[r][0:NV*N] + sum_{j<K} x[r*xr + j*xc] * m[j][0:NV*N] for R rows: R x NV accumulators
+// stay in registers, each loaded vector of m serves R rows.
+template <class A, int R, int NV>
+MMREC_INLINE void tile(const A* x, int64_t xr, int64_t xc, const A* m, int64_t ldm, int64_t K, const A* init,
+                       int64_t ldi, A* out, int64_t ldo) {
+  constexpr int N = Simd<A>::N;
+  vec<A> acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < NV; ++c) acc[r][c] = load(init + r * ldi + c * N);
+  for (int64_t j = 0; j < K; ++j) {
+    vec<A> mv[NV];
+    for (int c = 0; c < NV; ++c) mv[c] = load(m + j * ldm + c * N);
+    for (int r = 0; r < R; ++r) {
+      const vec<A> xv = splat(x[r * xr + j * xc]);
+      for (int c = 0; c < NV; ++c) acc[r][c] += xv * mv[c];
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < NV; ++c) store(out + r * ldo + c * N, acc[r][c]);
+}
+
+// R rows over `width` columns (a multiple of N): the widest tiles first; 8-12 accumulators hide FMA latency.
+template <class A, int R>
+MMREC_INLINE void row_block(const A* x, int64_t xr, int64_t xc, const A* m, int64_t ldm, int64_t K, int64_t width,
+                            const A* init, int64_t ldi, A* out, int64_t ldo) {
+  constexpr int N = Simd<A>::N;
+  constexpr int NV = R == 1 ? 8 : R == 4 ? 2 : 4;
+  int64_t i = 0;
+  for (; i + NV * N <= width; i += NV * N) tile<A, R, NV>(x, xr, xc, m + i, ldm, K, init + i, ldi, out + i, ldo);
+  if constexpr (NV > 4)
+    for (; i + 4 * N <= width; i += 4 * N) tile<A, R, 4>(x, xr, xc, m + i, ldm, K, init + i, ldi, out + i, ldo);
+  if constexpr (NV > 2)
+    for (; i + 2 * N <= width; i += 2 * N) tile<A, R, 2>(x, xr, xc, m + i, ldm, K, init + i, ldi, out + i, ldo);
+  for (; i < width; i += N) tile<A, R, 1>(x, xr, xc, m + i, ldm, K, init + i, ldi, out + i, ldo);
+}
+
+// out[r][:width] = init[r][:width] + sum_{j<K} x(r, j) m[j][:width] for `rows` rows; x(r, j) = x[r*xr + j*xc],
+// init row stride ldi (0: one row for all). out may equal init (each tile reads its init before writing).
+template <class A>
+MMREC_INLINE void matmul(int64_t rows, const A* x, int64_t xr, int64_t xc, const A* m, int64_t ldm, int64_t K,
+                         int64_t width, const A* init, int64_t ldi, A* out, int64_t ldo) {
+  int64_t r = 0;
+  for (; r + 4 <= rows; r += 4)
+    row_block<A, 4>(x + r * xr, xr, xc, m, ldm, K, width, init + r * ldi, ldi, out + r * ldo, ldo);
+  const A* xs = x + r * xr;
+  const A* is = init + r * ldi;
+  A* os = out + r * ldo;
+  switch (rows - r) {
+    case 3: row_block<A, 3>(xs, xr, xc, m, ldm, K, width, is, ldi, os, ldo); break;
+    case 2: row_block<A, 2>(xs, xr, xc, m, ldm, K, width, is, ldi, os, ldo); break;
+    case 1: row_block<A, 1>(xs, xr, xc, m, ldm, K, width, is, ldi, os, ldo); break;
+    default: break;
+  }
+}
+
+struct FreeDeleter {
+  void operator()(void* p) const { std::free(p); }
+};
+
+// Zeroed, 64-byte aligned scratch of n elements.
+template <class A>
+std::unique_ptr<A[], FreeDeleter> zeroed(int64_t n) {
+  const size_t bytes = (size_t(std::max<int64_t>(n, 1)) * sizeof(A) + 63) / 64 * 64;
+  A* p = static_cast<A*>(std::aligned_alloc(64, bytes));
+  if (!p) throw std::bad_alloc();
+  std::memset(p, 0, bytes);
+  return std::unique_ptr<A[], FreeDeleter>(p);
+}
+
+struct Plan {
+  int64_t rows;        // batch rows per task
+  int64_t blocks;      // row blocks per head
+  int64_t tasks;       // H * blocks; task = head * blocks + block
+  int threads;
+};
+
+// Up to 4 rows share one pass over w[k]; fewer when that leaves a thread without a task.
+inline Plan plan(int64_t B, int64_t T_, int64_t H, int64_t d) {
+  const int max_threads = omp_get_max_threads();
+  int64_t rows = std::min<int64_t>(B, 4);
+  while (rows > 1 && H * ((B + rows - 1) / rows) < max_threads) rows = (rows + 1) / 2;
+  const int64_t blocks = (B + rows - 1) / rows;
+  return {rows, blocks, H * blocks, num_threads_for(B * T_ * H * d * d / 4, H * blocks)};
+}
+
+// Packed float copies of w: wT[k][j][i] = w[k][i][j] (for W h) and wp[k][i][j] = w[k][i][j] (for W^T e),
+// rows padded to dp; pad columns are zero so padded state lanes never leak into real ones.
+template <class T, class A>
+MMREC_INLINE void pack_w(const T* w, int64_t H, int64_t d, int64_t dp, A* wT, A* wp) {
+  for (int64_t k = 0; k < H; ++k)
+    for (int64_t i = 0; i < d; ++i)
+      for (int64_t j = 0; j < d; ++j) {
+        const A v = A(to_float(w[(k * d + i) * d + j]));
+        if (wT) wT[(k * d + j) * dp + i] = v;
+        if (wp) wp[(k * d + i) * dp + j] = v;
+      }
+}
+
+template <class T, class A>
+MMREC_INLINE void load_rows(A* dst, int64_t dp, const T* src, int64_t stride, int64_t rows, int64_t d) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* s = src + r * stride;
+    A* o = dst + r * dp;
+#pragma omp simd
+    for (int64_t i = 0; i < d; ++i) o[i] = A(to_float(s[i]));
+  }
+}
+
+template <class T, class A>
+MMREC_INLINE void store_rows(T* dst, int64_t stride, const A* src, int64_t dp, int64_t rows, int64_t d) {
+  for (int64_t r = 0; r < rows; ++r) {
+    T* o = dst + r * stride;
+    const A* s = src + r * dp;
+#pragma omp simd
+    for (int64_t i = 0; i < d; ++i) o[i] = from_acc<T>(s[i]);
+  }
+}
+
+// One head, `rows` batch rows, all T steps. z, gamma, h point at [b0, 0, k*d]; h0 at [b0, k*d] or null.
+template <class T, class A>
+MMREC_INLINE void fwd_task(const T* z, const T* gamma, const T* h0, T* h, const A* wT, const A* bias, int64_t rows,
+                           int64_t T_, int64_t D, int64_t d, int64_t dp, A* scratch) {
+  constexpr int N = Simd<A>::N;
+  const int64_t n = rows * dp, seq = T_ * D;
+  A* hs = scratch;  // [rows, dp] state h_{t-1}
+  A* zs = hs + n;   // [rows, dp] z_t
+  A* gs = zs + n;   // [rows, dp] gamma_t
+  A* ps = gs + n;   // [rows, dp] p_t
+  std::memset(hs, 0, 4 * n * sizeof(A));
+  if (h0) load_rows(hs, dp, h0, D, rows, d);
+  for (int64_t t = 0; t < T_; ++t) {
+    load_rows(zs, dp, z + t * D, seq, rows, d);
+    load_rows(gs, dp, gamma + t * D, seq, rows, d);
+    matmul<A>(rows, hs, dp, 1, wT, dp, d, dp, bias, 0, ps, dp);
+    for (int64_t i = 0; i < n; i += N) {
+      const vec<A> s = sigmoid(load(ps + i));
+      store(hs + i, load(zs + i) * s + load(gs + i) * load(hs + i));
+    }
+    store_rows(h + t * D, seq, hs, dp, rows, d);
+  }
+}
+
+// Rows of e_t / h_{t-1} gathered before one dW update.
+constexpr int64_t kFoldRows = 64;
+
+// Reverse walk of one task. dw_acc: this thread's [d, dp] partial of dW[k]; db_acc: its [dp] partial of dbias^k.
+template <class T, class A>
+MMREC_INLINE void bwd_task(const T* z, const T* gamma, const T* h, const T* h0, const T* grad, T* dz, T* dgamma,
+                           T* dh0, const A* wT, const A* wp, const A* bias, A* dw_acc, A* db_acc, int64_t rows,
+                           int64_t T_, int64_t D, int64_t d, int64_t dp, A* scratch) {
+  constexpr int N = Simd<A>::N;
+  const int64_t n = rows * dp, seq = T_ * D;
+  const int64_t fold_steps = std::max<int64_t>(1, kFoldRows / rows);
+  A* carry = scratch;  // [rows, dp] gamma_{t+1} delta_{t+1} + W^T e_{t+1}
+  A* gs = carry + n;   // [rows, dp] G_t, then dz_t
+  A* zs = gs + n;      // [rows, dp] z_t, then dgamma_t
+  A* ys = zs + n;      // [rows, dp] gamma_t
+  A* ps = ys + n;      // [rows, dp] p_t
+  A* e_buf = ps + n;   // [fold_steps * rows, dp] e of the steps not yet folded into dW
+  A* hp_buf = e_buf + fold_steps * n;  // [fold_steps * rows, dp] their h_{t-1}
+  std::memset(scratch, 0, (5 + 2 * fold_steps) * n * sizeof(A));
+  int64_t held = 0;
+  for (int64_t t = T_ - 1; t >= 0; --t) {
+    A* hp = hp_buf + held * n;
+    A* e = e_buf + held * n;
+    if (t > 0)
+      load_rows(hp, dp, h + (t - 1) * D, seq, rows, d);
+    else if (h0)
+      load_rows(hp, dp, h0, D, rows, d);
+    else
+      std::memset(hp, 0, n * sizeof(A));
+    load_rows(gs, dp, grad + t * D, seq, rows, d);
+    load_rows(zs, dp, z + t * D, seq, rows, d);
+    load_rows(ys, dp, gamma + t * D, seq, rows, d);
+    matmul<A>(rows, hp, dp, 1, wT, dp, d, dp, bias, 0, ps, dp);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t i = r * dp; i < (r + 1) * dp; i += N) {
+        const vec<A> s = sigmoid(load(ps + i));
+        const vec<A> delta = load(gs + i) + load(carry + i);
+        const vec<A> ev = delta * load(zs + i) * s * (A(1) - s);
+        store(zs + i, delta * load(hp + i));
+        store(gs + i, delta * s);
+        store(e + i, ev);
+        store(carry + i, load(ys + i) * delta);
+        store(db_acc + i - r * dp, load(db_acc + i - r * dp) + ev);
+      }
+    store_rows(dz + t * D, seq, gs, dp, rows, d);
+    store_rows(dgamma + t * D, seq, zs, dp, rows, d);
+    matmul<A>(rows, e, dp, 1, wp, dp, d, dp, carry, dp, carry, dp);
+    if (++held == fold_steps || t == 0) {
+      // dW[k][i][j] += sum_n e[n][i] hp[n][j] over the held rows n, in the order they were produced.
+      matmul<A>(d, e_buf, 1, dp, hp_buf, dp, held * rows, dp, dw_acc, dp, dw_acc, dp);
+      held = 0;
+    }
+  }
+  store_rows(dh0, D, carry, dp, rows, d);
+}
+
+inline int64_t padded(int64_t d, int lanes) { return (d + lanes - 1) / lanes * lanes; }
+
+template <class T>
+MMREC_INLINE void fwd(const T* z, const T* gamma, const T* w, const T* bias, const T* h0, T* h, int64_t B,
+                      int64_t T_, int64_t H, int64_t d) {
+  using A = acc_t<T>;
+  const int64_t D = H * d, dp = padded(d, Simd<A>::N);
+  const Plan pl = plan(B, T_, H, d);
+  auto wT = zeroed<A>(H * d * dp);
+  auto biasp = zeroed<A>(H * dp);
+  pack_w<T, A>(w, H, d, dp, wT.get(), nullptr);
+  if (bias)
+    for (int64_t k = 0; k < H; ++k)
+      for (int64_t i = 0; i < d; ++i) biasp[k * dp + i] = A(to_float(bias[k * d + i]));
+  const int64_t scratch_size = 4 * pl.rows * dp;
+  auto scratch = zeroed<A>(pl.threads * scratch_size);
+#pragma omp parallel num_threads(pl.threads)
+  {
+    A* mine = scratch.get() + omp_get_thread_num() * scratch_size;
+#pragma omp for schedule(static)
+    for (int64_t task = 0; task < pl.tasks; ++task) {
+      const int64_t k = task / pl.blocks, b0 = (task % pl.blocks) * pl.rows;
+      const int64_t rows = std::min(pl.rows, B - b0), base = b0 * T_ * D + k * d;
+      fwd_task<T, A>(z + base, gamma + base, h0 ? h0 + b0 * D + k * d : nullptr, h + base, wT.get() + k * d * dp,
+                     biasp.get() + k * dp, rows, T_, D, d, dp, mine);
+    }
+  }
+}
+
+template <class T>
+MMREC_INLINE void bwd(const T* z, const T* gamma, const T* w, const T* bias, const T* h0, const T* h, const T* grad,
+                      T* dz, T* dgamma, T* dw, T* dbias, T* dh0, int64_t B, int64_t T_, int64_t H, int64_t d) {
+  using A = acc_t<T>;
+  const int64_t D = H * d, dp = padded(d, Simd<A>::N);
+  const Plan pl = plan(B, T_, H, d);
+  auto wT = zeroed<A>(H * d * dp);
+  auto wp = zeroed<A>(H * d * dp);
+  auto biasp = zeroed<A>(H * dp);
+  pack_w<T, A>(w, H, d, dp, wT.get(), wp.get());
+  if (bias)
+    for (int64_t k = 0; k < H; ++k)
+      for (int64_t i = 0; i < d; ++i) biasp[k * dp + i] = A(to_float(bias[k * d + i]));
+  // Per-thread partials: [threads][H][d + 1][dp]; row d holds dbias^k.
+  const int64_t part = H * (d + 1) * dp;
+  auto parts = zeroed<A>(pl.threads * part);
+  const int64_t scratch_size = (5 + 2 * std::max<int64_t>(1, kFoldRows / pl.rows)) * pl.rows * dp;
+  auto scratch = zeroed<A>(pl.threads * scratch_size);
+#pragma omp parallel num_threads(pl.threads)
+  {
+    A* mine = parts.get() + omp_get_thread_num() * part;
+    A* work = scratch.get() + omp_get_thread_num() * scratch_size;
+#pragma omp for schedule(static)
+    for (int64_t task = 0; task < pl.tasks; ++task) {
+      const int64_t k = task / pl.blocks, b0 = (task % pl.blocks) * pl.rows;
+      const int64_t rows = std::min(pl.rows, B - b0), base = b0 * T_ * D + k * d;
+      A* acc = mine + k * (d + 1) * dp;
+      bwd_task<T, A>(z + base, gamma + base, h + base, h0 ? h0 + b0 * D + k * d : nullptr, grad + base, dz + base,
+                     dgamma + base, dh0 + b0 * D + k * d, wT.get() + k * d * dp, wp.get() + k * d * dp,
+                     biasp.get() + k * dp, acc, acc + d * dp, rows, T_, D, d, dp, work);
+    }
+    // Sum the partials in thread order (the same order every run).
+#pragma omp for schedule(static)
+    for (int64_t row = 0; row < H * (d + 1); ++row) {
+      const int64_t k = row / (d + 1), i = row % (d + 1);
+      A sum[1024];
+      T* out_row = i < d ? dw + (k * d + i) * d : dbias + k * d;
+      for (int64_t j0 = 0; j0 < d; j0 += 1024) {
+        const int64_t width = std::min<int64_t>(1024, d - j0);
+        for (int64_t j = 0; j < width; ++j) sum[j] = A(0);
+        for (int th = 0; th < pl.threads; ++th) {
+          const A* src = parts.get() + th * part + row * dp + j0;
+#pragma omp simd
+          for (int64_t j = 0; j < width; ++j) sum[j] += src[j];
+        }
+        T* dst = out_row + j0;
+        for (int64_t j = 0; j < width; ++j) dst[j] = from_acc<T>(sum[j]);
+      }
+    }
+  }
+}
+
+// One ISA-dispatched entry point per storage type (target_clones does not apply to templates).
+#define MMREC_REC_ENTRY(T, suffix)                                                                                  \
+  MMREC_ISA_DISPATCH void fwd_##suffix(const T* z, const T* g, const T* w, const T* bias, const T* h0, T* h,        \
+                                       int64_t B, int64_t T_, int64_t H, int64_t d) {                               \
+    fwd(z, g, w, bias, h0, h, B, T_, H, d);                                                                         \
+  }                                                                                                                 \
+  MMREC_ISA_DISPATCH void bwd_##suffix(const T* z, const T* g, const T* w, const T* bias, const T* h0, const T* h,  \
+                                       const T* grad, T* dz, T* dg, T* dw, T* dbias, T* dh0, int64_t B, int64_t T_, \
+                                       int64_t H, int64_t d) {                                                      \
+    bwd(z, g, w, bias, h0, h, grad, dz, dg, dw, dbias, dh0, B, T_, H, d);                                           \
+  }
+MMREC_REC_ENTRY(float, f32)
+MMREC_REC_ENTRY(double, f64)
+MMREC_REC_ENTRY(bf16_t, bf16)
+#undef MMREC_REC_ENTRY
+
+}  // namespace
+
+#define MMREC_REC_SPECIALIZE(T, suffix)                                                                              \
+  template <>                                                                                                        \
+  void recurrence_fwd<T>(const T* z, const T* g, const T* w, const T* bias, const T* h0, T* h, int64_t B, int64_t T_, \
+                         int64_t H, int64_t d) {                                                                     \
+    fwd_##suffix(z, g, w, bias, h0, h, B, T_, H, d);                                                                 \
+  }                                                                                                                  \
+  template <>                                                                                                        \
+  void recurrence_bwd<T>(const T* z, const T* g, const T* w, const T* bias, const T* h0, const T* h, const T* grad,  \
+                         T* dz, T* dg, T* dw, T* dbias, T* dh0, int64_t B, int64_t T_, int64_t H, int64_t d) {       \
+    bwd_##suffix(z, g, w, bias, h0, h, grad, dz, dg, dw, dbias, dh0, B, T_, H, d);                                   \
+  }
+MMREC_REC_SPECIALIZE(float, f32)
+MMREC_REC_SPECIALIZE(double, f64)
+MMREC_REC_SPECIALIZE(bf16_t, bf16)
+#undef MMREC_REC_SPECIALIZE
+
+}  // namespace mmrec::cpu
