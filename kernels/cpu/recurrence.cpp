@@ -43,7 +43,15 @@ template <class A> using vec = typename Simd<A>::V;
 
 template <class A> MMREC_INLINE vec<A> load(const A* p) { return *reinterpret_cast<const vec<A>*>(p); }
 template <class A> MMREC_INLINE void store(A* p, vec<A> v) { *reinterpret_cast<vec<A>*>(p) = v; }
-template <class A> MMREC_INLINE vec<A> splat(A x) { return vec<A>{} + x; }
+// An explicit lane-0 shuffle: GCC 12 turns `vec{} + x` and brace initialisation into insert chains here.
+MMREC_INLINE vec<float> splat(float x) {
+  const vec<float> v = {x};
+  return __builtin_shufflevector(v, v, 0, 0, 0, 0, 0, 0, 0, 0);
+}
+MMREC_INLINE vec<double> splat(double x) {
+  const vec<double> v = {x};
+  return __builtin_shufflevector(v, v, 0, 0, 0, 0);
+}
 
 // 1 / (1 + exp(-x)) with exp(-x) = 2^n * poly(r) (Cephes expf polynomial, |rel err| < 2e-7);
 // -x is clamped to [-87, 88] so 2^n stays a normal float. NaN propagates.
@@ -271,10 +279,29 @@ MMREC_INLINE void bwd_task(const T* z, const T* gamma, const T* h, const T* h0, 
   store_rows(dh0, D, carry, dp, rows, d);
 }
 
+// The task bodies are the ISA-dispatched functions: code inside `omp parallel` is outlined into a
+// function of its own that would not inherit the clone's ISA (it compiled to SSE without FMA, ~10x slower).
+#define MMREC_REC_TASKS(T, A)                                                                                       \
+  MMREC_ISA_DISPATCH void fwd_task_isa(const T* z, const T* gamma, const T* h0, T* h, const A* wT, const A* bias,  \
+                                       int64_t rows, int64_t T_, int64_t D, int64_t d, int64_t dp, A* scratch) {    \
+    fwd_task<T, A>(z, gamma, h0, h, wT, bias, rows, T_, D, d, dp, scratch);                                         \
+  }                                                                                                                 \
+  MMREC_ISA_DISPATCH void bwd_task_isa(const T* z, const T* gamma, const T* h, const T* h0, const T* grad, T* dz,   \
+                                       T* dgamma, T* dh0, const A* wT, const A* wp, const A* bias, A* dw_acc,       \
+                                       A* db_acc, int64_t rows, int64_t T_, int64_t D, int64_t d, int64_t dp,       \
+                                       A* scratch) {                                                                \
+    bwd_task<T, A>(z, gamma, h, h0, grad, dz, dgamma, dh0, wT, wp, bias, dw_acc, db_acc, rows, T_, D, d, dp,        \
+                   scratch);                                                                                        \
+  }
+MMREC_REC_TASKS(float, float)
+MMREC_REC_TASKS(double, double)
+MMREC_REC_TASKS(bf16_t, float)
+#undef MMREC_REC_TASKS
+
 inline int64_t padded(int64_t d, int lanes) { return (d + lanes - 1) / lanes * lanes; }
 
 template <class T>
-MMREC_INLINE void fwd(const T* z, const T* gamma, const T* w, const T* bias, const T* h0, T* h, int64_t B,
+void fwd(const T* z, const T* gamma, const T* w, const T* bias, const T* h0, T* h, int64_t B,
                       int64_t T_, int64_t H, int64_t d) {
   using A = acc_t<T>;
   const int64_t D = H * d, dp = padded(d, Simd<A>::N);
@@ -294,14 +321,14 @@ MMREC_INLINE void fwd(const T* z, const T* gamma, const T* w, const T* bias, con
     for (int64_t task = 0; task < pl.tasks; ++task) {
       const int64_t k = task / pl.blocks, b0 = (task % pl.blocks) * pl.rows;
       const int64_t rows = std::min(pl.rows, B - b0), base = b0 * T_ * D + k * d;
-      fwd_task<T, A>(z + base, gamma + base, h0 ? h0 + b0 * D + k * d : nullptr, h + base, wT.get() + k * d * dp,
+      fwd_task_isa(z + base, gamma + base, h0 ? h0 + b0 * D + k * d : nullptr, h + base, wT.get() + k * d * dp,
                      biasp.get() + k * dp, rows, T_, D, d, dp, mine);
     }
   }
 }
 
 template <class T>
-MMREC_INLINE void bwd(const T* z, const T* gamma, const T* w, const T* bias, const T* h0, const T* h, const T* grad,
+void bwd(const T* z, const T* gamma, const T* w, const T* bias, const T* h0, const T* h, const T* grad,
                       T* dz, T* dgamma, T* dw, T* dbias, T* dh0, int64_t B, int64_t T_, int64_t H, int64_t d) {
   using A = acc_t<T>;
   const int64_t D = H * d, dp = padded(d, Simd<A>::N);
@@ -327,7 +354,7 @@ MMREC_INLINE void bwd(const T* z, const T* gamma, const T* w, const T* bias, con
       const int64_t k = task / pl.blocks, b0 = (task % pl.blocks) * pl.rows;
       const int64_t rows = std::min(pl.rows, B - b0), base = b0 * T_ * D + k * d;
       A* acc = mine + k * (d + 1) * dp;
-      bwd_task<T, A>(z + base, gamma + base, h + base, h0 ? h0 + b0 * D + k * d : nullptr, grad + base, dz + base,
+      bwd_task_isa(z + base, gamma + base, h + base, h0 ? h0 + b0 * D + k * d : nullptr, grad + base, dz + base,
                      dgamma + base, dh0 + b0 * D + k * d, wT.get() + k * d * dp, wp.get() + k * d * dp,
                      biasp.get() + k * dp, acc, acc + d * dp, rows, T_, D, d, dp, work);
     }
@@ -352,38 +379,22 @@ MMREC_INLINE void bwd(const T* z, const T* gamma, const T* w, const T* bias, con
   }
 }
 
-// One ISA-dispatched entry point per storage type (target_clones does not apply to templates).
-#define MMREC_REC_ENTRY(T, suffix)                                                                                  \
-  MMREC_ISA_DISPATCH void fwd_##suffix(const T* z, const T* g, const T* w, const T* bias, const T* h0, T* h,        \
-                                       int64_t B, int64_t T_, int64_t H, int64_t d) {                               \
-    fwd(z, g, w, bias, h0, h, B, T_, H, d);                                                                         \
-  }                                                                                                                 \
-  MMREC_ISA_DISPATCH void bwd_##suffix(const T* z, const T* g, const T* w, const T* bias, const T* h0, const T* h,  \
-                                       const T* grad, T* dz, T* dg, T* dw, T* dbias, T* dh0, int64_t B, int64_t T_, \
-                                       int64_t H, int64_t d) {                                                      \
-    bwd(z, g, w, bias, h0, h, grad, dz, dg, dw, dbias, dh0, B, T_, H, d);                                           \
-  }
-MMREC_REC_ENTRY(float, f32)
-MMREC_REC_ENTRY(double, f64)
-MMREC_REC_ENTRY(bf16_t, bf16)
-#undef MMREC_REC_ENTRY
-
 }  // namespace
 
-#define MMREC_REC_SPECIALIZE(T, suffix)                                                                              \
+#define MMREC_REC_SPECIALIZE(T)                                                                              \
   template <>                                                                                                        \
   void recurrence_fwd<T>(const T* z, const T* g, const T* w, const T* bias, const T* h0, T* h, int64_t B, int64_t T_, \
                          int64_t H, int64_t d) {                                                                     \
-    fwd_##suffix(z, g, w, bias, h0, h, B, T_, H, d);                                                                 \
+    fwd(z, g, w, bias, h0, h, B, T_, H, d);                                                                 \
   }                                                                                                                  \
   template <>                                                                                                        \
   void recurrence_bwd<T>(const T* z, const T* g, const T* w, const T* bias, const T* h0, const T* h, const T* grad,  \
                          T* dz, T* dg, T* dw, T* dbias, T* dh0, int64_t B, int64_t T_, int64_t H, int64_t d) {       \
-    bwd_##suffix(z, g, w, bias, h0, h, grad, dz, dg, dw, dbias, dh0, B, T_, H, d);                                   \
+    bwd(z, g, w, bias, h0, h, grad, dz, dg, dw, dbias, dh0, B, T_, H, d);                                   \
   }
-MMREC_REC_SPECIALIZE(float, f32)
-MMREC_REC_SPECIALIZE(double, f64)
-MMREC_REC_SPECIALIZE(bf16_t, bf16)
+MMREC_REC_SPECIALIZE(float)
+MMREC_REC_SPECIALIZE(double)
+MMREC_REC_SPECIALIZE(bf16_t)
 #undef MMREC_REC_SPECIALIZE
 
 }  // namespace mmrec::cpu
