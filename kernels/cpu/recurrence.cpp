@@ -10,9 +10,9 @@
 // B * H independent sequences: one task = one head and a block of up to 4 batch rows, which walks all T
 // steps with its state in a padded float buffer; each step is a small matmul [rows, d] x [d, d] whose
 // register tiles reuse every loaded vector of w[k] across the rows, then the gate. The backward walks
-// t = T-1 .. 0, keeps e_t and h_{t-1} of the last steps in L1/L2 buffers and folds them into a per-thread
-// dW[k] with one blocked matmul every ~64 rows, so dW costs what the forward matvec costs instead of a
-// per-step rank-1 update; per-thread partials (static schedule) are summed in thread order: deterministic.
+// t = T-1 .. 0 in blocks of ~64 rows (steps x batch rows): p_t of a block is one matmul over the saved h,
+// dW[k] += E^T H_prev of the block another, so only W^T e_t is a per-step matvec. dW and dbias go to
+// per-thread partials (static schedule), summed in thread order: the same bits every run.
 #include "cpu/recurrence.h"
 
 #include <algorithm>
@@ -117,23 +117,41 @@ MMREC_INLINE void row_block(const A* x, int64_t xr, int64_t xc, const A* m, int6
   for (; i < width; i += N) tile<A, R, 1>(x, xr, xc, m + i, ldm, K, init + i, ldi, out + i, ldo);
 }
 
-// out[r][:width] = init[r][:width] + sum_{j<K} x(r, j) m[j][:width] for `rows` rows; x(r, j) = x[r*xr + j*xc],
-// init row stride ldi (0: one row for all). out may equal init (each tile reads its init before writing).
-template <class A>
-MMREC_INLINE void matmul(int64_t rows, const A* x, int64_t xr, int64_t xc, const A* m, int64_t ldm, int64_t K,
-                         int64_t width, const A* init, int64_t ldi, A* out, int64_t ldo) {
+// One NV-vector column panel of m for all `rows` rows, 4 rows per tile.
+template <class A, int NV>
+MMREC_INLINE void panel(int64_t rows, const A* x, int64_t xr, int64_t xc, const A* m, int64_t ldm, int64_t K,
+                        const A* init, int64_t ldi, A* out, int64_t ldo) {
   int64_t r = 0;
   for (; r + 4 <= rows; r += 4)
-    row_block<A, 4>(x + r * xr, xr, xc, m, ldm, K, width, init + r * ldi, ldi, out + r * ldo, ldo);
+    tile<A, 4, NV>(x + r * xr, xr, xc, m, ldm, K, init + r * ldi, ldi, out + r * ldo, ldo);
   const A* xs = x + r * xr;
   const A* is = init + r * ldi;
   A* os = out + r * ldo;
   switch (rows - r) {
-    case 3: row_block<A, 3>(xs, xr, xc, m, ldm, K, width, is, ldi, os, ldo); break;
-    case 2: row_block<A, 2>(xs, xr, xc, m, ldm, K, width, is, ldi, os, ldo); break;
-    case 1: row_block<A, 1>(xs, xr, xc, m, ldm, K, width, is, ldi, os, ldo); break;
+    case 3: tile<A, 3, NV>(xs, xr, xc, m, ldm, K, is, ldi, os, ldo); break;
+    case 2: tile<A, 2, NV>(xs, xr, xc, m, ldm, K, is, ldi, os, ldo); break;
+    case 1: tile<A, 1, NV>(xs, xr, xc, m, ldm, K, is, ldi, os, ldo); break;
     default: break;
   }
+}
+
+// out[r][:width] = init[r][:width] + sum_{j<K} x(r, j) m[j][:width] for `rows` rows; x(r, j) = x[r*xr + j*xc],
+// init row stride ldi (0: one row for all). out may equal init (each tile reads its init before writing).
+// Up to 3 rows (the per-step matvecs): wide tiles per row block. More rows (the batched products): one
+// 2N-wide panel of m (K x 2N, L1-resident) at a time serves every row block, so m is read from L2 once.
+template <class A>
+MMREC_INLINE void matmul(int64_t rows, const A* x, int64_t xr, int64_t xc, const A* m, int64_t ldm, int64_t K,
+                         int64_t width, const A* init, int64_t ldi, A* out, int64_t ldo) {
+  constexpr int N = Simd<A>::N;
+  switch (rows) {
+    case 1: row_block<A, 1>(x, xr, xc, m, ldm, K, width, init, ldi, out, ldo); return;
+    case 2: row_block<A, 2>(x, xr, xc, m, ldm, K, width, init, ldi, out, ldo); return;
+    case 3: row_block<A, 3>(x, xr, xc, m, ldm, K, width, init, ldi, out, ldo); return;
+    default: break;
+  }
+  int64_t i = 0;
+  for (; i + 2 * N <= width; i += 2 * N) panel<A, 2>(rows, x, xr, xc, m + i, ldm, K, init + i, ldi, out + i, ldo);
+  if (i < width) panel<A, 1>(rows, x, xr, xc, m + i, ldm, K, init + i, ldi, out + i, ldo);
 }
 
 struct FreeDeleter {
@@ -223,8 +241,10 @@ MMREC_INLINE void fwd_task(const T* z, const T* gamma, const T* h0, T* h, const 
   }
 }
 
-// Rows of e_t / h_{t-1} gathered before one dW update.
-constexpr int64_t kFoldRows = 64;
+// Steps handled as one block in the backward: their p_t = W h_{t-1} + bias (h is saved, so these do not
+// depend on each other) and their dW contributions are each one matmul over ~64 rows instead of a
+// matvec per step; only W^T e stays sequential.
+constexpr int64_t kBlockRows = 64;
 
 // Reverse walk of one task. dw_acc: this thread's [d, dp] partial of dW[k]; db_acc: its [dp] partial of dbias^k.
 template <class T, class A>
@@ -233,48 +253,52 @@ MMREC_INLINE void bwd_task(const T* z, const T* gamma, const T* h, const T* h0, 
                            int64_t T_, int64_t D, int64_t d, int64_t dp, A* scratch) {
   constexpr int N = Simd<A>::N;
   const int64_t n = rows * dp, seq = T_ * D;
-  const int64_t fold_steps = std::max<int64_t>(1, kFoldRows / rows);
+  const int64_t block_steps = std::max<int64_t>(1, kBlockRows / rows);
   A* carry = scratch;  // [rows, dp] gamma_{t+1} delta_{t+1} + W^T e_{t+1}
   A* gs = carry + n;   // [rows, dp] G_t, then dz_t
   A* zs = gs + n;      // [rows, dp] z_t, then dgamma_t
   A* ys = zs + n;      // [rows, dp] gamma_t
-  A* ps = ys + n;      // [rows, dp] p_t
-  A* e_buf = ps + n;   // [fold_steps * rows, dp] e of the steps not yet folded into dW
-  A* hp_buf = e_buf + fold_steps * n;  // [fold_steps * rows, dp] their h_{t-1}
-  std::memset(scratch, 0, (5 + 2 * fold_steps) * n * sizeof(A));
-  int64_t held = 0;
-  for (int64_t t = T_ - 1; t >= 0; --t) {
-    A* hp = hp_buf + held * n;
-    A* e = e_buf + held * n;
-    if (t > 0)
-      load_rows(hp, dp, h + (t - 1) * D, seq, rows, d);
-    else if (h0)
-      load_rows(hp, dp, h0, D, rows, d);
-    else
-      std::memset(hp, 0, n * sizeof(A));
-    load_rows(gs, dp, grad + t * D, seq, rows, d);
-    load_rows(zs, dp, z + t * D, seq, rows, d);
-    load_rows(ys, dp, gamma + t * D, seq, rows, d);
-    matmul<A>(rows, hp, dp, 1, wT, dp, d, dp, bias, 0, ps, dp);
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t i = r * dp; i < (r + 1) * dp; i += N) {
-        const vec<A> s = sigmoid(load(ps + i));
-        const vec<A> delta = load(gs + i) + load(carry + i);
-        const vec<A> ev = delta * load(zs + i) * s * (A(1) - s);
-        store(zs + i, delta * load(hp + i));
-        store(gs + i, delta * s);
-        store(e + i, ev);
-        store(carry + i, load(ys + i) * delta);
-        store(db_acc + i - r * dp, load(db_acc + i - r * dp) + ev);
-      }
-    store_rows(dz + t * D, seq, gs, dp, rows, d);
-    store_rows(dgamma + t * D, seq, zs, dp, rows, d);
-    matmul<A>(rows, e, dp, 1, wp, dp, d, dp, carry, dp, carry, dp);
-    if (++held == fold_steps || t == 0) {
-      // dW[k][i][j] += sum_n e[n][i] hp[n][j] over the held rows n, in the order they were produced.
-      matmul<A>(d, e_buf, 1, dp, hp_buf, dp, held * rows, dp, dw_acc, dp, dw_acc, dp);
-      held = 0;
+  A* p_buf = ys + n;   // [block_steps * rows, dp] p_t of the block's steps (t descending)
+  A* e_buf = p_buf + block_steps * n;   // [block_steps * rows, dp] their e_t
+  A* hp_buf = e_buf + block_steps * n;  // [block_steps * rows, dp] their h_{t-1}
+  std::memset(scratch, 0, (4 + 3 * block_steps) * n * sizeof(A));
+  for (int64_t t_hi = T_ - 1; t_hi >= 0; t_hi -= block_steps) {
+    const int64_t steps = std::min(block_steps, t_hi + 1);
+    for (int64_t s = 0; s < steps; ++s) {
+      const int64_t t = t_hi - s;
+      if (t > 0)
+        load_rows(hp_buf + s * n, dp, h + (t - 1) * D, seq, rows, d);
+      else if (h0)
+        load_rows(hp_buf + s * n, dp, h0, D, rows, d);
+      else
+        std::memset(hp_buf + s * n, 0, n * sizeof(A));
     }
+    matmul<A>(steps * rows, hp_buf, dp, 1, wT, dp, d, dp, bias, 0, p_buf, dp);
+    for (int64_t s = 0; s < steps; ++s) {
+      const int64_t t = t_hi - s;
+      const A* ps = p_buf + s * n;
+      const A* hp = hp_buf + s * n;
+      A* e = e_buf + s * n;
+      load_rows(gs, dp, grad + t * D, seq, rows, d);
+      load_rows(zs, dp, z + t * D, seq, rows, d);
+      load_rows(ys, dp, gamma + t * D, seq, rows, d);
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t i = r * dp; i < (r + 1) * dp; i += N) {
+          const vec<A> sg = sigmoid(load(ps + i));
+          const vec<A> delta = load(gs + i) + load(carry + i);
+          const vec<A> ev = delta * load(zs + i) * sg * (A(1) - sg);
+          store(zs + i, delta * load(hp + i));
+          store(gs + i, delta * sg);
+          store(e + i, ev);
+          store(carry + i, load(ys + i) * delta);
+          store(db_acc + i - r * dp, load(db_acc + i - r * dp) + ev);
+        }
+      store_rows(dz + t * D, seq, gs, dp, rows, d);
+      store_rows(dgamma + t * D, seq, zs, dp, rows, d);
+      matmul<A>(rows, e, dp, 1, wp, dp, d, dp, carry, dp, carry, dp);
+    }
+    // dW[k][i][j] += sum_n e[n][i] hp[n][j] over the block's rows n, in the order they were produced.
+    matmul<A>(d, e_buf, 1, dp, hp_buf, dp, steps * rows, dp, dw_acc, dp, dw_acc, dp);
   }
   store_rows(dh0, D, carry, dp, rows, d);
 }
@@ -343,7 +367,7 @@ void bwd(const T* z, const T* gamma, const T* w, const T* bias, const T* h0, con
   // Per-thread partials: [threads][H][d + 1][dp]; row d holds dbias^k.
   const int64_t part = H * (d + 1) * dp;
   auto parts = zeroed<A>(pl.threads * part);
-  const int64_t scratch_size = (5 + 2 * std::max<int64_t>(1, kFoldRows / pl.rows)) * pl.rows * dp;
+  const int64_t scratch_size = (4 * pl.rows + 3 * (kBlockRows + pl.rows)) * dp;  // >= any task's need
   auto scratch = zeroed<A>(pl.threads * scratch_size);
 #pragma omp parallel num_threads(pl.threads)
   {
