@@ -102,19 +102,39 @@ MMREC_INLINE void tile(const A* x, int64_t xr, int64_t xc, const A* m, int64_t l
     for (int c = 0; c < NV; ++c) store(out + r * ldo + c * N, acc[r][c]);
 }
 
+// The right operand of a matmul: K rows, stored as panels of `pw` columns (panel q holds columns
+// [q*pw, (q+1)*pw) as K contiguous rows of `ld` = pw elements, panels `ps` elements apart); a row-major
+// matrix is one panel (pw > width, ld = row stride).
+template <class A>
+struct Mat {
+  const A* p;
+  int64_t ld, pw, ps;
+  MMREC_INLINE const A* col(int64_t i) const { return p + (i / pw) * ps + i % pw; }
+};
+
+template <class A>
+MMREC_INLINE Mat<A> row_major(const A* p, int64_t ld) { return {p, ld, INT64_MAX, 0}; }
+
 // R rows over `width` columns (a multiple of N): the widest tiles first; 8-12 accumulators hide FMA latency.
+// `backward` visits the column tiles last to first: alternating it per step leaves the tiles of the
+// previous step's end, which it starts with, in L1 (w[k] of d = 128 is 64 KB, twice L1).
 template <class A, int R>
-MMREC_INLINE void row_block(const A* x, int64_t xr, int64_t xc, const A* m, int64_t ldm, int64_t K, int64_t width,
-                            const A* init, int64_t ldi, A* out, int64_t ldo) {
+MMREC_INLINE void row_block(const A* x, int64_t xr, int64_t xc, Mat<A> m, int64_t K, int64_t width, const A* init,
+                            int64_t ldi, A* out, int64_t ldo, bool backward) {
   constexpr int N = Simd<A>::N;
   constexpr int NV = R == 1 ? 8 : R == 4 ? 2 : 4;
-  int64_t i = 0;
-  for (; i + NV * N <= width; i += NV * N) tile<A, R, NV>(x, xr, xc, m + i, ldm, K, init + i, ldi, out + i, ldo);
+  const int64_t wide = width / (NV * N) * (NV * N);
+  if (backward)
+    for (int64_t i = wide - NV * N; i >= 0; i -= NV * N)
+      tile<A, R, NV>(x, xr, xc, m.col(i), m.ld, K, init + i, ldi, out + i, ldo);
+  int64_t i = wide;
   if constexpr (NV > 4)
-    for (; i + 4 * N <= width; i += 4 * N) tile<A, R, 4>(x, xr, xc, m + i, ldm, K, init + i, ldi, out + i, ldo);
+    for (; i + 4 * N <= width; i += 4 * N) tile<A, R, 4>(x, xr, xc, m.col(i), m.ld, K, init + i, ldi, out + i, ldo);
   if constexpr (NV > 2)
-    for (; i + 2 * N <= width; i += 2 * N) tile<A, R, 2>(x, xr, xc, m + i, ldm, K, init + i, ldi, out + i, ldo);
-  for (; i < width; i += N) tile<A, R, 1>(x, xr, xc, m + i, ldm, K, init + i, ldi, out + i, ldo);
+    for (; i + 2 * N <= width; i += 2 * N) tile<A, R, 2>(x, xr, xc, m.col(i), m.ld, K, init + i, ldi, out + i, ldo);
+  for (; i < width; i += N) tile<A, R, 1>(x, xr, xc, m.col(i), m.ld, K, init + i, ldi, out + i, ldo);
+  if (!backward)
+    for (i = 0; i < wide; i += NV * N) tile<A, R, NV>(x, xr, xc, m.col(i), m.ld, K, init + i, ldi, out + i, ldo);
 }
 
 // One NV-vector column panel of m for all `rows` rows, 4 rows per tile.
@@ -140,18 +160,19 @@ MMREC_INLINE void panel(int64_t rows, const A* x, int64_t xr, int64_t xc, const 
 // Up to 3 rows (the per-step matvecs): wide tiles per row block. More rows (the batched products): one
 // 2N-wide panel of m (K x 2N, L1-resident) at a time serves every row block, so m is read from L2 once.
 template <class A>
-MMREC_INLINE void matmul(int64_t rows, const A* x, int64_t xr, int64_t xc, const A* m, int64_t ldm, int64_t K,
-                         int64_t width, const A* init, int64_t ldi, A* out, int64_t ldo) {
+MMREC_INLINE void matmul(int64_t rows, const A* x, int64_t xr, int64_t xc, Mat<A> m, int64_t K, int64_t width,
+                         const A* init, int64_t ldi, A* out, int64_t ldo, bool backward = false) {
   constexpr int N = Simd<A>::N;
   switch (rows) {
-    case 1: row_block<A, 1>(x, xr, xc, m, ldm, K, width, init, ldi, out, ldo); return;
-    case 2: row_block<A, 2>(x, xr, xc, m, ldm, K, width, init, ldi, out, ldo); return;
-    case 3: row_block<A, 3>(x, xr, xc, m, ldm, K, width, init, ldi, out, ldo); return;
+    case 1: row_block<A, 1>(x, xr, xc, m, K, width, init, ldi, out, ldo, backward); return;
+    case 2: row_block<A, 2>(x, xr, xc, m, K, width, init, ldi, out, ldo, backward); return;
+    case 3: row_block<A, 3>(x, xr, xc, m, K, width, init, ldi, out, ldo, backward); return;
     default: break;
   }
   int64_t i = 0;
-  for (; i + 2 * N <= width; i += 2 * N) panel<A, 2>(rows, x, xr, xc, m + i, ldm, K, init + i, ldi, out + i, ldo);
-  if (i < width) panel<A, 1>(rows, x, xr, xc, m + i, ldm, K, init + i, ldi, out + i, ldo);
+  for (; i + 2 * N <= width; i += 2 * N)
+    panel<A, 2>(rows, x, xr, xc, m.col(i), m.ld, K, init + i, ldi, out + i, ldo);
+  if (i < width) panel<A, 1>(rows, x, xr, xc, m.col(i), m.ld, K, init + i, ldi, out + i, ldo);
 }
 
 struct FreeDeleter {
@@ -184,16 +205,16 @@ inline Plan plan(int64_t B, int64_t T_, int64_t H, int64_t d) {
   return {rows, blocks, H * blocks, num_threads_for(B * T_ * H * d * d / 4, H * blocks)};
 }
 
-// Packed float copies of w: wT[k][j][i] = w[k][i][j] (for W h) and wp[k][i][j] = w[k][i][j] (for W^T e),
-// rows padded to dp; pad columns are zero so padded state lanes never leak into real ones.
+// Packed float copies of w in panels of pw columns (see Mat): wT[k] holds w[k]^T (for W h), wp[k] holds
+// w[k] (for W^T e); columns padded to dp with zeros, so padded state lanes never leak into real ones.
 template <class T, class A>
-MMREC_INLINE void pack_w(const T* w, int64_t H, int64_t d, int64_t dp, A* wT, A* wp) {
+MMREC_INLINE void pack_w(const T* w, int64_t H, int64_t d, int64_t dp, int64_t pw, A* wT, A* wp) {
   for (int64_t k = 0; k < H; ++k)
     for (int64_t i = 0; i < d; ++i)
       for (int64_t j = 0; j < d; ++j) {
         const A v = A(to_float(w[(k * d + i) * d + j]));
-        if (wT) wT[(k * d + j) * dp + i] = v;
-        if (wp) wp[(k * d + i) * dp + j] = v;
+        wT[k * d * dp + (i / pw) * d * pw + j * pw + i % pw] = v;
+        if (wp) wp[k * d * dp + (j / pw) * d * pw + i * pw + j % pw] = v;
       }
 }
 
@@ -219,7 +240,7 @@ MMREC_INLINE void store_rows(T* dst, int64_t stride, const A* src, int64_t dp, i
 
 // One head, `rows` batch rows, all T steps. z, gamma, h point at [b0, 0, k*d]; h0 at [b0, k*d] or null.
 template <class T, class A>
-MMREC_INLINE void fwd_task(const T* z, const T* gamma, const T* h0, T* h, const A* wT, const A* bias, int64_t rows,
+MMREC_INLINE void fwd_task(const T* z, const T* gamma, const T* h0, T* h, Mat<A> wT, const A* bias, int64_t rows,
                            int64_t T_, int64_t D, int64_t d, int64_t dp, A* scratch) {
   constexpr int N = Simd<A>::N;
   const int64_t n = rows * dp, seq = T_ * D;
@@ -232,7 +253,7 @@ MMREC_INLINE void fwd_task(const T* z, const T* gamma, const T* h0, T* h, const 
   for (int64_t t = 0; t < T_; ++t) {
     load_rows(zs, dp, z + t * D, seq, rows, d);
     load_rows(gs, dp, gamma + t * D, seq, rows, d);
-    matmul<A>(rows, hs, dp, 1, wT, dp, d, dp, bias, 0, ps, dp);
+    matmul<A>(rows, hs, dp, 1, wT, d, dp, bias, 0, ps, dp, t & 1);
     for (int64_t i = 0; i < n; i += N) {
       const vec<A> s = sigmoid(load(ps + i));
       store(hs + i, load(zs + i) * s + load(gs + i) * load(hs + i));
@@ -249,7 +270,7 @@ constexpr int64_t kBlockRows = 64;
 // Reverse walk of one task. dw_acc: this thread's [d, dp] partial of dW[k]; db_acc: its [dp] partial of dbias^k.
 template <class T, class A>
 MMREC_INLINE void bwd_task(const T* z, const T* gamma, const T* h, const T* h0, const T* grad, T* dz, T* dgamma,
-                           T* dh0, const A* wT, const A* wp, const A* bias, A* dw_acc, A* db_acc, int64_t rows,
+                           T* dh0, Mat<A> wT, Mat<A> wp, const A* bias, A* dw_acc, A* db_acc, int64_t rows,
                            int64_t T_, int64_t D, int64_t d, int64_t dp, A* scratch) {
   constexpr int N = Simd<A>::N;
   const int64_t n = rows * dp, seq = T_ * D;
@@ -273,7 +294,7 @@ MMREC_INLINE void bwd_task(const T* z, const T* gamma, const T* h, const T* h0, 
       else
         std::memset(hp_buf + s * n, 0, n * sizeof(A));
     }
-    matmul<A>(steps * rows, hp_buf, dp, 1, wT, dp, d, dp, bias, 0, p_buf, dp);
+    matmul<A>(steps * rows, hp_buf, dp, 1, wT, d, dp, bias, 0, p_buf, dp);
     for (int64_t s = 0; s < steps; ++s) {
       const int64_t t = t_hi - s;
       const A* ps = p_buf + s * n;
@@ -295,10 +316,10 @@ MMREC_INLINE void bwd_task(const T* z, const T* gamma, const T* h, const T* h0, 
         }
       store_rows(dz + t * D, seq, gs, dp, rows, d);
       store_rows(dgamma + t * D, seq, zs, dp, rows, d);
-      matmul<A>(rows, e, dp, 1, wp, dp, d, dp, carry, dp, carry, dp);
+      matmul<A>(rows, e, dp, 1, wp, d, dp, carry, dp, carry, dp, s & 1);
     }
     // dW[k][i][j] += sum_n e[n][i] hp[n][j] over the block's rows n, in the order they were produced.
-    matmul<A>(d, e_buf, 1, dp, hp_buf, dp, steps * rows, dp, dw_acc, dp, dw_acc, dp);
+    matmul<A>(d, e_buf, 1, dp, row_major(hp_buf, dp), steps * rows, dp, dw_acc, dp, dw_acc, dp);
   }
   store_rows(dh0, D, carry, dp, rows, d);
 }
@@ -306,12 +327,12 @@ MMREC_INLINE void bwd_task(const T* z, const T* gamma, const T* h, const T* h0, 
 // The task bodies are the ISA-dispatched functions: code inside `omp parallel` is outlined into a
 // function of its own that would not inherit the clone's ISA (it compiled to SSE without FMA, ~10x slower).
 #define MMREC_REC_TASKS(T, A)                                                                                       \
-  MMREC_ISA_DISPATCH void fwd_task_isa(const T* z, const T* gamma, const T* h0, T* h, const A* wT, const A* bias,  \
+  MMREC_ISA_DISPATCH void fwd_task_isa(const T* z, const T* gamma, const T* h0, T* h, Mat<A> wT, const A* bias,   \
                                        int64_t rows, int64_t T_, int64_t D, int64_t d, int64_t dp, A* scratch) {    \
     fwd_task<T, A>(z, gamma, h0, h, wT, bias, rows, T_, D, d, dp, scratch);                                         \
   }                                                                                                                 \
   MMREC_ISA_DISPATCH void bwd_task_isa(const T* z, const T* gamma, const T* h, const T* h0, const T* grad, T* dz,   \
-                                       T* dgamma, T* dh0, const A* wT, const A* wp, const A* bias, A* dw_acc,       \
+                                       T* dgamma, T* dh0, Mat<A> wT, Mat<A> wp, const A* bias, A* dw_acc,       \
                                        A* db_acc, int64_t rows, int64_t T_, int64_t D, int64_t d, int64_t dp,       \
                                        A* scratch) {                                                                \
     bwd_task<T, A>(z, gamma, h, h0, grad, dz, dgamma, dh0, wT, wp, bias, dw_acc, db_acc, rows, T_, D, d, dp,        \
@@ -322,7 +343,11 @@ MMREC_REC_TASKS(double, double)
 MMREC_REC_TASKS(bf16_t, float)
 #undef MMREC_REC_TASKS
 
-inline int64_t padded(int64_t d, int lanes) { return (d + lanes - 1) / lanes * lanes; }
+// Columns padded to whole vectors, and to whole 8-vector panels beyond one panel.
+inline int64_t padded(int64_t d, int lanes) {
+  const int64_t unit = d > 8 * lanes ? 8 * lanes : lanes;
+  return (d + unit - 1) / unit * unit;
+}
 
 template <class T>
 void fwd(const T* z, const T* gamma, const T* w, const T* bias, const T* h0, T* h, int64_t B,
@@ -332,7 +357,8 @@ void fwd(const T* z, const T* gamma, const T* w, const T* bias, const T* h0, T* 
   const Plan pl = plan(B, T_, H, d);
   auto wT = zeroed<A>(H * d * dp);
   auto biasp = zeroed<A>(H * dp);
-  pack_w<T, A>(w, H, d, dp, wT.get(), nullptr);
+  const int64_t pw = std::min<int64_t>(dp, 8 * Simd<A>::N);
+  pack_w<T, A>(w, H, d, dp, pw, wT.get(), nullptr);
   if (bias)
     for (int64_t k = 0; k < H; ++k)
       for (int64_t i = 0; i < d; ++i) biasp[k * dp + i] = A(to_float(bias[k * d + i]));
@@ -345,7 +371,7 @@ void fwd(const T* z, const T* gamma, const T* w, const T* bias, const T* h0, T* 
     for (int64_t task = 0; task < pl.tasks; ++task) {
       const int64_t k = task / pl.blocks, b0 = (task % pl.blocks) * pl.rows;
       const int64_t rows = std::min(pl.rows, B - b0), base = b0 * T_ * D + k * d;
-      fwd_task_isa(z + base, gamma + base, h0 ? h0 + b0 * D + k * d : nullptr, h + base, wT.get() + k * d * dp,
+      fwd_task_isa(z + base, gamma + base, h0 ? h0 + b0 * D + k * d : nullptr, h + base, Mat<A>{wT.get() + k * d * dp, pw, pw, d * pw},
                      biasp.get() + k * dp, rows, T_, D, d, dp, mine);
     }
   }
@@ -360,7 +386,8 @@ void bwd(const T* z, const T* gamma, const T* w, const T* bias, const T* h0, con
   auto wT = zeroed<A>(H * d * dp);
   auto wp = zeroed<A>(H * d * dp);
   auto biasp = zeroed<A>(H * dp);
-  pack_w<T, A>(w, H, d, dp, wT.get(), wp.get());
+  const int64_t pw = std::min<int64_t>(dp, 8 * Simd<A>::N);
+  pack_w<T, A>(w, H, d, dp, pw, wT.get(), wp.get());
   if (bias)
     for (int64_t k = 0; k < H; ++k)
       for (int64_t i = 0; i < d; ++i) biasp[k * dp + i] = A(to_float(bias[k * d + i]));
@@ -379,7 +406,8 @@ void bwd(const T* z, const T* gamma, const T* w, const T* bias, const T* h0, con
       const int64_t rows = std::min(pl.rows, B - b0), base = b0 * T_ * D + k * d;
       A* acc = mine + k * (d + 1) * dp;
       bwd_task_isa(z + base, gamma + base, h + base, h0 ? h0 + b0 * D + k * d : nullptr, grad + base, dz + base,
-                     dgamma + base, dh0 + b0 * D + k * d, wT.get() + k * d * dp, wp.get() + k * d * dp,
+                     dgamma + base, dh0 + b0 * D + k * d, Mat<A>{wT.get() + k * d * dp, pw, pw, d * pw},
+                   Mat<A>{wp.get() + k * d * dp, pw, pw, d * pw},
                      biasp.get() + k * dp, acc, acc + d * dp, rows, T_, D, d, dp, work);
     }
     // Sum the partials in thread order (the same order every run).
