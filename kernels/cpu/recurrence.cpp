@@ -179,14 +179,29 @@ struct FreeDeleter {
   void operator()(void* p) const { std::free(p); }
 };
 
-// Zeroed, 64-byte aligned scratch of n elements.
+// Zeroed, 64-byte aligned buffer of n elements, one per slot and calling thread, kept between calls
+// (grow-only): fresh pages from the allocator cost ~0.1 ms of page faults per call at d = 128.
+enum Slot { kPackedW, kPackedWT, kBias, kParts, kScratch, kSlots };
+
 template <class A>
-std::unique_ptr<A[], FreeDeleter> zeroed(int64_t n) {
+A* workspace(Slot slot, int64_t n) {
+  struct Buffer {
+    std::unique_ptr<char[], FreeDeleter> data;
+    size_t bytes = 0;
+  };
+  static thread_local Buffer buffers[kSlots];
+  Buffer& buf = buffers[slot];
   const size_t bytes = (size_t(std::max<int64_t>(n, 1)) * sizeof(A) + 63) / 64 * 64;
-  A* p = static_cast<A*>(std::aligned_alloc(64, bytes));
-  if (!p) throw std::bad_alloc();
-  std::memset(p, 0, bytes);
-  return std::unique_ptr<A[], FreeDeleter>(p);
+  if (bytes > buf.bytes) {
+    buf.data.reset();
+    buf.bytes = 0;
+    char* p = static_cast<char*>(std::aligned_alloc(64, bytes));
+    if (!p) throw std::bad_alloc();
+    buf.data.reset(p);
+    buf.bytes = bytes;
+  }
+  std::memset(buf.data.get(), 0, bytes);
+  return reinterpret_cast<A*>(buf.data.get());
 }
 
 struct Plan {
@@ -209,13 +224,19 @@ inline Plan plan(int64_t B, int64_t T_, int64_t H, int64_t d) {
 // w[k] (for W^T e); columns padded to dp with zeros, so padded state lanes never leak into real ones.
 template <class T, class A>
 MMREC_INLINE void pack_w(const T* w, int64_t H, int64_t d, int64_t dp, int64_t pw, A* wT, A* wp) {
-  for (int64_t k = 0; k < H; ++k)
-    for (int64_t i = 0; i < d; ++i)
-      for (int64_t j = 0; j < d; ++j) {
-        const A v = A(to_float(w[(k * d + i) * d + j]));
-        wT[k * d * dp + (i / pw) * d * pw + j * pw + i % pw] = v;
-        if (wp) wp[k * d * dp + (j / pw) * d * pw + i * pw + j % pw] = v;
-      }
+  for (int64_t k = 0; k < H; ++k) {
+    const T* wk = w + k * d * d;
+    for (int64_t q = 0; q * pw < d; ++q) {
+      const int64_t c0 = q * pw, width = std::min(pw, d - c0);
+      A* tp = wT + k * d * dp + q * d * pw;  // tp[j][c] = w[k][c0 + c][j]
+      A* pp = wp ? wp + k * d * dp + q * d * pw : nullptr;  // pp[i][c] = w[k][i][c0 + c]
+      for (int64_t r = 0; r < d; ++r)
+        for (int64_t c = 0; c < width; ++c) {
+          tp[r * pw + c] = A(to_float(wk[(c0 + c) * d + r]));
+          if (pp) pp[r * pw + c] = A(to_float(wk[r * d + c0 + c]));
+        }
+    }
+  }
 }
 
 template <class T, class A>
@@ -355,24 +376,24 @@ void fwd(const T* z, const T* gamma, const T* w, const T* bias, const T* h0, T* 
   using A = acc_t<T>;
   const int64_t D = H * d, dp = padded(d, Simd<A>::N);
   const Plan pl = plan(B, T_, H, d);
-  auto wT = zeroed<A>(H * d * dp);
-  auto biasp = zeroed<A>(H * dp);
+  A* wT = workspace<A>(kPackedWT, H * d * dp);
+  A* biasp = workspace<A>(kBias, H * dp);
   const int64_t pw = std::min<int64_t>(dp, 8 * Simd<A>::N);
-  pack_w<T, A>(w, H, d, dp, pw, wT.get(), nullptr);
+  pack_w<T, A>(w, H, d, dp, pw, wT, static_cast<A*>(nullptr));
   if (bias)
     for (int64_t k = 0; k < H; ++k)
       for (int64_t i = 0; i < d; ++i) biasp[k * dp + i] = A(to_float(bias[k * d + i]));
   const int64_t scratch_size = 4 * pl.rows * dp;
-  auto scratch = zeroed<A>(pl.threads * scratch_size);
+  A* scratch = workspace<A>(kScratch, pl.threads * scratch_size);
 #pragma omp parallel num_threads(pl.threads)
   {
-    A* mine = scratch.get() + omp_get_thread_num() * scratch_size;
+    A* mine = scratch + omp_get_thread_num() * scratch_size;
 #pragma omp for schedule(static)
     for (int64_t task = 0; task < pl.tasks; ++task) {
       const int64_t k = task / pl.blocks, b0 = (task % pl.blocks) * pl.rows;
       const int64_t rows = std::min(pl.rows, B - b0), base = b0 * T_ * D + k * d;
-      fwd_task_isa(z + base, gamma + base, h0 ? h0 + b0 * D + k * d : nullptr, h + base, Mat<A>{wT.get() + k * d * dp, pw, pw, d * pw},
-                     biasp.get() + k * dp, rows, T_, D, d, dp, mine);
+      fwd_task_isa(z + base, gamma + base, h0 ? h0 + b0 * D + k * d : nullptr, h + base, Mat<A>{wT + k * d * dp, pw, pw, d * pw},
+                     biasp + k * dp, rows, T_, D, d, dp, mine);
     }
   }
 }
@@ -383,32 +404,32 @@ void bwd(const T* z, const T* gamma, const T* w, const T* bias, const T* h0, con
   using A = acc_t<T>;
   const int64_t D = H * d, dp = padded(d, Simd<A>::N);
   const Plan pl = plan(B, T_, H, d);
-  auto wT = zeroed<A>(H * d * dp);
-  auto wp = zeroed<A>(H * d * dp);
-  auto biasp = zeroed<A>(H * dp);
+  A* wT = workspace<A>(kPackedWT, H * d * dp);
+  A* wp = workspace<A>(kPackedW, H * d * dp);
+  A* biasp = workspace<A>(kBias, H * dp);
   const int64_t pw = std::min<int64_t>(dp, 8 * Simd<A>::N);
-  pack_w<T, A>(w, H, d, dp, pw, wT.get(), wp.get());
+  pack_w<T, A>(w, H, d, dp, pw, wT, wp);
   if (bias)
     for (int64_t k = 0; k < H; ++k)
       for (int64_t i = 0; i < d; ++i) biasp[k * dp + i] = A(to_float(bias[k * d + i]));
   // Per-thread partials: [threads][H][d + 1][dp]; row d holds dbias^k.
   const int64_t part = H * (d + 1) * dp;
-  auto parts = zeroed<A>(pl.threads * part);
+  A* parts = workspace<A>(kParts, pl.threads * part);
   const int64_t scratch_size = (4 * pl.rows + 3 * (kBlockRows + pl.rows)) * dp;  // >= any task's need
-  auto scratch = zeroed<A>(pl.threads * scratch_size);
+  A* scratch = workspace<A>(kScratch, pl.threads * scratch_size);
 #pragma omp parallel num_threads(pl.threads)
   {
-    A* mine = parts.get() + omp_get_thread_num() * part;
-    A* work = scratch.get() + omp_get_thread_num() * scratch_size;
+    A* mine = parts + omp_get_thread_num() * part;
+    A* work = scratch + omp_get_thread_num() * scratch_size;
 #pragma omp for schedule(static)
     for (int64_t task = 0; task < pl.tasks; ++task) {
       const int64_t k = task / pl.blocks, b0 = (task % pl.blocks) * pl.rows;
       const int64_t rows = std::min(pl.rows, B - b0), base = b0 * T_ * D + k * d;
       A* acc = mine + k * (d + 1) * dp;
       bwd_task_isa(z + base, gamma + base, h + base, h0 ? h0 + b0 * D + k * d : nullptr, grad + base, dz + base,
-                     dgamma + base, dh0 + b0 * D + k * d, Mat<A>{wT.get() + k * d * dp, pw, pw, d * pw},
-                   Mat<A>{wp.get() + k * d * dp, pw, pw, d * pw},
-                     biasp.get() + k * dp, acc, acc + d * dp, rows, T_, D, d, dp, work);
+                     dgamma + base, dh0 + b0 * D + k * d, Mat<A>{wT + k * d * dp, pw, pw, d * pw},
+                   Mat<A>{wp + k * d * dp, pw, pw, d * pw},
+                     biasp + k * dp, acc, acc + d * dp, rows, T_, D, d, dp, work);
     }
     // Sum the partials in thread order (the same order every run).
 #pragma omp for schedule(static)
@@ -420,7 +441,7 @@ void bwd(const T* z, const T* gamma, const T* w, const T* bias, const T* h0, con
         const int64_t width = std::min<int64_t>(1024, d - j0);
         for (int64_t j = 0; j < width; ++j) sum[j] = A(0);
         for (int th = 0; th < pl.threads; ++th) {
-          const A* src = parts.get() + th * part + row * dp + j0;
+          const A* src = parts + th * part + row * dp + j0;
 #pragma omp simd
           for (int64_t j = 0; j < width; ++j) sum[j] += src[j];
         }
