@@ -77,8 +77,13 @@ def step_fn(impl: Callable, inputs: List[torch.Tensor], backward: bool) -> Calla
 
 
 def time_ms(fn: Callable[[], None], repeats: int, budget_s: float) -> float:
-    """Median wall time in ms of `repeats` calls after one warm-up (fewer if over budget_s)."""
+    """Median wall time in ms of up to `repeats` calls after one warm-up, stopping once budget_s is spent;
+    a warm-up slower than budget_s / 4 (the loops at T = 1024) is itself the one measurement."""
+    t0 = time.perf_counter()
     fn()
+    first = time.perf_counter() - t0
+    if first > budget_s / 4:
+        return first * 1e3
     times = []
     start = time.perf_counter()
     for _ in range(repeats):
