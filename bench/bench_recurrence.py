@@ -131,6 +131,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--quick", action="store_true", help="short sequences, few repeats (a smoke run)")
     parser.add_argument("--threads", type=int, default=None, help="torch/OpenMP threads (default: torch's)")
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--note", default="", help="stored in the JSON (e.g. the machine's load)")
     parser.add_argument("--json", default=os.path.join(os.path.dirname(__file__), "results", "recurrence_cpu.json"))
     args = parser.parse_args(argv)
     if args.threads:
@@ -142,7 +143,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     print_table(rows, impls)
     result = dict(op="recurrence", backend="cpu", dtype="float32", quick=args.quick, threads=torch.get_num_threads(),
                   machine=platform.processor() or platform.machine(), torch=torch.__version__,
-                  metric="median wall ms", rows=rows)
+                  load_average=os.getloadavg()[0], note=args.note, metric="median wall ms", rows=rows)
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump(result, f, indent=1)
