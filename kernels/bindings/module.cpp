@@ -12,4 +12,5 @@ NB_MODULE(_C, m) {
   m.def("omp_max_threads", []() { return omp_get_max_threads(); });
   mmrec::bind::bind_scan(m);
   mmrec::bind::bind_cuda_ops(m);
+  mmrec::bind::bind_recurrence(m);
 }

@@ -17,7 +17,7 @@ except ImportError as exc:  # running from a source tree without a build
     IMPORT_ERROR = exc
 
 # Ops with a kernel per device; an op missing here is served by the reference on that device.
-CPU_OPS = ("scan",)
+CPU_OPS = ("scan", "recurrence")
 CUDA_OPS = ("scan",)
 
 
@@ -44,7 +44,25 @@ def scan_backward(grad: Tensor, a: Tensor, h: Tensor, h0: Optional[Tensor], reve
     return da, db, dh0
 
 
-_FUNCS = {"scan": (scan_forward, scan_backward)}
+def recurrence_forward(z: Tensor, gamma: Tensor, w: Tensor, bias: Optional[Tensor], h0: Optional[Tensor]) -> Tensor:
+    z, gamma, w, bias, h0 = _in(z), _in(gamma), _in(w), _in(bias), _in(h0)
+    h = backends.new_output(z.shape, z)  # [B, T, D]
+    C.recurrence_fwd(z, gamma, w, bias, h0, h, _stream(z))
+    return h
+
+
+def recurrence_backward(grad: Tensor, z: Tensor, gamma: Tensor, w: Tensor, bias: Optional[Tensor],
+                        h0: Optional[Tensor], h: Tensor):
+    grad, z, gamma, w, bias, h0, h = _in(grad), _in(z), _in(gamma), _in(w), _in(bias), _in(h0), _in(h)
+    B, _, D = z.shape
+    dz, dgamma = backends.new_output(z.shape, z), backends.new_output(z.shape, z)  # [B, T, D]
+    dw = backends.new_output(w.shape, w)  # [H, d, d]
+    dbias, dh0 = backends.new_output((D,), z), backends.new_output((B, D), z)
+    C.recurrence_bwd(grad, z, gamma, w, bias, h0, h, dz, dgamma, dw, dbias, dh0, _stream(z))
+    return dz, dgamma, dw, dbias, dh0
+
+
+_FUNCS = {"scan": (scan_forward, scan_backward), "recurrence": (recurrence_forward, recurrence_backward)}
 
 
 def register_all() -> None:

@@ -1,0 +1,475 @@
+// recurrence: p_t = W h_{t-1} + bias (W block-diagonal, head k: w[k] @ h^k), s_t = sigmoid(p_t),
+//             h_t = z_t * s_t + gamma_t * h_{t-1}  (h_{-1} = h0).
+// backward:   delta_t = G_t + gamma_{t+1} * delta_{t+1} + W^T e_{t+1}, e_t = delta_t * z_t * s_t * (1 - s_t);
+//             dz_t = delta_t s_t, dgamma_t = delta_t h_{t-1}, dbias = sum e_t, dW[k] = sum e^k_t (h^k_{t-1})^T,
+//             dh0 = gamma_0 delta_0 + W^T e_0.
+// Saved for backward: z, gamma and h, 3 D elements per token (12 D bytes in float32); s_t is recomputed
+// from h_{t-1}. Work per token: forward 2 D d flops (the per-head matvecs) + ~20 D (gate); backward
+// 6 D d (recomputed W h, W^T e, dW) + ~30 D.
+//
+// B * H independent sequences: one task = one head and a block of up to 4 batch rows, which walks all T
+// steps with its state in a padded float buffer; each step is a small matmul [rows, d] x [d, d] whose
+// register tiles reuse every loaded vector of w[k] across the rows, then the gate. The backward walks
+// t = T-1 .. 0 in blocks of ~64 rows (steps x batch rows): p_t of a block is one matmul over the saved h,
+// dW[k] += E^T H_prev of the block another, so only W^T e_t is a per-step matvec. dW and dbias go to
+// per-thread partials (static schedule), summed in thread order: the same bits every run.
+// w[k] is packed once per call into 8-vector column panels (256 B rows); the per-step matvecs alternate the
+// panel order so the panel they end with starts the next step from L1 (B=1, d=128 forward: ~1.6x).
+#include "cpu/recurrence.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+
+#include "cpu/parallel.h"
+
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+namespace mmrec::cpu {
+namespace {
+
+// 32-byte vectors: AVX2 registers in the x86-64-v3 clone (two SSE halves in the baseline clone).
+template <class A> struct Simd;
+template <> struct Simd<float> {
+  typedef float V __attribute__((vector_size(32)));
+  typedef int32_t I __attribute__((vector_size(32)));
+  static constexpr int N = 8;
+};
+template <> struct Simd<double> {
+  typedef double V __attribute__((vector_size(32)));
+  static constexpr int N = 4;
+};
+template <class A> using vec = typename Simd<A>::V;
+
+template <class A> MMREC_INLINE vec<A> load(const A* p) { return *reinterpret_cast<const vec<A>*>(p); }
+template <class A> MMREC_INLINE void store(A* p, vec<A> v) { *reinterpret_cast<vec<A>*>(p) = v; }
+// An explicit lane-0 shuffle: GCC 12 turns `vec{} + x` and brace initialisation into insert chains here.
+MMREC_INLINE vec<float> splat(float x) {
+  const vec<float> v = {x};
+  return __builtin_shufflevector(v, v, 0, 0, 0, 0, 0, 0, 0, 0);
+}
+MMREC_INLINE vec<double> splat(double x) {
+  const vec<double> v = {x};
+  return __builtin_shufflevector(v, v, 0, 0, 0, 0);
+}
+
+// 1 / (1 + exp(-x)) with exp(-x) = 2^n * poly(r) (Cephes expf polynomial, |rel err| < 2e-7);
+// -x is clamped to [-87, 88] so 2^n stays a normal float. NaN propagates.
+MMREC_INLINE vec<float> sigmoid(vec<float> x) {
+  using V = vec<float>;
+  using I = Simd<float>::I;
+  V t = -x;
+  t = t < splat(-87.f) ? splat(-87.f) : t;
+  t = t > splat(88.f) ? splat(88.f) : t;
+  const V n = (t * 1.44269504088896341f + 12582912.f) - 12582912.f;  // round to nearest integer
+  V r = t - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  V p = splat(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * (r * r) + r + 1.f;
+  const V scale = (V)((__builtin_convertvector(n, I) + 127) << 23);  // 2^n, bit cast
+  return 1.f / (1.f + p * scale);
+}
+
+MMREC_INLINE vec<double> sigmoid(vec<double> x) {
+  vec<double> s;
+  for (int l = 0; l < Simd<double>::N; ++l) s[l] = 1.0 / (1.0 + std::exp(-x[l]));
+  return s;
+}
+
+// out[r][0:NV*N] = init[r][0:NV*N] + sum_{j<K} x[r*xr + j*xc] * m[j][0:NV*N] for R rows: R x NV accumulators
+// stay in registers, each loaded vector of m serves R rows.
+template <class A, int R, int NV>
+MMREC_INLINE void tile(const A* x, int64_t xr, int64_t xc, const A* m, int64_t ldm, int64_t K, const A* init,
+                       int64_t ldi, A* out, int64_t ldo) {
+  constexpr int N = Simd<A>::N;
+  vec<A> acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < NV; ++c) acc[r][c] = load(init + r * ldi + c * N);
+  for (int64_t j = 0; j < K; ++j) {
+    vec<A> mv[NV];
+    for (int c = 0; c < NV; ++c) mv[c] = load(m + j * ldm + c * N);
+    for (int r = 0; r < R; ++r) {
+      const vec<A> xv = splat(x[r * xr + j * xc]);
+      for (int c = 0; c < NV; ++c) acc[r][c] += xv * mv[c];
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < NV; ++c) store(out + r * ldo + c * N, acc[r][c]);
+}
+
+// The right operand of a matmul: K rows, stored as panels of `pw` columns (panel q holds columns
+// [q*pw, (q+1)*pw) as K contiguous rows of `ld` = pw elements, panels `ps` elements apart); a row-major
+// matrix is one panel (pw > width, ld = row stride).
+template <class A>
+struct Mat {
+  const A* p;
+  int64_t ld, pw, ps;
+  MMREC_INLINE const A* col(int64_t i) const { return p + (i / pw) * ps + i % pw; }
+};
+
+template <class A>
+MMREC_INLINE Mat<A> row_major(const A* p, int64_t ld) { return {p, ld, INT64_MAX, 0}; }
+
+// R rows over `width` columns (a multiple of N): the widest tiles first; 8-12 accumulators hide FMA latency.
+// `backward` visits the column tiles last to first: alternating it per step leaves the tiles of the
+// previous step's end, which it starts with, in L1 (w[k] of d = 128 is 64 KB, twice L1).
+template <class A, int R>
+MMREC_INLINE void row_block(const A* x, int64_t xr, int64_t xc, Mat<A> m, int64_t K, int64_t width, const A* init,
+                            int64_t ldi, A* out, int64_t ldo, bool backward) {
+  constexpr int N = Simd<A>::N;
+  constexpr int NV = R == 1 ? 8 : R == 4 ? 2 : 4;
+  const int64_t wide = width / (NV * N) * (NV * N);
+  if (backward)
+    for (int64_t i = wide - NV * N; i >= 0; i -= NV * N)
+      tile<A, R, NV>(x, xr, xc, m.col(i), m.ld, K, init + i, ldi, out + i, ldo);
+  int64_t i = wide;
+  if constexpr (NV > 4)
+    for (; i + 4 * N <= width; i += 4 * N) tile<A, R, 4>(x, xr, xc, m.col(i), m.ld, K, init + i, ldi, out + i, ldo);
+  if constexpr (NV > 2)
+    for (; i + 2 * N <= width; i += 2 * N) tile<A, R, 2>(x, xr, xc, m.col(i), m.ld, K, init + i, ldi, out + i, ldo);
+  for (; i < width; i += N) tile<A, R, 1>(x, xr, xc, m.col(i), m.ld, K, init + i, ldi, out + i, ldo);
+  if (!backward)
+    for (i = 0; i < wide; i += NV * N) tile<A, R, NV>(x, xr, xc, m.col(i), m.ld, K, init + i, ldi, out + i, ldo);
+}
+
+// One NV-vector column panel of m for all `rows` rows, 4 rows per tile.
+template <class A, int NV>
+MMREC_INLINE void panel(int64_t rows, const A* x, int64_t xr, int64_t xc, const A* m, int64_t ldm, int64_t K,
+                        const A* init, int64_t ldi, A* out, int64_t ldo) {
+  int64_t r = 0;
+  for (; r + 4 <= rows; r += 4)
+    tile<A, 4, NV>(x + r * xr, xr, xc, m, ldm, K, init + r * ldi, ldi, out + r * ldo, ldo);
+  const A* xs = x + r * xr;
+  const A* is = init + r * ldi;
+  A* os = out + r * ldo;
+  switch (rows - r) {
+    case 3: tile<A, 3, NV>(xs, xr, xc, m, ldm, K, is, ldi, os, ldo); break;
+    case 2: tile<A, 2, NV>(xs, xr, xc, m, ldm, K, is, ldi, os, ldo); break;
+    case 1: tile<A, 1, NV>(xs, xr, xc, m, ldm, K, is, ldi, os, ldo); break;
+    default: break;
+  }
+}
+
+// out[r][:width] = init[r][:width] + sum_{j<K} x(r, j) m[j][:width] for `rows` rows; x(r, j) = x[r*xr + j*xc],
+// init row stride ldi (0: one row for all). out may equal init (each tile reads its init before writing).
+// Up to 3 rows (the per-step matvecs): wide tiles per row block. More rows (the batched products): one
+// 2N-wide panel of m (K x 2N, L1-resident) at a time serves every row block, so m is read from L2 once.
+template <class A>
+MMREC_INLINE void matmul(int64_t rows, const A* x, int64_t xr, int64_t xc, Mat<A> m, int64_t K, int64_t width,
+                         const A* init, int64_t ldi, A* out, int64_t ldo, bool backward = false) {
+  constexpr int N = Simd<A>::N;
+  switch (rows) {
+    case 1: row_block<A, 1>(x, xr, xc, m, K, width, init, ldi, out, ldo, backward); return;
+    case 2: row_block<A, 2>(x, xr, xc, m, K, width, init, ldi, out, ldo, backward); return;
+    case 3: row_block<A, 3>(x, xr, xc, m, K, width, init, ldi, out, ldo, backward); return;
+    default: break;
+  }
+  int64_t i = 0;
+  for (; i + 2 * N <= width; i += 2 * N)
+    panel<A, 2>(rows, x, xr, xc, m.col(i), m.ld, K, init + i, ldi, out + i, ldo);
+  if (i < width) panel<A, 1>(rows, x, xr, xc, m.col(i), m.ld, K, init + i, ldi, out + i, ldo);
+}
+
+struct FreeDeleter {
+  void operator()(void* p) const { std::free(p); }
+};
+
+// Zeroed, 64-byte aligned buffer of n elements, one per slot and calling thread, kept between calls
+// (grow-only): fresh pages from the allocator cost ~0.1 ms of page faults per call at d = 128.
+enum Slot { kPackedW, kPackedWT, kBias, kParts, kScratch, kSlots };
+
+template <class A>
+A* workspace(Slot slot, int64_t n) {
+  struct Buffer {
+    std::unique_ptr<char[], FreeDeleter> data;
+    size_t bytes = 0;
+  };
+  static thread_local Buffer buffers[kSlots];
+  Buffer& buf = buffers[slot];
+  const size_t bytes = (size_t(std::max<int64_t>(n, 1)) * sizeof(A) + 63) / 64 * 64;
+  if (bytes > buf.bytes) {
+    buf.data.reset();
+    buf.bytes = 0;
+    char* p = static_cast<char*>(std::aligned_alloc(64, bytes));
+    if (!p) throw std::bad_alloc();
+    buf.data.reset(p);
+    buf.bytes = bytes;
+  }
+  std::memset(buf.data.get(), 0, bytes);
+  return reinterpret_cast<A*>(buf.data.get());
+}
+
+struct Plan {
+  int64_t rows;        // batch rows per task
+  int64_t blocks;      // row blocks per head
+  int64_t tasks;       // H * blocks; task = head * blocks + block
+  int threads;
+};
+
+// Up to 4 rows share one pass over w[k]; fewer when that leaves a thread without a task.
+inline Plan plan(int64_t B, int64_t T_, int64_t H, int64_t d) {
+  const int max_threads = omp_get_max_threads();
+  int64_t rows = std::min<int64_t>(B, 4);
+  while (rows > 1 && H * ((B + rows - 1) / rows) < max_threads) rows = (rows + 1) / 2;
+  const int64_t blocks = (B + rows - 1) / rows;
+  return {rows, blocks, H * blocks, num_threads_for(B * T_ * H * d * d / 4, H * blocks)};
+}
+
+// Packed float copies of w in panels of pw columns (see Mat): wT[k] holds w[k]^T (for W h), wp[k] holds
+// w[k] (for W^T e); columns padded to dp with zeros, so padded state lanes never leak into real ones.
+template <class T, class A>
+MMREC_INLINE void pack_w(const T* w, int64_t H, int64_t d, int64_t dp, int64_t pw, A* wT, A* wp) {
+  for (int64_t k = 0; k < H; ++k) {
+    const T* wk = w + k * d * d;
+    for (int64_t q = 0; q * pw < d; ++q) {
+      const int64_t c0 = q * pw, width = std::min(pw, d - c0);
+      A* tp = wT + k * d * dp + q * d * pw;  // tp[j][c] = w[k][c0 + c][j]
+      A* pp = wp ? wp + k * d * dp + q * d * pw : nullptr;  // pp[i][c] = w[k][i][c0 + c]
+      for (int64_t r = 0; r < d; ++r)
+        for (int64_t c = 0; c < width; ++c) {
+          tp[r * pw + c] = A(to_float(wk[(c0 + c) * d + r]));
+          if (pp) pp[r * pw + c] = A(to_float(wk[r * d + c0 + c]));
+        }
+    }
+  }
+}
+
+template <class T, class A>
+MMREC_INLINE void load_rows(A* dst, int64_t dp, const T* src, int64_t stride, int64_t rows, int64_t d) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* s = src + r * stride;
+    A* o = dst + r * dp;
+#pragma omp simd
+    for (int64_t i = 0; i < d; ++i) o[i] = A(to_float(s[i]));
+  }
+}
+
+template <class T, class A>
+MMREC_INLINE void store_rows(T* dst, int64_t stride, const A* src, int64_t dp, int64_t rows, int64_t d) {
+  for (int64_t r = 0; r < rows; ++r) {
+    T* o = dst + r * stride;
+    const A* s = src + r * dp;
+#pragma omp simd
+    for (int64_t i = 0; i < d; ++i) o[i] = from_acc<T>(s[i]);
+  }
+}
+
+// One head, `rows` batch rows, all T steps. z, gamma, h point at [b0, 0, k*d]; h0 at [b0, k*d] or null.
+template <class T, class A>
+MMREC_INLINE void fwd_task(const T* z, const T* gamma, const T* h0, T* h, Mat<A> wT, const A* bias, int64_t rows,
+                           int64_t T_, int64_t D, int64_t d, int64_t dp, A* scratch) {
+  constexpr int N = Simd<A>::N;
+  const int64_t n = rows * dp, seq = T_ * D;
+  A* hs = scratch;  // [rows, dp] state h_{t-1}
+  A* zs = hs + n;   // [rows, dp] z_t
+  A* gs = zs + n;   // [rows, dp] gamma_t
+  A* ps = gs + n;   // [rows, dp] p_t
+  std::memset(hs, 0, 4 * n * sizeof(A));
+  if (h0) load_rows(hs, dp, h0, D, rows, d);
+  for (int64_t t = 0; t < T_; ++t) {
+    load_rows(zs, dp, z + t * D, seq, rows, d);
+    load_rows(gs, dp, gamma + t * D, seq, rows, d);
+    matmul<A>(rows, hs, dp, 1, wT, d, dp, bias, 0, ps, dp, t & 1);
+    for (int64_t i = 0; i < n; i += N) {
+      const vec<A> s = sigmoid(load(ps + i));
+      store(hs + i, load(zs + i) * s + load(gs + i) * load(hs + i));
+    }
+    store_rows(h + t * D, seq, hs, dp, rows, d);
+  }
+}
+
+// Steps handled as one block in the backward: their p_t = W h_{t-1} + bias (h is saved, so these do not
+// depend on each other) and their dW contributions are each one matmul over ~64 rows instead of a
+// matvec per step; only W^T e stays sequential.
+constexpr int64_t kBlockRows = 64;
+
+// Reverse walk of one task. dw_acc: this thread's [d, dp] partial of dW[k]; db_acc: its [dp] partial of dbias^k.
+template <class T, class A>
+MMREC_INLINE void bwd_task(const T* z, const T* gamma, const T* h, const T* h0, const T* grad, T* dz, T* dgamma,
+                           T* dh0, Mat<A> wT, Mat<A> wp, const A* bias, A* dw_acc, A* db_acc, int64_t rows,
+                           int64_t T_, int64_t D, int64_t d, int64_t dp, A* scratch) {
+  constexpr int N = Simd<A>::N;
+  const int64_t n = rows * dp, seq = T_ * D;
+  const int64_t block_steps = std::max<int64_t>(1, kBlockRows / rows);
+  A* carry = scratch;  // [rows, dp] gamma_{t+1} delta_{t+1} + W^T e_{t+1}
+  A* gs = carry + n;   // [rows, dp] G_t, then dz_t
+  A* zs = gs + n;      // [rows, dp] z_t, then dgamma_t
+  A* ys = zs + n;      // [rows, dp] gamma_t
+  A* p_buf = ys + n;   // [block_steps * rows, dp] p_t of the block's steps (t descending)
+  A* e_buf = p_buf + block_steps * n;   // [block_steps * rows, dp] their e_t
+  A* hp_buf = e_buf + block_steps * n;  // [block_steps * rows, dp] their h_{t-1}
+  std::memset(scratch, 0, (4 + 3 * block_steps) * n * sizeof(A));
+  for (int64_t t_hi = T_ - 1; t_hi >= 0; t_hi -= block_steps) {
+    const int64_t steps = std::min(block_steps, t_hi + 1);
+    for (int64_t s = 0; s < steps; ++s) {
+      const int64_t t = t_hi - s;
+      if (t > 0)
+        load_rows(hp_buf + s * n, dp, h + (t - 1) * D, seq, rows, d);
+      else if (h0)
+        load_rows(hp_buf + s * n, dp, h0, D, rows, d);
+      else
+        std::memset(hp_buf + s * n, 0, n * sizeof(A));
+    }
+    matmul<A>(steps * rows, hp_buf, dp, 1, wT, d, dp, bias, 0, p_buf, dp);
+    for (int64_t s = 0; s < steps; ++s) {
+      const int64_t t = t_hi - s;
+      const A* ps = p_buf + s * n;
+      const A* hp = hp_buf + s * n;
+      A* e = e_buf + s * n;
+      load_rows(gs, dp, grad + t * D, seq, rows, d);
+      load_rows(zs, dp, z + t * D, seq, rows, d);
+      load_rows(ys, dp, gamma + t * D, seq, rows, d);
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t i = r * dp; i < (r + 1) * dp; i += N) {
+          const vec<A> sg = sigmoid(load(ps + i));
+          const vec<A> delta = load(gs + i) + load(carry + i);
+          const vec<A> ev = delta * load(zs + i) * sg * (A(1) - sg);
+          store(zs + i, delta * load(hp + i));
+          store(gs + i, delta * sg);
+          store(e + i, ev);
+          store(carry + i, load(ys + i) * delta);
+          store(db_acc + i - r * dp, load(db_acc + i - r * dp) + ev);
+        }
+      store_rows(dz + t * D, seq, gs, dp, rows, d);
+      store_rows(dgamma + t * D, seq, zs, dp, rows, d);
+      matmul<A>(rows, e, dp, 1, wp, d, dp, carry, dp, carry, dp, s & 1);
+    }
+    // dW[k][i][j] += sum_n e[n][i] hp[n][j] over the block's rows n, in the order they were produced.
+    matmul<A>(d, e_buf, 1, dp, row_major(hp_buf, dp), steps * rows, dp, dw_acc, dp, dw_acc, dp);
+  }
+  store_rows(dh0, D, carry, dp, rows, d);
+}
+
+// The task bodies are the ISA-dispatched functions: code inside `omp parallel` is outlined into a
+// function of its own that would not inherit the clone's ISA (it compiled to SSE without FMA, ~10x slower).
+#define MMREC_REC_TASKS(T, A)                                                                                       \
+  MMREC_ISA_DISPATCH void fwd_task_isa(const T* z, const T* gamma, const T* h0, T* h, Mat<A> wT, const A* bias,   \
+                                       int64_t rows, int64_t T_, int64_t D, int64_t d, int64_t dp, A* scratch) {    \
+    fwd_task<T, A>(z, gamma, h0, h, wT, bias, rows, T_, D, d, dp, scratch);                                         \
+  }                                                                                                                 \
+  MMREC_ISA_DISPATCH void bwd_task_isa(const T* z, const T* gamma, const T* h, const T* h0, const T* grad, T* dz,   \
+                                       T* dgamma, T* dh0, Mat<A> wT, Mat<A> wp, const A* bias, A* dw_acc,       \
+                                       A* db_acc, int64_t rows, int64_t T_, int64_t D, int64_t d, int64_t dp,       \
+                                       A* scratch) {                                                                \
+    bwd_task<T, A>(z, gamma, h, h0, grad, dz, dgamma, dh0, wT, wp, bias, dw_acc, db_acc, rows, T_, D, d, dp,        \
+                   scratch);                                                                                        \
+  }
+MMREC_REC_TASKS(float, float)
+MMREC_REC_TASKS(double, double)
+MMREC_REC_TASKS(bf16_t, float)
+#undef MMREC_REC_TASKS
+
+// Columns padded to whole vectors, and to whole 8-vector panels beyond one panel.
+inline int64_t padded(int64_t d, int lanes) {
+  const int64_t unit = d > 8 * lanes ? 8 * lanes : lanes;
+  return (d + unit - 1) / unit * unit;
+}
+
+template <class T>
+void fwd(const T* z, const T* gamma, const T* w, const T* bias, const T* h0, T* h, int64_t B,
+                      int64_t T_, int64_t H, int64_t d) {
+  using A = acc_t<T>;
+  const int64_t D = H * d, dp = padded(d, Simd<A>::N);
+  const Plan pl = plan(B, T_, H, d);
+  A* wT = workspace<A>(kPackedWT, H * d * dp);
+  A* biasp = workspace<A>(kBias, H * dp);
+  const int64_t pw = std::min<int64_t>(dp, 8 * Simd<A>::N);
+  pack_w<T, A>(w, H, d, dp, pw, wT, static_cast<A*>(nullptr));
+  if (bias)
+    for (int64_t k = 0; k < H; ++k)
+      for (int64_t i = 0; i < d; ++i) biasp[k * dp + i] = A(to_float(bias[k * d + i]));
+  const int64_t scratch_size = 4 * pl.rows * dp;
+  A* scratch = workspace<A>(kScratch, pl.threads * scratch_size);
+#pragma omp parallel num_threads(pl.threads)
+  {
+    A* mine = scratch + omp_get_thread_num() * scratch_size;
+#pragma omp for schedule(static)
+    for (int64_t task = 0; task < pl.tasks; ++task) {
+      const int64_t k = task / pl.blocks, b0 = (task % pl.blocks) * pl.rows;
+      const int64_t rows = std::min(pl.rows, B - b0), base = b0 * T_ * D + k * d;
+      fwd_task_isa(z + base, gamma + base, h0 ? h0 + b0 * D + k * d : nullptr, h + base, Mat<A>{wT + k * d * dp, pw, pw, d * pw},
+                     biasp + k * dp, rows, T_, D, d, dp, mine);
+    }
+  }
+}
+
+template <class T>
+void bwd(const T* z, const T* gamma, const T* w, const T* bias, const T* h0, const T* h, const T* grad,
+                      T* dz, T* dgamma, T* dw, T* dbias, T* dh0, int64_t B, int64_t T_, int64_t H, int64_t d) {
+  using A = acc_t<T>;
+  const int64_t D = H * d, dp = padded(d, Simd<A>::N);
+  const Plan pl = plan(B, T_, H, d);
+  A* wT = workspace<A>(kPackedWT, H * d * dp);
+  A* wp = workspace<A>(kPackedW, H * d * dp);
+  A* biasp = workspace<A>(kBias, H * dp);
+  const int64_t pw = std::min<int64_t>(dp, 8 * Simd<A>::N);
+  pack_w<T, A>(w, H, d, dp, pw, wT, wp);
+  if (bias)
+    for (int64_t k = 0; k < H; ++k)
+      for (int64_t i = 0; i < d; ++i) biasp[k * dp + i] = A(to_float(bias[k * d + i]));
+  // Per-thread partials: [threads][H][d + 1][dp]; row d holds dbias^k.
+  const int64_t part = H * (d + 1) * dp;
+  A* parts = workspace<A>(kParts, pl.threads * part);
+  const int64_t scratch_size = (4 * pl.rows + 3 * (kBlockRows + pl.rows)) * dp;  // >= any task's need
+  A* scratch = workspace<A>(kScratch, pl.threads * scratch_size);
+#pragma omp parallel num_threads(pl.threads)
+  {
+    A* mine = parts + omp_get_thread_num() * part;
+    A* work = scratch + omp_get_thread_num() * scratch_size;
+#pragma omp for schedule(static)
+    for (int64_t task = 0; task < pl.tasks; ++task) {
+      const int64_t k = task / pl.blocks, b0 = (task % pl.blocks) * pl.rows;
+      const int64_t rows = std::min(pl.rows, B - b0), base = b0 * T_ * D + k * d;
+      A* acc = mine + k * (d + 1) * dp;
+      bwd_task_isa(z + base, gamma + base, h + base, h0 ? h0 + b0 * D + k * d : nullptr, grad + base, dz + base,
+                     dgamma + base, dh0 + b0 * D + k * d, Mat<A>{wT + k * d * dp, pw, pw, d * pw},
+                   Mat<A>{wp + k * d * dp, pw, pw, d * pw},
+                     biasp + k * dp, acc, acc + d * dp, rows, T_, D, d, dp, work);
+    }
+    // Sum the partials in thread order (the same order every run).
+#pragma omp for schedule(static)
+    for (int64_t row = 0; row < H * (d + 1); ++row) {
+      const int64_t k = row / (d + 1), i = row % (d + 1);
+      A sum[1024];
+      T* out_row = i < d ? dw + (k * d + i) * d : dbias + k * d;
+      for (int64_t j0 = 0; j0 < d; j0 += 1024) {
+        const int64_t width = std::min<int64_t>(1024, d - j0);
+        for (int64_t j = 0; j < width; ++j) sum[j] = A(0);
+        for (int th = 0; th < pl.threads; ++th) {
+          const A* src = parts + th * part + row * dp + j0;
+#pragma omp simd
+          for (int64_t j = 0; j < width; ++j) sum[j] += src[j];
+        }
+        T* dst = out_row + j0;
+        for (int64_t j = 0; j < width; ++j) dst[j] = from_acc<T>(sum[j]);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+#define MMREC_REC_SPECIALIZE(T)                                                                              \
+  template <>                                                                                                        \
+  void recurrence_fwd<T>(const T* z, const T* g, const T* w, const T* bias, const T* h0, T* h, int64_t B, int64_t T_, \
+                         int64_t H, int64_t d) {                                                                     \
+    fwd(z, g, w, bias, h0, h, B, T_, H, d);                                                                 \
+  }                                                                                                                  \
+  template <>                                                                                                        \
+  void recurrence_bwd<T>(const T* z, const T* g, const T* w, const T* bias, const T* h0, const T* h, const T* grad,  \
+                         T* dz, T* dg, T* dw, T* dbias, T* dh0, int64_t B, int64_t T_, int64_t H, int64_t d) {       \
+    bwd(z, g, w, bias, h0, h, grad, dz, dg, dw, dbias, dh0, B, T_, H, d);                                   \
+  }
+MMREC_REC_SPECIALIZE(float)
+MMREC_REC_SPECIALIZE(double)
+MMREC_REC_SPECIALIZE(bf16_t)
+#undef MMREC_REC_SPECIALIZE
+
+}  // namespace mmrec::cpu

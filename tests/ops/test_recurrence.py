@@ -1,0 +1,167 @@
+"""recurrence-specific checks on every backend that serves it: property tests against a float64 run of
+mmrec_ops.reference (odd sizes, dense and multi-head W, layouts, optional bias/h0, gamma at the extremes),
+gradients at d = 128 and d = 256, long sequences, determinism at a multi-thread size, and named errors."""
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import mmrec_ops
+from mmrec_ops import backends, reference
+
+from .common import assert_close, backend_cases, dtypes_for, grads, layout, leaf, run, tol_for
+
+BACKENDS = pytest.mark.parametrize("backend,device", backend_cases("recurrence"))
+FLOAT32_TOL = 1e-5
+
+
+def _inputs(gen, B, T, H, d, dtype, device, gamma_range=(0.5, 1.0), bias=True, h0=True):
+    D = H * d
+
+    def rand(shape, lo, hi):
+        return (torch.rand(shape, generator=gen, dtype=torch.float64) * (hi - lo) + lo).to(device=device, dtype=dtype)
+
+    scale = 1.5 / d ** 0.5
+    return [rand((B, T, D), -1, 1), rand((B, T, D), *gamma_range), rand((H, d, d), -scale, scale),
+            rand((D,), -0.5, 0.5) if bias else None, rand((B, D), -1, 1) if h0 else None]
+
+
+def _check(backend, args, dtype, grad_tol, what):
+    """Forward and all gradients of the backend vs autograd through the float64 reference."""
+    args = [None if x is None else leaf(x) for x in args]
+    ref_args = [None if x is None else leaf(x.detach().double()) for x in args]
+    out = run(backend, mmrec_ops.recurrence, *args)
+    ref = reference.recurrence(*ref_args)
+    assert out.dtype == dtype and out.shape == ref.shape
+    assert_close(out, ref, tol_for(dtype, FLOAT32_TOL), f"{what} forward")
+    got = grads(out, [x for x in args if x is not None])
+    want = grads(ref, [x for x in ref_args if x is not None])
+    names = [n for n, x in zip(("z", "gamma", "w", "bias", "h0"), args) if x is not None]
+    for name, g, w in zip(names, got, want):
+        assert g is not None and g.dtype == dtype, f"{what}: no {dtype} gradient for {name}"
+        assert_close(g, w, grad_tol, f"{what} d{name}")
+
+
+GAMMA = {"near0": (0.0, 1e-3), "mid": (0.3, 0.9), "near1": (1 - 1e-3, 1.0)}
+
+
+@BACKENDS
+@settings(max_examples=20)
+@given(data=st.data())
+def test_matches_reference_property(backend, device, data):
+    B = data.draw(st.sampled_from([1, 2, 3, 5]), label="B")
+    T = data.draw(st.sampled_from([1, 2, 5, 9]), label="T")
+    H = data.draw(st.sampled_from([1, 2, 3]), label="H")
+    d = data.draw(st.sampled_from([1, 3, 16, 64]), label="d")
+    dtype = data.draw(st.sampled_from([torch.float32, torch.float64] + dtypes_for(backend, device)), label="dtype")
+    gamma_range = GAMMA[data.draw(st.sampled_from(sorted(GAMMA)), label="gamma")]
+    bias = data.draw(st.booleans(), label="bias")
+    h0 = data.draw(st.booleans(), label="h0")
+    kinds = [data.draw(st.sampled_from(["contig", "noncontig", "expanded"]), label=f"layout {n}")
+             for n in ("z", "gamma", "w")]
+    args = _inputs(torch.Generator().manual_seed(B * 1000 + T * 100 + d), B, T, H, d, dtype, device, gamma_range,
+                   bias, h0)
+    for i, kind in enumerate(kinds):
+        args[i] = layout(args[i], kind)
+    grad_tol = {torch.float64: 1e-10, torch.float32: 1e-4}.get(dtype, 5e-2)
+    _check(backend, args, dtype, grad_tol, f"B={B} T={T} H={H} d={d} {dtype} layouts={kinds}")
+
+
+@BACKENDS
+@pytest.mark.parametrize("H,d,B,T", [(2, 128, 3, 30), (1, 256, 2, 6), (4, 16, 1, 130)],
+                         ids=["heads-d128-long", "dense-d256", "B1-T130"])
+def test_gradients_float64(backend, device, H, d, B, T):
+    """Sequences longer than the kernel's dW fold (64 rows) and several batch rows per task."""
+    args = _inputs(torch.Generator().manual_seed(d + T), B, T, H, d, torch.float64, device)
+    _check(backend, args, torch.float64, 1e-10, f"H={H} d={d} B={B} T={T}")
+
+
+@BACKENDS
+def test_optional_arguments_none(backend, device):
+    gen = torch.Generator().manual_seed(11)
+    for bias in (False, True):
+        for h0 in (False, True):
+            args = _inputs(gen, 2, 4, 2, 8, torch.float64, device, bias=bias, h0=h0)
+            _check(backend, args, torch.float64, 1e-10, f"bias={bias} h0={h0}")
+
+
+@BACKENDS
+def test_backward_outputs_for_absent_bias_and_h0(backend, device):
+    """The backward op always returns dbias and dh0 (gradients w.r.t. a zero bias / zero h0)."""
+    z, gamma, w, _, _ = _inputs(torch.Generator().manual_seed(12), 2, 5, 2, 4, torch.float64, device)
+    h = run(backend, mmrec_ops.recurrence, z, gamma, w)
+    grad = torch.randn(h.shape, generator=torch.Generator().manual_seed(13), dtype=h.dtype).to(device)
+    with backends.backend(backend):
+        dz, dgamma, dw, dbias, dh0 = torch.ops.mmrec.recurrence_backward(grad, z, gamma, w, None, None, h)
+    zero_b = torch.zeros(z.shape[2], dtype=z.dtype, device=device, requires_grad=True)
+    zero_h = torch.zeros(z.shape[0], z.shape[2], dtype=z.dtype, device=device, requires_grad=True)
+    ref_args = [leaf(z), leaf(gamma), leaf(w), zero_b, zero_h]
+    want = torch.autograd.grad(reference.recurrence(*ref_args), ref_args, grad)
+    for name, g, wnt in zip(("dz", "dgamma", "dw", "dbias", "dh0"), (dz, dgamma, dw, dbias, dh0), want):
+        assert_close(g, wnt, 1e-10, name)
+
+
+@BACKENDS
+def test_deterministic_at_multithread_size(backend, device):
+    """Several tasks per thread and several dW folds: two runs agree bit for bit."""
+    args = [leaf(x) for x in _inputs(torch.Generator().manual_seed(14), 5, 70, 2, 64, torch.float32, device)]
+    runs = []
+    for _ in range(2):
+        out = run(backend, mmrec_ops.recurrence, *args)
+        runs.append((out, *grads(out, args)))
+    for x, y in zip(*runs):
+        assert torch.equal(x, y)
+
+
+def _valid(device="cpu"):
+    return _inputs(torch.Generator().manual_seed(15), 2, 3, 2, 4, torch.float32, device)
+
+
+BAD_CALLS = {
+    "z rank": (lambda z, g, w, b, h: (z[0], g, w, b, h), ValueError, "z"),
+    "gamma rank": (lambda z, g, w, b, h: (z, g[0], w, b, h), ValueError, "gamma"),
+    "w rank": (lambda z, g, w, b, h: (z, g, w[0], b, h), ValueError, "w"),
+    "H*d != D": (lambda z, g, w, b, h: (z, g, w[:1], b, h), ValueError, "w"),
+    "w not square": (lambda z, g, w, b, h: (z, g, w[:, :, :3], b, h), ValueError, "w"),
+    "gamma shape": (lambda z, g, w, b, h: (z, g[:, :2], w, b, h), ValueError, "gamma"),
+    "bias shape": (lambda z, g, w, b, h: (z, g, w, b[:3], h), ValueError, "bias"),
+    "h0 shape": (lambda z, g, w, b, h: (z, g, w, b, h[:1]), ValueError, "h0"),
+    "gamma dtype": (lambda z, g, w, b, h: (z, g.double(), w, b, h), TypeError, "gamma"),
+    "w dtype": (lambda z, g, w, b, h: (z, g, w.double(), b, h), TypeError, "w"),
+    "h0 dtype": (lambda z, g, w, b, h: (z, g, w, b, h.to(torch.bfloat16)), TypeError, "h0"),
+    "integer z": (lambda z, g, w, b, h: (z.long(), g, w, b, h), TypeError, "z"),
+}
+
+
+@BACKENDS
+@pytest.mark.parametrize("case", list(BAD_CALLS))
+def test_bad_input_names_the_argument(backend, device, case):
+    corrupt, exc, name = BAD_CALLS[case]
+    with pytest.raises(exc, match=rf"\b{name}\b"):
+        run(backend, mmrec_ops.recurrence, *corrupt(*_valid(device)))
+
+
+def test_cpu_binding_rejects_bad_arrays():
+    """The C++ entry points check what they are handed, even past validate.py."""
+    if not backends.serves("cpu", "recurrence", "cpu"):
+        pytest.fail(f"the cpu backend should serve recurrence: {backends.why_not_built('cpu')}")
+    from mmrec_ops._native import C
+    z, g, w, b, h0 = _valid()
+    h = torch.empty_like(z)
+    with pytest.raises(ValueError, match="w: blocks must be square"):
+        C.recurrence_fwd(z, g, w[:, :, :3].contiguous(), b, h0, h)
+    with pytest.raises(ValueError, match="w: H \\* d must equal D"):
+        C.recurrence_fwd(z, g, w[:1].contiguous(), b, h0, h)
+    with pytest.raises(ValueError, match="gamma: must be contiguous"):
+        C.recurrence_fwd(z, g.transpose(0, 1).contiguous().transpose(0, 1), w, b, h0, h)
+    with pytest.raises(ValueError, match="h0: size mismatch"):
+        C.recurrence_fwd(z, g, w, b, h0[:1].contiguous(), h)
+    with pytest.raises(ValueError, match="bias: dtype differs"):
+        C.recurrence_fwd(z, g, w, b.double(), h0, h)
+    with pytest.raises(TypeError, match="float16"):
+        C.recurrence_fwd(*(x.half() for x in (z, g, w, b, h0)), h.half())
+    dz, dg, dw, db, dh = (torch.empty_like(x) for x in (z, g, w, b, h0))
+    with pytest.raises(ValueError, match="dw: size mismatch"):
+        C.recurrence_bwd(h, z, g, w, b, h0, h, dz, dg, dw[:, :2].contiguous(), db, dh)
