@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import tempfile
 
-import torch
+# A fresh compile cache per run: torch's on-disk cache can replay graphs traced against an older op schema.
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="mmrec-inductor-"))
+
+import torch  # noqa: E402
 
 # Without a GPU, the triton backend runs CPU tensors through Triton's interpreter, so a plain `pytest` tests it
 # too. Set before mmrec_ops (and so triton.jit) is imported: the interpreter is chosen when kernels are defined.
