@@ -447,20 +447,20 @@ class ExampleBatches:
     """Instruction/chat batches: whole examples (one per row, padded), in a fresh random order each epoch."""
 
     def __init__(self, examples: list, batch_size: int, micro_batch: int, seed: int, pad_id: int,
-                 rank: int = 0, world: int = 1, fixed_len: Optional[int] = None):
+                 rank: int = 0, world: int = 1, pad_multiple: int = 8, fixed_len: Optional[int] = None):
         if batch_size % world or (batch_size // world) % micro_batch:
             raise ValueError(f"batch_size {batch_size} must split into {world} rank(s) x micro-batches of {micro_batch}")
         if not examples:
             raise DataError("no training examples")
         self.examples, self.B, self.micro, self.pad_id = examples, batch_size, micro_batch, pad_id
-        self.rank, self.world, self.fixed_len = rank, world, fixed_len
+        self.rank, self.world, self.pad_multiple, self.fixed_len = rank, world, pad_multiple, fixed_len
         self.order = _EpochOrder(len(examples), seed)
 
     def next(self) -> List[MicroBatch]:
         mine = rank_rows(self.order.take(self.B), self.rank, self.world)
         out = []
         for k, rows in enumerate(split_micro(mine, self.micro)):
-            x, y = pad_examples([self.examples[i] for i in rows], self.pad_id, length=self.fixed_len)
+            x, y = pad_examples([self.examples[i] for i in rows], self.pad_id, self.pad_multiple, self.fixed_len)
             out.append(MicroBatch(x, y, lane=k))
         return out
 
@@ -482,9 +482,11 @@ def eval_text_batches(ids: torch.Tensor, seq_len: int, batch_size: int, max_wind
             for i in range(0, len(rows), batch_size)]
 
 
-def eval_example_batches(examples: list, batch_size: int, max_examples: int, pad_id: int) -> List[MicroBatch]:
+def eval_example_batches(examples: list, batch_size: int, max_examples: int, pad_id: int,
+                         pad_multiple: int = 8) -> List[MicroBatch]:
+    """The first `max_examples` held-out examples, in padded batches."""
     chosen = examples[:max_examples]
-    return [MicroBatch(*pad_examples(chosen[i:i + batch_size], pad_id))
+    return [MicroBatch(*pad_examples(chosen[i:i + batch_size], pad_id, pad_multiple))
             for i in range(0, len(chosen), batch_size)]
 
 
