@@ -311,9 +311,10 @@ def plot_metrics(metrics_path: Path, png_path: Path) -> Optional[Path]:
             offsets[stage] = offset
             offset += max(steps)
     fig, ax = plt.subplots(figsize=(9, 5))
-    train = [r for r in records if r["kind"] == "train"]
-    ax.plot([offsets[r["stage"]] + r["step"] for r in train], [r["loss"] for r in train],
-            lw=1, color="tab:blue", label="train")
+    for stage in offsets:
+        train = [r for r in records if r["kind"] == "train" and r["stage"] == stage]
+        ax.plot([offsets[stage] + r["step"] for r in train], [r["loss"] for r in train], lw=1, color="tab:blue",
+                label="train" if stage == next(iter(offsets)) else None)
     sets = sorted({r["set"] for r in records if r["kind"] == "eval"})
     for i, name in enumerate(sets):
         ev = [r for r in records if r["kind"] == "eval" and r["set"] == name]
@@ -554,7 +555,7 @@ def save_final(stage_dir: Path, model, tok: Tokenizer, meta: Dict[str, Any]) -> 
 
 
 def run_stage(stage: str, tcfg: TrainConfig, rt: Runtime, out: Path, tok: Tokenizer, init_dir: Optional[Path],
-              resume: bool, metrics: Metrics, halt_at: Optional[int] = None):
+              resume: bool, metrics: Metrics, halt_at: Optional[tuple] = None):
     """Trains one stage; returns (final model directory, summary dict)."""
     from . import MMRecConfig, MMRecLM
     cfg = tcfg.stages[stage]
@@ -612,7 +613,9 @@ def run_stage(stage: str, tcfg: TrainConfig, rt: Runtime, out: Path, tok: Tokeni
     train_model = model
     if rt.distributed:
         from torch.nn.parallel import DistributedDataParallel as DDP
-        train_model = DDP(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+        # a carried TBPTT state replaces the learned initial slots M0, which then get no gradient
+        train_model = DDP(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
+                          find_unused_parameters=cfg.tbptt)
     if tcfg.compile:
         train_model = torch.compile(train_model)
     amp = _amp_context(tcfg, rt.device)
@@ -652,6 +655,9 @@ def run_stage(stage: str, tcfg: TrainConfig, rt: Runtime, out: Path, tok: Tokeni
     first_losses: List[float] = []
     last_losses: List[float] = []
     results: Dict[str, Dict[str, float]] = {}
+    if cfg.eval_every and step == 0:
+        for name, r in run_eval().items():
+            progress.write(f"{stage} step 0: held-out {name} loss {r['loss']:.4f} ppl {r['ppl']:.1f}")
     with StopFlag() as stop:
         while step < max_steps:
             t0 = time.perf_counter()
@@ -702,7 +708,7 @@ def run_stage(stage: str, tcfg: TrainConfig, rt: Runtime, out: Path, tok: Tokeni
             if cfg.eval_every and step % cfg.eval_every == 0 and step < max_steps:
                 for name, r in run_eval().items():
                     progress.write(f"{stage} step {step}: held-out {name} loss {r['loss']:.4f} ppl {r['ppl']:.1f}")
-            halt = halt_at is not None and step == halt_at
+            halt = halt_at == (stage, step)
             if (cfg.save_every and step % cfg.save_every == 0) or step == max_steps:
                 checkpoint()
             if rt.all_max(int(stop.requested or halt)):
@@ -790,7 +796,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     p.add_argument("--backend", default=None, help="force an mmrec_ops backend: ref, cpu, cuda, triton")
     p.add_argument("--no-progress", action="store_true", help="plain log lines instead of a progress bar")
-    p.add_argument("--halt-at", type=int, default=None, help=argparse.SUPPRESS)  # tests: stop as if killed
+    p.add_argument("--halt-at", default=None, help=argparse.SUPPRESS)  # tests: STAGE:STEP, stop as if interrupted
     return p
 
 
@@ -846,14 +852,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ValueError, TypeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if out.exists() and any(out.iterdir()) and not args.resume:
+        print(f"error: {out} already holds a run; pass --resume to continue it, or another --out", file=sys.stderr)
+        return 2
     if tcfg.backend:
         select_backend(tcfg.backend)
     rt = setup_runtime(tcfg.device)
     log = (lambda s: print(s, flush=True)) if rt.main else (lambda s: None)
     try:
         if rt.main:
-            if out.exists() and any(out.iterdir()) and not args.resume:
-                raise ValueError(f"{out} already holds a run; pass --resume to continue it, or another --out")
             out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(out / "config.json", json.dumps(tcfg.to_dict(), indent=2) + "\n")
         rt.barrier()
@@ -877,7 +884,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 log(f"{stage}: already complete ({final})")
                 prev = final
                 continue
-            prev, summary = run_stage(stage, tcfg, rt, out, tok, prev, args.resume, metrics, args.halt_at)
+            halt_at = None
+            if args.halt_at:
+                halt_stage, _, halt_step = args.halt_at.partition(":")
+                halt_at = (halt_stage, int(halt_step))
+            prev, summary = run_stage(stage, tcfg, rt, out, tok, prev, args.resume, metrics, halt_at)
             summaries.append(summary)
             if rt.main:
                 plot_metrics(out / "metrics.jsonl", out / "loss.png")

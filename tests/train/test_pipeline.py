@@ -1,0 +1,131 @@
+"""End to end: all three stages, resume equivalence, kills, DDP, the chat CLI."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmrec_model import MMRecLM, train
+from mmrec_model.checkpoint import latest_checkpoint, load_trainer_state
+from mmrec_model.tokenizer import Tokenizer
+
+from conftest import read_metrics
+
+STEPS = "6"
+
+
+def _env():
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.pop("MMREC_BACKEND", None)
+    return env
+
+
+def _train(args):
+    return train.main([str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, small_data, tiny_config):
+    out = tmp_path_factory.mktemp("runs") / "full"
+    assert _train(["--config", tiny_config, "--data-dir", small_data, "--max-steps", STEPS, "--out", out]) == 0
+    return out
+
+
+def test_all_stages_smoke(full_run, capsys):
+    out = full_run
+    for stage in train.STAGES:
+        final = out / stage / "final"
+        model = MMRecLM.from_pretrained(final)
+        assert model.config.vocab_size == Tokenizer.load(final / "tokenizer.json").vocab_size == 512
+        losses = [r["loss"] for r in read_metrics(out) if r["stage"] == stage]
+        assert len(losses) == int(STEPS)
+        assert sum(losses[-2:]) < sum(losses[:2]), (stage, losses)          # train loss falls in every stage
+        evals = [r for r in read_metrics(out, "eval") if r["stage"] == stage]
+        for name in {r["set"] for r in evals}:
+            curve = [r["loss"] for r in evals if r["set"] == name]
+            assert curve[-1] < curve[0], (stage, name, curve)              # and so does held-out loss
+            assert all(r["ppl"] == pytest.approx(2.718281828 ** r["loss"], rel=1e-6) for r in evals)
+    assert (out / "loss.png").stat().st_size > 10_000
+    assert (out / "samples.md").read_text().count("**prompt:**") == 5
+    assert json.loads((out / "config.json").read_text())["stages"]["chat"]["max_steps"] == int(STEPS)
+
+
+def _losses(out):
+    return [(r["stage"], r["step"], r["loss"]) for r in read_metrics(out)]
+
+
+def test_resume_gives_identical_losses(full_run, tmp_path, small_data, tiny_config):
+    out = tmp_path / "resumed"
+    base = ["--config", tiny_config, "--data-dir", small_data, "--max-steps", STEPS, "--out", out]
+    assert _train(base + ["--halt-at", "pretrain:4"]) == 130     # TBPTT state carried through the checkpoint
+    assert latest_checkpoint(out / "pretrain").name == "ckpt-00000004"
+    assert _train(base + ["--resume", "--halt-at", "instruct:2"]) == 130
+    assert _train(base + ["--resume"]) == 0
+    assert _losses(out) == _losses(full_run)                     # bit-identical, every stage
+    evals = lambda o: [(r["stage"], r["step"], r["set"], r["loss"]) for r in read_metrics(o, "eval")]
+    assert evals(out) == evals(full_run)
+    assert _train(base) == 2                                     # an existing run is never overwritten
+
+
+def test_kill_leaves_a_readable_checkpoint(tmp_path, small_data, tiny_config):
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "mmrec_model.train", "--config", str(tiny_config), "--data-dir", str(small_data),
+           "--stage", "pretrain", "--max-steps", "200", "--set", "stages.pretrain.save_every=1", "--out", str(out)]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while latest_checkpoint(out / "pretrain") is None or latest_checkpoint(out / "pretrain").name < "ckpt-00000003":
+            assert proc.poll() is None and time.time() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)          # while checkpoints are being written every step
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    ckpt = latest_checkpoint(out / "pretrain")
+    model = MMRecLM.from_pretrained(ckpt)
+    state = load_trainer_state(ckpt)
+    assert state["step"] >= 3 and int(ckpt.name.split("-")[1]) == state["step"]
+    assert sum(p.numel() for p in model.parameters()) > 0
+    rc = _train(["--resume", "--out", out, "--max-steps", str(state["step"] + 1), "--stage", "pretrain"])
+    assert rc == 0 and (out / "pretrain" / "final" / "model.safetensors").is_file()
+
+
+def test_ddp_two_processes_match_one(tmp_path, small_data, tiny_config):
+    common = ["--config", str(tiny_config), "--data-dir", str(small_data), "--max-steps", "3",
+              "--set", "stages.pretrain.micro_batch_size=2", "--set", "stages.instruct.micro_batch_size=2",
+              "--set", "stages.chat.micro_batch_size=2", "--device", "cpu"]
+    single, multi = tmp_path / "single", tmp_path / "ddp"
+    assert _train(common + ["--out", single]) == 0       # one process: 4 rows as 2 micro-batches of 2
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "mmrec_model.train"] + common + ["--out", str(multi)]
+    result = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "world 2" in result.stdout and result.stdout.count("== pretrain") == 1   # rank 0 logs alone
+    a, b = _losses(single), _losses(multi)
+    assert [k[:2] for k in a] == [k[:2] for k in b] and len(a) == 9
+    for (_, _, la), (_, _, lb) in zip(a, b):
+        assert lb == pytest.approx(la, rel=1e-5, abs=1e-6)
+    wa = MMRecLM.from_pretrained(single / "chat" / "final").state_dict()
+    wb = MMRecLM.from_pretrained(multi / "chat" / "final").state_dict()
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=1e-4, atol=1e-5)
+
+
+def test_chat_cli_non_interactive(full_run):
+    cmd = [sys.executable, "-m", "mmrec_model.chat", "--checkpoint", str(full_run), "--prompt", "Hello there!",
+           "--prompt", "And again?", "--max-new-tokens", "12", "--seed", "0", "--system", "Be nice."]
+    result = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    replies = result.stdout.splitlines()
+    assert len(replies) >= 2 and any(r.strip() for r in replies)
+    again = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
+    assert again.stdout == result.stdout                          # seeded sampling is reproducible
+    bad = subprocess.run([sys.executable, "-m", "mmrec_model.chat", "--checkpoint", str(full_run / "nope")],
+                         env=_env(), capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "no model checkpoint" in bad.stderr
