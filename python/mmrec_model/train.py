@@ -84,6 +84,7 @@ class TrainConfig:
     compile: bool = False
     backend: Optional[str] = None
     amp: str = "auto"                      # "auto" = bf16 autocast on GPU, none on CPU; "bf16"; "none"
+    threads: Optional[int] = None          # torch CPU threads per process (None = torch's default)
     keep_checkpoints: int = 2
     progress: bool = True
     stages: Dict[str, StageConfig] = field(default_factory=dict)
@@ -795,6 +796,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     p.add_argument("--backend", default=None, help="force an mmrec_ops backend: ref, cpu, cuda, triton")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
     p.add_argument("--no-progress", action="store_true", help="plain log lines instead of a progress bar")
     p.add_argument("--halt-at", default=None, help=argparse.SUPPRESS)  # tests: STAGE:STEP, stop as if interrupted
     return p
@@ -808,7 +810,8 @@ def resolve_config(args, out: Path) -> TrainConfig:
     if args.config:
         values = merge(values, load_config_file(args.config))
     flat = {"preset": args.preset, "data_dir": args.data_dir, "seed": args.seed, "device": args.device,
-            "compile": args.compile, "backend": args.backend, "on_bad_record": args.on_bad_record}
+            "compile": args.compile, "backend": args.backend, "on_bad_record": args.on_bad_record,
+            "threads": args.threads}
     values = merge(values, {k: v for k, v in flat.items() if v is not None})
     if args.no_progress:
         values["progress"] = False
@@ -857,6 +860,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     if tcfg.backend:
         select_backend(tcfg.backend)
+    if tcfg.threads:
+        torch.set_num_threads(tcfg.threads)
     rt = setup_runtime(tcfg.device)
     log = (lambda s: print(s, flush=True)) if rt.main else (lambda s: None)
     try:

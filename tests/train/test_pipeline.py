@@ -129,3 +129,28 @@ def test_chat_cli_non_interactive(full_run):
     bad = subprocess.run([sys.executable, "-m", "mmrec_model.chat", "--checkpoint", str(full_run / "nope")],
                          env=_env(), capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "no model checkpoint" in bad.stderr
+
+
+def test_config_file_overrides_and_bad_input(tmp_path, small_data, tiny_config, capsys):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("preset: tiny\nvocab_size: 384\ntokenizer_max_chars: 50000\nprogress: false\n"
+                   "model: {n_layers: 1}\nstages:\n  pretrain: {batch_size: 2, seq_len: 16, save_every: 0}\n")
+    out = tmp_path / "yaml"
+    assert _train(["--config", cfg, "--data-dir", small_data, "--stage", "pretrain", "--max-steps", 2,
+                   "--set", "stages.pretrain.lr=0.01", "--out", out]) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["stages"]["pretrain"]["lr"] == 0.01 and saved["stages"]["pretrain"]["seq_len"] == 16
+    model = MMRecLM.from_pretrained(out / "pretrain" / "final")
+    assert model.config.n_layers == 1 and model.config.vocab_size == 384
+
+    bad = tmp_path / "bad_train.jsonl"
+    bad.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "no output"}\n', encoding="utf-8")
+    capsys.readouterr()
+    rc = _train(["--config", cfg, "--data-dir", small_data, "--stage", "instruct", "--train-data", bad,
+                 "--on-bad-record", "error", "--init", out, "--out", tmp_path / "strict"])
+    assert rc == 2 and f"{bad}:2: missing field 'output'" in capsys.readouterr().err
+
+    bad_key = tmp_path / "typo.json"
+    bad_key.write_text('{"stages": {"pretrain": {"seq_lenn": 5}}}')
+    assert _train(["--config", bad_key, "--out", tmp_path / "typo"]) == 2
+    assert "seq_lenn" in capsys.readouterr().err
