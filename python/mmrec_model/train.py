@@ -610,6 +610,8 @@ def run_stage(stage: str, tcfg: TrainConfig, rt: Runtime, out: Path, tok: Tokeni
         elif packed is not None:
             log(f"{stage}: world size or micro-batch changed; the carried TBPTT state restarts")
         metrics.truncate_after(stage, step)
+    else:
+        metrics.truncate_after(stage, -1)     # records of an earlier attempt that saved no checkpoint
 
     train_model = model
     if rt.distributed:
@@ -805,7 +807,7 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve_config(args, out: Path) -> TrainConfig:
     values: Dict[str, Any] = {}
     saved = out / "config.json"
-    if args.resume and saved.is_file():
+    if saved.is_file():           # continuing a run (--resume, or a later stage): its settings are the base
         values = json.loads(saved.read_text(encoding="utf-8"))
     if args.config:
         values = merge(values, load_config_file(args.config))
@@ -855,8 +857,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ValueError, TypeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if out.exists() and any(out.iterdir()) and not args.resume:
-        print(f"error: {out} already holds a run; pass --resume to continue it, or another --out", file=sys.stderr)
+    selected = STAGES if args.stage == "all" else (args.stage,)
+    started = [s for s in selected if (out / s).is_dir() and any((out / s).iterdir())]
+    if started and not args.resume:
+        print(f"error: {out} already holds {'/'.join(started)} training; pass --resume to continue it, "
+              f"or another --out", file=sys.stderr)
         return 2
     if tcfg.backend:
         select_backend(tcfg.backend)
@@ -875,7 +880,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             init_dir = resolve_checkpoint(init_dir)
         tok = get_tokenizer(tcfg, rt, out, init_dir, log)
         metrics = Metrics(out / "metrics.jsonl", rt.main)
-        selected = STAGES if args.stage == "all" else (args.stage,)
         prev: Optional[Path] = init_dir
         if prev is None and selected[0] != "pretrain":
             before = STAGES[STAGES.index(selected[0]) - 1]

@@ -72,27 +72,52 @@ def test_resume_gives_identical_losses(full_run, tmp_path, small_data, tiny_conf
     assert _train(base) == 2                                     # an existing run is never overwritten
 
 
-def test_kill_leaves_a_readable_checkpoint(tmp_path, small_data, tiny_config):
+def _start_and_wait(cmd, ready, what):
+    """Starts a training subprocess and returns it once `ready()` holds."""
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 150
+    while not ready():
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            pytest.fail(f"training ended or stalled before {what}: {proc.communicate()[1][-2000:]}")
+        time.sleep(0.05)
+    return proc
+
+
+def _latest_step(out):
+    latest = latest_checkpoint(out / "pretrain")
+    return -1 if latest is None else int(latest.name.split("-")[1])
+
+
+def _last_logged(out):
+    try:
+        return max([r["step"] for r in read_metrics(out)], default=-1)
+    except (OSError, ValueError):
+        return -1
+
+
+def test_kill_and_ctrl_c_leave_a_readable_checkpoint(tmp_path, small_data, tiny_config):
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "mmrec_model.train", "--config", str(tiny_config), "--data-dir", str(small_data),
-           "--stage", "pretrain", "--max-steps", "200", "--set", "stages.pretrain.save_every=1", "--out", str(out)]
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 120
-        while latest_checkpoint(out / "pretrain") is None or latest_checkpoint(out / "pretrain").name < "ckpt-00000003":
-            assert proc.poll() is None and time.time() < deadline
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)          # while checkpoints are being written every step
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+           "--stage", "pretrain", "--max-steps", "500", "--set", "stages.pretrain.save_every=1", "--out", str(out)]
+    proc = _start_and_wait(cmd, lambda: _latest_step(out) >= 3, "checkpoint 3")
+    proc.send_signal(signal.SIGKILL)               # while a checkpoint is written every step
+    proc.wait(30)
     ckpt = latest_checkpoint(out / "pretrain")
-    model = MMRecLM.from_pretrained(ckpt)
     state = load_trainer_state(ckpt)
     assert state["step"] >= 3 and int(ckpt.name.split("-")[1]) == state["step"]
-    assert sum(p.numel() for p in model.parameters()) > 0
-    rc = _train(["--resume", "--out", out, "--max-steps", str(state["step"] + 1), "--stage", "pretrain"])
+    MMRecLM.from_pretrained(ckpt)
+
+    cmd[cmd.index("stages.pretrain.save_every=1")] = "stages.pretrain.save_every=1000"
+    proc = _start_and_wait(cmd + ["--resume"], lambda: _last_logged(out) > state["step"] + 1, "resumed steps")
+    proc.send_signal(signal.SIGINT)                # Ctrl-C: checkpoint at the next step boundary, exit 130
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    stopped = latest_checkpoint(out / "pretrain")
+    assert f"stopped at step {int(stopped.name.split('-')[1])}" in err
+    steps = [r["step"] for r in read_metrics(out)]
+    assert steps == list(range(1, steps[-1] + 1))            # the resumed run rewrote no step twice
+    rc = _train(["--resume", "--out", out, "--max-steps", str(steps[-1] + 1), "--stage", "pretrain"])
     assert rc == 0 and (out / "pretrain" / "final" / "model.safetensors").is_file()
 
 
