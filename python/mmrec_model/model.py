@@ -105,7 +105,7 @@ class MMRecBlock(nn.Module):
     """Pre-norm MM-Rec block (SPEC.md): recurrence + MDI banks + chunked slot memory, a multi-memory
     read over 1 + N + S items per token, then a SwiGLU feed-forward."""
 
-    def __init__(self, config: MMRecConfig, layer_index: int):
+    def __init__(self, config: MMRecConfig):
         super().__init__()
         self.config = config
         D, N, S, H = config.d_model, config.n_banks, config.n_slots, config.n_heads
@@ -181,7 +181,7 @@ class MMRecBlock(nn.Module):
             h = mmrec_ops.scan(gamma, z * torch.sigmoid(parts[4]), h0)       # [B, T, D]
         else:
             h = mmrec_ops.recurrence(z, gamma, self.w_g.to(dt), self.b_g.to(dt), h0)
-        m = mmrec_ops.mdi(v, c, self.base.to(dt), m0, cfg.mdi_eps)  # [B, T, N, D]
+        m = mmrec_ops.mdi(v, c, self.base.to(dt), m0, cfg.mdi_eps)         # [B, T, N, D]
 
         # chunk summaries, aligned to absolute stream positions: local chunk 0 completes the open chunk
         n_complete = (k0 + T) // C                # chunks completed inside this segment
@@ -262,7 +262,7 @@ class MMRecLM(nn.Module):
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
         self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(MMRecBlock(config, i) for i in range(config.n_layers))
+        self.blocks = nn.ModuleList(MMRecBlock(config) for _ in range(config.n_layers))
         self.norm = RMSNorm(config.d_model, config.norm_eps)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         nn.init.normal_(self.embed.weight, std=config.init_std)
@@ -326,7 +326,8 @@ class MMRecLM(nn.Module):
         """Prefill the prompt in one forward call, then sample one token at a time from the carried state
         (constant time and memory per token). ids: [B, T] or [T]. temperature 0 = greedy.
         A row that emits an eos token is padded with that token afterwards; generation stops when every
-        row has. Returns ids [B, T + n] (and the logits [B, n, V] the n tokens were drawn from)."""
+        row has. Runs in eval mode (no dropout) and restores the mode afterwards.
+        Returns ids [B, T + n] (and, with return_logits, the logits [B, n, V] the n tokens were drawn from)."""
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
             raise ValueError(f"generate: max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
         if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
@@ -348,21 +349,26 @@ class MMRecLM(nn.Module):
         if eos is not None:
             eos_ids = torch.tensor([eos] if isinstance(eos, int) else list(eos), device=device, dtype=torch.long)
 
-        logits, state = self(ids, state, last_only=True)                     # prefill: one call
-        out, drawn = [ids], []
-        done = torch.zeros(ids.shape[0], dtype=torch.bool, device=device)
-        for step in range(max_new_tokens):
-            step_logits = logits[:, -1].float()                              # [B, V]
-            if return_logits:
-                drawn.append(step_logits)
-            token = _sample(step_logits, temperature, top_k, top_p, generator)  # [B]
-            if eos_ids is not None:
-                token = torch.where(done, out[-1][:, -1], token)
-                done = done | torch.isin(token, eos_ids)
-            out.append(token[:, None].to(ids.dtype))
-            if (eos_ids is not None and bool(done.all())) or step == max_new_tokens - 1:
-                break
-            logits, state = self(out[-1], state)
+        was_training = self.training
+        self.eval()                               # no dropout while sampling
+        try:
+            logits, state = self(ids, state, last_only=True)                 # prefill: one call
+            out, drawn = [ids], []
+            done = torch.zeros(ids.shape[0], dtype=torch.bool, device=device)
+            for step in range(max_new_tokens):
+                step_logits = logits[:, -1].float()                          # [B, V]
+                if return_logits:
+                    drawn.append(step_logits)
+                token = _sample(step_logits, temperature, top_k, top_p, generator)  # [B]
+                if eos_ids is not None:
+                    token = torch.where(done, out[-1][:, -1], token)
+                    done = done | torch.isin(token, eos_ids)
+                out.append(token[:, None].to(ids.dtype))
+                if (eos_ids is not None and bool(done.all())) or step == max_new_tokens - 1:
+                    break
+                logits, state = self(out[-1], state)
+        finally:
+            self.train(was_training)
         result = torch.cat(out, 1)
         if squeeze:
             result = result[0]
@@ -382,6 +388,7 @@ class MMRecLM(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu",
                         dtype: Optional[torch.dtype] = None) -> "MMRecLM":
+        """Loads a save_pretrained directory; the model comes back in eval mode."""
         from safetensors.torch import load_model
         config_path, weights_path = os.path.join(directory, CONFIG_NAME), os.path.join(directory, WEIGHTS_NAME)
         for path in (config_path, weights_path):
@@ -392,7 +399,7 @@ class MMRecLM(nn.Module):
         model.to(device)
         if dtype is not None:
             model.to(dtype)
-        return model
+        return model.eval()
 
 
 def _sample(logits: Tensor, temperature: float, top_k: Optional[int], top_p: Optional[float],
