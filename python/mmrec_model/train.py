@@ -704,7 +704,8 @@ def run_stage(stage: str, tcfg: TrainConfig, rt: Runtime, out: Path, tok: Tokeni
             if step % cfg.log_every == 0 or step == max_steps:
                 metrics.write({"kind": "train", "stage": stage, "step": step, "loss": step_loss, "lr": lr,
                                "grad_norm": None if grad_norm is None else float(grad_norm),
-                               "tokens": tokens_seen, "tok_per_s": step_tokens / dt, "time": elapsed})
+                               "tokens": tokens_seen, "targets": int(n_targets), "tok_per_s": step_tokens / dt,
+                               "time": elapsed})
             progress.update({"loss": f"{step_loss:.3f}", "lr": f"{lr:.1e}", "tok/s": f"{step_tokens / dt:,.0f}"})
             if not tcfg.progress and rt.main and (step % max(1, max_steps // 10) == 0 or step == max_steps):
                 log(f"{stage} step {step}/{max_steps} loss {step_loss:.4f} lr {lr:.2e} {step_tokens / dt:,.0f} tok/s")

@@ -9,7 +9,7 @@ from mmrec_model import MMRecConfig, MMRecLM
 from mmrec_model.checkpoint import (latest_checkpoint, list_checkpoints, load_trainer_state, rng_state,
                                     save_checkpoint, set_rng_state)
 from mmrec_model.tokenizer import Tokenizer
-from mmrec_model.train import StageConfig, lr_at
+from mmrec_model.train import StageConfig, lr_at, stage_steps
 
 
 @pytest.fixture(scope="module")
@@ -66,3 +66,8 @@ def test_warmup_cosine_schedule():
     assert lrs[:4] == [0.25, 0.5, 0.75, 1.0]
     assert all(a >= b for a, b in zip(lrs[3:], lrs[4:]))
     assert lr_at(20, cfg, 20) == pytest.approx(0.1) and lr_at(12, cfg, 20) == pytest.approx(0.55)
+
+
+def test_token_budget_caps_steps():
+    assert stage_steps(StageConfig(max_steps=100, batch_size=4, seq_len=32, max_tokens=1000)) == 8
+    assert stage_steps(StageConfig(max_steps=5, batch_size=4, seq_len=32, max_tokens=10**6)) == 5

@@ -142,15 +142,17 @@ def test_ddp_two_processes_match_one(tmp_path, small_data, tiny_config):
         torch.testing.assert_close(wb[k], wa[k], rtol=1e-4, atol=1e-5)
 
 
-def test_chat_cli_non_interactive(full_run):
-    cmd = [sys.executable, "-m", "mmrec_model.chat", "--checkpoint", str(full_run), "--prompt", "Hello there!",
-           "--prompt", "And again?", "--max-new-tokens", "12", "--seed", "0", "--system", "Be nice."]
-    result = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
+def test_chat_cli(full_run):
+    base = [sys.executable, "-m", "mmrec_model.chat", "--checkpoint", str(full_run), "--max-new-tokens", "12",
+            "--seed", "0"]
+    result = subprocess.run(base + ["--prompt", "Hello there!", "--prompt", "And again?", "--system", "Be nice."],
+                            env=_env(), capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    replies = result.stdout.splitlines()
-    assert len(replies) >= 2 and any(r.strip() for r in replies)
-    again = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
-    assert again.stdout == result.stdout                          # seeded sampling is reproducible
+    assert len(result.stdout.splitlines()) >= 2 and result.stdout.strip()
+    repl = subprocess.run(base, input="Hi!\n/reset\nHello?\n/exit\nnever read\n", env=_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert repl.returncode == 0, repl.stderr
+    assert repl.stdout.count("mmrec> ") == 2 and "(conversation reset)" in repl.stdout
     bad = subprocess.run([sys.executable, "-m", "mmrec_model.chat", "--checkpoint", str(full_run / "nope")],
                          env=_env(), capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "no model checkpoint" in bad.stderr
