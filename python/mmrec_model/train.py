@@ -571,6 +571,9 @@ def run_stage(stage: str, tcfg: TrainConfig, rt: Runtime, out: Path, tok: Tokeni
         raise ValueError(f"{stage}: batch_size={cfg.batch_size} does not split into {rt.world} rank(s) x "
                          f"micro-batches of {micro}")
     accum = cfg.batch_size // rt.world // micro
+    tbptt = cfg.tbptt and stage == "pretrain"
+    if cfg.tbptt and not tbptt:
+        log(f"{stage}: tbptt applies to pre-training only (rows here are separate examples); ignored")
 
     resume_dir = latest_checkpoint(stage_dir) if resume else None
     if resume_dir is not None:
@@ -593,7 +596,8 @@ def run_stage(stage: str, tcfg: TrainConfig, rt: Runtime, out: Path, tok: Tokeni
     model.to(rt.device)
     model.train()
 
-    data = StageData(stage, cfg, tcfg, tok, rt, micro, seed, out / "cache", model.config.chunk_len, log)
+    data = StageData(stage, dataclasses.replace(cfg, tbptt=tbptt), tcfg, tok, rt, micro, seed, out / "cache",
+                     model.config.chunk_len, log)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr,
                                   betas=(cfg.beta1, cfg.beta2), eps=1e-8)
     step, tokens_seen, elapsed = 0, 0, 0.0
@@ -618,7 +622,7 @@ def run_stage(stage: str, tcfg: TrainConfig, rt: Runtime, out: Path, tok: Tokeni
         from torch.nn.parallel import DistributedDataParallel as DDP
         # a carried TBPTT state replaces the learned initial slots M0, which then get no gradient
         train_model = DDP(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
-                          find_unused_parameters=cfg.tbptt)
+                          find_unused_parameters=tbptt)
     if tcfg.compile:
         train_model = torch.compile(train_model)
     amp = _amp_context(tcfg, rt.device)
@@ -628,19 +632,19 @@ def run_stage(stage: str, tcfg: TrainConfig, rt: Runtime, out: Path, tok: Tokeni
     if resume_dir is None:
         log(f"{stage}: {n_params / 1e6:.2f}M parameters, {data.train_tokens:,} training tokens, {max_steps} steps "
             f"x {cfg.batch_size} rows x {cfg.seq_len} tokens (micro-batch {micro}, accumulation {accum}, "
-            f"world {rt.world}){', TBPTT' if cfg.tbptt and stage == 'pretrain' else ''}")
+            f"world {rt.world}){', TBPTT' if tbptt else ''}")
 
     def checkpoint() -> None:
-        packed_lanes = {k: _pack_state(v) for k, v in lane_states.items()} if cfg.tbptt else None
+        packed_lanes = {k: _pack_state(v) for k, v in lane_states.items()} if tbptt else None
         gathered = [packed_lanes]
-        if rt.distributed and cfg.tbptt:
+        if rt.distributed and tbptt:
             gathered = [None] * rt.world
             torch.distributed.all_gather_object(gathered, packed_lanes)
         if rt.main:
             trainer_state = {"step": step, "tokens": tokens_seen, "elapsed": elapsed,
                              "optimizer": optimizer.state_dict(), "data": data.batches.state_dict(),
                              "rng": rng_state(), "world": rt.world, "micro": micro,
-                             "tbptt": gathered if cfg.tbptt else None}
+                             "tbptt": gathered if tbptt else None}
             save_checkpoint(stage_dir, step, model, tok, trainer_state, keep=tcfg.keep_checkpoints,
                             meta={"stage": stage, "tokens": tokens_seen})
         rt.barrier()
@@ -657,7 +661,6 @@ def run_stage(stage: str, tcfg: TrainConfig, rt: Runtime, out: Path, tok: Tokeni
     progress = Progress(rt.main and tcfg.progress, max_steps, step, stage)
     first_losses: List[float] = []
     last_losses: List[float] = []
-    results: Dict[str, Dict[str, float]] = {}
     if cfg.eval_every and step == 0:
         for name, r in run_eval().items():
             progress.write(f"{stage} step 0: held-out {name} loss {r['loss']:.4f} ppl {r['ppl']:.1f}")
@@ -669,12 +672,12 @@ def run_stage(stage: str, tcfg: TrainConfig, rt: Runtime, out: Path, tok: Tokeni
                 group["lr"] = lr
             micro_batches = data.batches.next()
             n_targets = rt.all_sum(float(sum(int((mb.y != D.IGNORE).sum()) for mb in micro_batches)))
-            loss_sum = torch.zeros((), dtype=torch.float64)
+            loss_sum = torch.zeros((), dtype=torch.float64, device=rt.device)   # one host sync per step
             step_tokens = 0
             for i, mb in enumerate(micro_batches):
                 x, y = mb.x.to(rt.device), mb.y.to(rt.device)
                 carried = None
-                if cfg.tbptt and not mb.reset:
+                if tbptt and not mb.reset:
                     carried = lane_states.get(mb.lane)
                 last = i == len(micro_batches) - 1
                 sync = contextlib.nullcontext() if (last or not rt.distributed) else train_model.no_sync()
@@ -684,9 +687,9 @@ def run_stage(stage: str, tcfg: TrainConfig, rt: Runtime, out: Path, tok: Tokeni
                     loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=D.IGNORE,
                                            reduction="sum")
                     (loss * (rt.world / max(n_targets, 1.0))).backward()
-                if cfg.tbptt:
+                if tbptt:
                     lane_states[mb.lane] = new_state.detach()
-                loss_sum += loss.detach().double().cpu()
+                loss_sum += loss.detach().double()
                 step_tokens += x.numel()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip > 0 else None
             optimizer.step()
