@@ -392,18 +392,25 @@ class Interrupted(Exception):
 
 
 # ------------------------------------------------------------------------------------------ data
+def load_stage_sources(stage: str, tcfg: TrainConfig, log) -> tuple:
+    """(train sources, held-out sources) of a stage, every record checked (see data.load_sources)."""
+    kind = D.STAGE_KIND[stage]
+    cfg = tcfg.stages[stage]
+    data_dir = tcfg.data_dir or D.DATA_DIR
+    train_specs = D.stage_files(stage, "train", cfg.train, data_dir)
+    valid_specs = D.stage_files(stage, "valid", cfg.valid, data_dir)
+    train = D.load_sources(train_specs, kind, tcfg.on_bad_record, data_dir, log)
+    valid = D.load_sources(valid_specs, kind, tcfg.on_bad_record, data_dir, log) if valid_specs else []
+    return train, valid
+
+
 class StageData:
     """A stage's training batches and held-out evaluation batches."""
 
-    def __init__(self, stage: str, cfg: StageConfig, tcfg: TrainConfig, tok: Tokenizer, rt: Runtime,
+    def __init__(self, stage: str, cfg: StageConfig, sources: tuple, tok: Tokenizer, rt: Runtime,
                  micro: int, seed: int, cache_dir: Optional[Path], chunk_len: int, log):
         kind = D.STAGE_KIND[stage]
-        data_dir = tcfg.data_dir or D.DATA_DIR
-        train_specs = D.stage_files(stage, "train", cfg.train, data_dir)
-        valid_specs = D.stage_files(stage, "valid", cfg.valid, data_dir)
-        self.train_names = train_specs
-        train_sources = D.load_sources(train_specs, kind, tcfg.on_bad_record, data_dir, log)
-        valid_sources = D.load_sources(valid_specs, kind, tcfg.on_bad_record, data_dir, log) if valid_specs else []
+        train_sources, valid_sources = sources
         self.eval_sets: Dict[str, List[D.MicroBatch]] = {}
         if kind == "text":
             stream = _cached(cache_dir, tok, train_sources,
@@ -556,7 +563,7 @@ def save_final(stage_dir: Path, model, tok: Tokenizer, meta: Dict[str, Any]) -> 
 
 
 def run_stage(stage: str, tcfg: TrainConfig, rt: Runtime, out: Path, tok: Tokenizer, init_dir: Optional[Path],
-              resume: bool, metrics: Metrics, halt_at: Optional[tuple] = None):
+              resume: bool, metrics: Metrics, halt_at: Optional[tuple] = None, sources: Optional[tuple] = None):
     """Trains one stage; returns (final model directory, summary dict)."""
     from . import MMRecConfig, MMRecLM
     cfg = tcfg.stages[stage]
@@ -596,7 +603,9 @@ def run_stage(stage: str, tcfg: TrainConfig, rt: Runtime, out: Path, tok: Tokeni
     model.to(rt.device)
     model.train()
 
-    data = StageData(stage, dataclasses.replace(cfg, tbptt=tbptt), tcfg, tok, rt, micro, seed, out / "cache",
+    if sources is None:
+        sources = load_stage_sources(stage, tcfg, log)
+    data = StageData(stage, dataclasses.replace(cfg, tbptt=tbptt), sources, tok, rt, micro, seed, out / "cache",
                      model.config.chunk_len, log)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr,
                                   betas=(cfg.beta1, cfg.beta2), eps=1e-8)
@@ -757,7 +766,8 @@ def _report_stage(summary: Dict[str, Any], out: Path, log) -> None:
 
 
 # ------------------------------------------------------------------------------------------ tokenizer
-def get_tokenizer(tcfg: TrainConfig, rt: Runtime, out: Path, init_dir: Optional[Path], log) -> Tokenizer:
+def get_tokenizer(tcfg: TrainConfig, rt: Runtime, out: Path, init_dir: Optional[Path], log,
+                  pretrain_sources: Optional[tuple] = None) -> Tokenizer:
     """The run's tokenizer: runs/NAME/tokenizer.json, else the --init checkpoint's, else trained here."""
     path = out / "tokenizer.json"
     if not path.is_file() and rt.main:
@@ -765,10 +775,7 @@ def get_tokenizer(tcfg: TrainConfig, rt: Runtime, out: Path, init_dir: Optional[
             shutil.copyfile(init_dir / "tokenizer.json", path)
         else:
             t0 = time.perf_counter()
-            cfg = tcfg.stages["pretrain"]
-            data_dir = tcfg.data_dir or D.DATA_DIR
-            specs = D.stage_files("pretrain", "train", cfg.train, data_dir)
-            sources = D.load_sources(specs, "text", tcfg.on_bad_record, data_dir, log)
+            sources = (pretrain_sources or load_stage_sources("pretrain", tcfg, log))[0]
             tok = Tokenizer.train(D.tokenizer_corpus(sources, tcfg.tokenizer_max_chars), tcfg.vocab_size)
             tok.save(path)
             log(f"tokenizer: byte-level BPE with {tok.vocab_size} tokens trained on "
@@ -882,7 +889,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if init_dir is not None:
             from .chat import resolve_checkpoint
             init_dir = resolve_checkpoint(init_dir)
-        tok = get_tokenizer(tcfg, rt, out, init_dir, log)
+        # every selected stage's data is read and checked before any training starts
+        todo = [s for s in selected if not (args.resume and (out / s / "final" / "meta.json").is_file())]
+        sources = {s: load_stage_sources(s, tcfg, log) for s in todo}
+        tok = get_tokenizer(tcfg, rt, out, init_dir, log, sources.get("pretrain"))
         metrics = Metrics(out / "metrics.jsonl", rt.main)
         prev: Optional[Path] = init_dir
         if prev is None and selected[0] != "pretrain":
@@ -901,7 +911,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if args.halt_at:
                 halt_stage, _, halt_step = args.halt_at.partition(":")
                 halt_at = (halt_stage, int(halt_step))
-            prev, summary = run_stage(stage, tcfg, rt, out, tok, prev, args.resume, metrics, halt_at)
+            prev, summary = run_stage(stage, tcfg, rt, out, tok, prev, args.resume, metrics, halt_at,
+                                      sources.get(stage))
             summaries.append(summary)
             if rt.main:
                 plot_metrics(out / "metrics.jsonl", out / "loss.png")

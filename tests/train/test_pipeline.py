@@ -176,6 +176,12 @@ def test_config_file_overrides_and_bad_input(tmp_path, small_data, tiny_config, 
     rc = _train(["--config", cfg, "--data-dir", small_data, "--stage", "instruct", "--train-data", bad,
                  "--on-bad-record", "error", "--init", out, "--out", tmp_path / "strict"])
     assert rc == 2 and f"{bad}:2: missing field 'output'" in capsys.readouterr().err
+    bad_chat = tmp_path / "chat_train.jsonl"
+    bad_chat.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n', encoding="utf-8")
+    rc = _train(["--config", cfg, "--data-dir", small_data, "--set", f"stages.chat.train=['{bad_chat}']",
+                 "--on-bad-record", "error", "--out", tmp_path / "early"])
+    assert rc == 2 and f"{bad_chat}:1: no non-empty assistant" in capsys.readouterr().err
+    assert not (tmp_path / "early" / "pretrain").exists()        # refused before any training
 
     bad_key = tmp_path / "typo.json"
     bad_key.write_text('{"stages": {"pretrain": {"seq_lenn": 5}}}')
