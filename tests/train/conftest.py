@@ -1,6 +1,5 @@
 """Shared fixtures: a small data directory cut from the bundled data, and tiny run settings."""
 import json
-import shutil
 from pathlib import Path
 
 import pytest
