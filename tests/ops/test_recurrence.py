@@ -11,6 +11,11 @@ from hypothesis import strategies as st
 import mmrec_ops
 from mmrec_ops import backends, reference
 
+try:
+    from mmrec_ops._triton import MAX_HEAD_DIM as TRITON_MAX_HEAD_DIM
+except ImportError:  # triton not installed: no triton case is collected
+    TRITON_MAX_HEAD_DIM = None
+
 from .common import assert_close, backend_cases, dtypes_for, grads, layout, leaf, run, tol_for
 
 BACKENDS = pytest.mark.parametrize("backend,device", backend_cases("recurrence"))
@@ -75,6 +80,10 @@ def test_matches_reference_property(backend, device, data):
 def test_gradients_float64(backend, device, H, d, B, T):
     """Sequences longer than the kernel's dW fold (64 rows) and several batch rows per task."""
     args = _inputs(torch.Generator().manual_seed(d + T), B, T, H, d, torch.float64, device)
+    if backend == "triton" and d > TRITON_MAX_HEAD_DIM:  # a documented limit: it must refuse clearly
+        with pytest.raises(ValueError, match="head dimensions"):
+            run(backend, mmrec_ops.recurrence, *args)
+        return
     _check(backend, args, torch.float64, 1e-10, f"H={H} d={d} B={B} T={T}")
 
 
@@ -94,7 +103,7 @@ def test_backward_outputs_for_absent_bias_and_h0(backend, device):
     h = run(backend, mmrec_ops.recurrence, z, gamma, w)
     grad = torch.randn(h.shape, generator=torch.Generator().manual_seed(13), dtype=h.dtype).to(device)
     with backends.backend(backend):
-        dz, dgamma, dw, dbias, dh0 = torch.ops.mmrec.recurrence_backward(grad, z, gamma, w, None, None, h)
+        dz, dgamma, dw, dbias, dh0 = torch.ops.mmrec.recurrence_backward(grad, z, gamma, w, None, None, h, backend)
     zero_b = torch.zeros(z.shape[2], dtype=z.dtype, device=device, requires_grad=True)
     zero_h = torch.zeros(z.shape[0], z.shape[2], dtype=z.dtype, device=device, requires_grad=True)
     ref_args = [leaf(z), leaf(gamma), leaf(w), zero_b, zero_h]
