@@ -196,7 +196,6 @@ struct Bwd {
     for (int64_t j = 0; j < S; ++j) ds += w[j] * e[at + j];
     if (blk == 0) dstrength[b * NC + c] = from_acc<T>(ds);
     const T* k = key + (b * NC + c) * D;
-    const T* v = value + (b * NC + c) * D;
     const T* kp = c > 0 ? key + (b * NC + c - 1) * D : nullptr;
     const T* vp = c > 0 ? value + (b * NC + c - 1) * D : nullptr;
     for (int64_t i = 0; i < D; ++i) dk[i] = dv[i] = A(0);
