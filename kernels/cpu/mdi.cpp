@@ -45,13 +45,20 @@ MMREC_INLINE A sigmoid(A x) {
   return e / (A(1) + e);
 }
 
+// torch.clamp: NaN passes through.
+template <class A>
+MMREC_INLINE A clamp(A x, A lo, A hi) {
+  x = x < lo ? lo : x;
+  return x > hi ? hi : x;
+}
+
 template <class T>
 MMREC_INLINE void fwd(const T* v, const T* mod, const T* base, const T* m0, T* m, int64_t B, int64_t T_, int64_t N,
                       int64_t D, double eps) {
   using A = acc_t<T>;
   const Tiling tl = tile(B, N, D);
   const A lo = A(eps), hi = A(1) - A(eps), floor = A(eps) / A(2);
-#pragma omp parallel num_threads(num_threads_for(B * T_ * N * D, tl.tasks))
+#pragma omp parallel num_threads(num_threads_for(B * T_ * N * D, tl.tasks)) firstprivate(lo, hi, floor)
   {
     std::vector<A> state(N * tl.slice), sb(N * tl.slice);  // [N, slice]
 #pragma omp for schedule(static)
@@ -74,7 +81,7 @@ MMREC_INLINE void fwd(const T* v, const T* mod, const T* base, const T* m0, T* m
           T* mtn = mt + n * D;
 #pragma omp simd
           for (int64_t i = 0; i < w; ++i) {
-            const A g = std::min(std::max(sbn[i] * sm, lo), hi);
+            const A g = clamp(sbn[i] * sm, lo, hi);
             const A vi = A(to_float(vt[i]));
             const A s = g * (st[i] - vi) + vi;
             st[i] = s;
@@ -97,7 +104,7 @@ MMREC_INLINE void bwd(const T* v, const T* mod, const T* base, const T* m0, cons
   std::vector<A> dbase_part(B * N * D);        // [B, N, D]: sum over T
   const T zero{};
   const int threads = num_threads_for(B * T_ * N * D, tl.tasks);
-#pragma omp parallel num_threads(threads)
+#pragma omp parallel num_threads(threads) firstprivate(lo, hi, floor)
   {
     std::vector<A> carry(N * tl.slice), sb(N * tl.slice), sb_neg(N * tl.slice), dbase_acc(N * tl.slice);
     std::vector<A> dv_acc(tl.slice);
@@ -136,7 +143,7 @@ MMREC_INLINE void bwd(const T* v, const T* mod, const T* base, const T* m0, cons
           for (int64_t i = 0; i < w; ++i) {
             const A delta = A(to_float(gtn[i])) + cn[i];
             const A x = sbn[i] * sm;
-            const A g = std::min(std::max(x, lo), hi);
+            const A g = clamp(x, lo, hi);
             const A dx = (x >= lo && x <= hi) ? delta * (A(to_float(pn[i])) - A(to_float(vt[i]))) : A(0);
             dbn[i] += dx * x * sbneg[i];
             dsum += dx * sbn[i];

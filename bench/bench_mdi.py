@@ -1,0 +1,110 @@
+"""CPU `mdi` (fused) against the unfused composition and the reference loop; prints a table and writes JSON.
+
+    python bench/bench_mdi.py            # B=8, T=1024, N=4, D=512 and B=1, T=8192, N=4, D=256, float32
+    python bench/bench_mdi.py --quick    # small shapes
+
+GB/s counts the op's memory-traffic floor: forward reads v, mod, base, m0 and writes m; backward reads
+grad, v, mod, base, m, m0 and writes dv, dmod, dbase, dm0 (the big terms: m and grad, B*T*N*D each).
+%copy is that rate over the copy bandwidth of a 256 MB torch copy measured in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable, Dict, List, Tuple
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import mmrec_ops  # noqa: E402
+from common import Row, copy_bandwidth_gbs, print_table, save, time_ms  # noqa: E402
+
+SHAPES = [(8, 1024, 4, 512), (1, 8192, 4, 256)]  # (B, T, N, D)
+QUICK_SHAPES = [(2, 256, 4, 128)]
+EPS = 1e-6
+REFERENCE = "reference (per-step loop)"
+
+
+def fused(v, mod, base, m0):
+    with mmrec_ops.backend("cpu"):
+        return mmrec_ops.mdi(v, mod, base, m0, EPS)
+
+
+def unfused(v, mod, base, m0):
+    """sigmoid, clamp, multiply in torch, then mmrec's scan over [B, T, N*D]: gamma and (1 - gamma) v
+    are materialised at B*T*N*D each, and autograd keeps them."""
+    B, T, D = v.shape
+    N = base.shape[0]
+    gamma = torch.clamp(torch.sigmoid(base)[None, None] * torch.sigmoid(mod)[..., None], EPS, 1 - EPS)
+    b = (1 - gamma) * v[:, :, None, :]
+    with mmrec_ops.backend("cpu"):
+        h = mmrec_ops.scan(gamma.reshape(B, T, N * D), b.reshape(B, T, N * D), m0.reshape(B, N * D))
+    return h.view(B, T, N, D)
+
+
+def reference(v, mod, base, m0):
+    return mmrec_ops.reference.mdi(v, mod, base, m0, EPS)
+
+
+IMPLS: Dict[str, Callable] = {"mmrec-cpu (fused)": fused, "unfused (torch + mmrec scan)": unfused,
+                              REFERENCE: reference}
+
+
+def make_inputs(shape: Tuple[int, int, int, int], dtype, grad: bool):
+    B, T, N, D = shape
+    g = torch.Generator().manual_seed(0)
+    xs = (torch.randn(B, T, D, generator=g), 2 * torch.randn(B, T, N, generator=g),
+          1 + 2 * torch.randn(N, D, generator=g), torch.randn(B, N, D, generator=g))
+    return [x.to(dtype).requires_grad_(grad) for x in xs]
+
+
+def floor_elements(shape, pass_: str) -> int:
+    B, T, N, D = shape
+    fwd = B * T * D + B * T * N + N * D + B * N * D + B * T * N * D
+    bwd = 2 * (B * T * N * D + B * T * D + B * T * N + N * D + B * N * D)
+    return fwd if pass_ == "fwd" else fwd + bwd
+
+
+def bench_case(fn, shape, dtype, pass_: str):
+    inputs = make_inputs(shape, dtype, grad=pass_ == "fwd+bwd")
+    if pass_ == "fwd":
+        def step():
+            with torch.no_grad():
+                fn(*inputs)
+    else:
+        B, T, N, D = shape
+        grad = torch.randn(B, T, N, D, dtype=dtype)
+
+        def step():
+            for x in inputs:
+                x.grad = None
+            fn(*inputs).backward(grad)
+    return step
+
+
+def main(argv=None) -> List[Row]:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--skip", nargs="*", default=[], help="implementations to leave out (substring match)")
+    args = p.parse_args(argv)
+    copy_gbs = copy_bandwidth_gbs("cpu")
+    rows: List[Row] = []
+    dtype = torch.float32
+    for shape in (QUICK_SHAPES if args.quick else SHAPES):
+        for name, fn in IMPLS.items():
+            if any(s in name for s in args.skip):
+                continue
+            for pass_ in ("fwd", "fwd+bwd"):
+                ms = time_ms(bench_case(fn, shape, dtype, pass_), "cpu",
+                             warmup=1 if name == REFERENCE else 2, repeat=3 if name == REFERENCE else 9)
+                gbs = floor_elements(shape, pass_) * 4 / (ms * 1e-3) / 1e9
+                rows.append(Row("mdi", "x".join(map(str, shape)) + " (BxTxNxD)", "float32", name, pass_, ms, gbs))
+    print_table(rows, copy_gbs, baseline=REFERENCE)
+    cmd = "python bench/bench_mdi.py" + (" --quick" if args.quick else "")
+    print("wrote", save("mdi_cpu" + ("_quick" if args.quick else ""), rows, copy_gbs, cmd))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
