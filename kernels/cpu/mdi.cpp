@@ -53,113 +53,180 @@ MMREC_INLINE A clamp(A x, A lo, A hi) {
 }
 
 template <class T>
-MMREC_INLINE void fwd(const T* v, const T* mod, const T* base, const T* m0, T* m, int64_t B, int64_t T_, int64_t N,
-                      int64_t D, double eps) {
+struct FwdArgs {
   using A = acc_t<T>;
-  const Tiling tl = tile(B, N, D);
-  const A lo = A(eps), hi = A(1) - A(eps), floor = A(eps) / A(2);
-#pragma omp parallel num_threads(num_threads_for(B * T_ * N * D, tl.tasks)) firstprivate(lo, hi, floor)
-  {
-    std::vector<A> state(N * tl.slice), sb(N * tl.slice);  // [N, slice]
-#pragma omp for schedule(static)
-    for (int64_t task = 0; task < tl.tasks; ++task) {
-      const int64_t bi = task / tl.slices_per_batch, d0 = (task % tl.slices_per_batch) * tl.slice;
-      const int64_t w = std::min(tl.slice, D - d0);
-      for (int64_t n = 0; n < N; ++n)
-        for (int64_t i = 0; i < w; ++i) {
-          sb[n * w + i] = std::max(sigmoid(A(to_float(base[n * D + d0 + i]))), floor);
-          state[n * w + i] = m0 ? A(to_float(m0[(bi * N + n) * D + d0 + i])) : A(0);
-        }
-      for (int64_t t = 0; t < T_; ++t) {
-        const int64_t row = bi * T_ + t;
-        const T* vt = v + row * D + d0;
-        T* mt = m + row * N * D + d0;
-        for (int64_t n = 0; n < N; ++n) {
-          const A sm = std::max(sigmoid(A(to_float(mod[row * N + n]))), floor);
-          A* st = state.data() + n * w;
-          const A* sbn = sb.data() + n * w;
-          T* mtn = mt + n * D;
+  const T *v, *mod, *base, *m0;
+  T* m;
+  int64_t T_, N, D;
+  A lo, hi, floor;
+};
+
+template <class T>
+struct BwdArgs {
+  using A = acc_t<T>;
+  const T *v, *mod, *base, *m0, *m, *grad;
+  T *dv, *dm0;
+  int64_t T_, N, D, slices_per_batch;
+  A lo, hi, floor;
+  A* dmod_part;   // [B, slices, T, N]: sum over the slice of dx * sigmoid(base)
+  A* dbase_part;  // [B, N, D]: sum over T
+  const T* zeros;  // [N, slice]: m_{-1} when m0 is None
+};
+
+// Batch bi, columns [d0, d0 + w); ws: 2 * N * w accumulators.
+template <class T>
+MMREC_INLINE void fwd_task(const FwdArgs<T>& p, int64_t bi, int64_t d0, int64_t w, acc_t<T>* ws) {
+  using A = acc_t<T>;
+  const int64_t N = p.N, D = p.D;
+  const A lo = p.lo, hi = p.hi, floor = p.floor;
+  A* state = ws;       // [N, w]
+  A* sb = ws + N * w;  // [N, w]
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t i = 0; i < w; ++i) {
+      sb[n * w + i] = std::max(sigmoid(A(to_float(p.base[n * D + d0 + i]))), floor);
+      state[n * w + i] = p.m0 ? A(to_float(p.m0[(bi * N + n) * D + d0 + i])) : A(0);
+    }
+  for (int64_t t = 0; t < p.T_; ++t) {
+    const int64_t row = bi * p.T_ + t;
+    const T* vt = p.v + row * D + d0;
+    T* mt = p.m + row * N * D + d0;
+    for (int64_t n = 0; n < N; ++n) {
+      const A sm = std::max(sigmoid(A(to_float(p.mod[row * N + n]))), floor);
+      A* st = state + n * w;
+      const A* sbn = sb + n * w;
+      T* mtn = mt + n * D;
 #pragma omp simd
-          for (int64_t i = 0; i < w; ++i) {
-            const A g = clamp(sbn[i] * sm, lo, hi);
-            const A vi = A(to_float(vt[i]));
-            const A s = g * (st[i] - vi) + vi;
-            st[i] = s;
-            mtn[i] = from_acc<T>(s);
-          }
-        }
+      for (int64_t i = 0; i < w; ++i) {
+        const A g = clamp(sbn[i] * sm, lo, hi);
+        const A vi = A(to_float(vt[i]));
+        const A s = g * (st[i] - vi) + vi;
+        st[i] = s;
+        mtn[i] = from_acc<T>(s);
       }
     }
   }
 }
 
+// Batch bi, slice slice_idx = columns [d0, d0 + w); ws: 4 * N * w + w accumulators.
 template <class T>
-MMREC_INLINE void bwd(const T* v, const T* mod, const T* base, const T* m0, const T* m, const T* grad, T* dv,
-                      T* dmod, T* dbase, T* dm0, int64_t B, int64_t T_, int64_t N, int64_t D, double eps) {
+MMREC_INLINE void bwd_task(const BwdArgs<T>& p, int64_t bi, int64_t slice_idx, int64_t d0, int64_t w, acc_t<T>* ws) {
+  using A = acc_t<T>;
+  const int64_t T_ = p.T_, N = p.N, D = p.D;
+  const A lo = p.lo, hi = p.hi, floor = p.floor;
+  A* carry = ws;                  // [N, w]: g_{t+1} delta_{t+1}
+  A* sb = ws + N * w;             // [N, w]: sigmoid(base)
+  A* sb_neg = ws + 2 * N * w;     // [N, w]: 1 - sigmoid(base), without cancellation
+  A* dbase_acc = ws + 3 * N * w;  // [N, w]
+  A* dv_acc = ws + 4 * N * w;     // [w]
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t i = 0; i < w; ++i) {
+      const A b_ = A(to_float(p.base[n * D + d0 + i]));
+      sb[n * w + i] = std::max(sigmoid(b_), floor);
+      sb_neg[n * w + i] = sigmoid(-b_);
+      carry[n * w + i] = A(0);
+      dbase_acc[n * w + i] = A(0);
+    }
+  A* dmod_out = p.dmod_part + (bi * p.slices_per_batch + slice_idx) * T_ * N;
+  for (int64_t t = T_ - 1; t >= 0; --t) {
+    const int64_t row = bi * T_ + t;
+    const T* vt = p.v + row * D + d0;
+    const T* gt = p.grad + row * N * D + d0;
+    // m_{t-1}: the previous row of m, else m0, else zeros; its rows of n are `prev_stride` apart.
+    const T* prev = t > 0 ? p.m + (row - 1) * N * D + d0 : p.m0 ? p.m0 + bi * N * D + d0 : p.zeros;
+    const int64_t prev_stride = (t > 0 || p.m0) ? D : w;
+    for (int64_t i = 0; i < w; ++i) dv_acc[i] = A(0);
+    for (int64_t n = 0; n < N; ++n) {
+      const A sm = std::max(sigmoid(A(to_float(p.mod[row * N + n]))), floor);
+      A* cn = carry + n * w;
+      A* dbn = dbase_acc + n * w;
+      const A* sbn = sb + n * w;
+      const A* sbneg = sb_neg + n * w;
+      const T* gtn = gt + n * D;
+      const T* pn = prev + n * prev_stride;
+      A dsum = A(0);
+#pragma omp simd reduction(+ : dsum)
+      for (int64_t i = 0; i < w; ++i) {
+        const A delta = A(to_float(gtn[i])) + cn[i];
+        const A x = sbn[i] * sm;
+        const A g = clamp(x, lo, hi);
+        const A diff = A(to_float(pn[i])) - A(to_float(vt[i]));  // loaded unconditionally: no masked loads
+        const A dx = (x >= lo && x <= hi) ? delta * diff : A(0);
+        dbn[i] += dx * x * sbneg[i];
+        dsum += dx * sbn[i];
+        dv_acc[i] += delta * (A(1) - g);
+        cn[i] = g * delta;
+      }
+      dmod_out[t * N + n] = dsum;
+    }
+    T* dvt = p.dv + row * D + d0;
+    for (int64_t i = 0; i < w; ++i) dvt[i] = from_acc<T>(dv_acc[i]);
+  }
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t i = 0; i < w; ++i) {
+      p.dm0[(bi * N + n) * D + d0 + i] = from_acc<T>(carry[n * w + i]);
+      p.dbase_part[(bi * N + n) * D + d0 + i] = dbase_acc[n * w + i];
+    }
+}
+
+// ISA-dispatched task bodies, one per storage type (the body of an OpenMP region is outlined at the
+// baseline ISA, so dispatch happens per task inside it; see parallel.h).
+#define MMREC_MDI_TASKS(T, SUFFIX)                                                                            \
+  MMREC_ISA_DISPATCH void fwd_task_##SUFFIX(const FwdArgs<T>& p, int64_t bi, int64_t d0, int64_t w,           \
+                                            acc_t<T>* ws) {                                                   \
+    fwd_task(p, bi, d0, w, ws);                                                                               \
+  }                                                                                                           \
+  MMREC_ISA_DISPATCH void bwd_task_##SUFFIX(const BwdArgs<T>& p, int64_t bi, int64_t k, int64_t d0, int64_t w, \
+                                            acc_t<T>* ws) {                                                   \
+    bwd_task(p, bi, k, d0, w, ws);                                                                            \
+  }                                                                                                           \
+  void dispatch_task(const FwdArgs<T>& p, int64_t bi, int64_t d0, int64_t w, acc_t<T>* ws) {                  \
+    fwd_task_##SUFFIX(p, bi, d0, w, ws);                                                                      \
+  }                                                                                                           \
+  void dispatch_task(const BwdArgs<T>& p, int64_t bi, int64_t k, int64_t d0, int64_t w, acc_t<T>* ws) {       \
+    bwd_task_##SUFFIX(p, bi, k, d0, w, ws);                                                                   \
+  }
+MMREC_MDI_TASKS(float, f32)
+MMREC_MDI_TASKS(double, f64)
+MMREC_MDI_TASKS(bf16_t, bf16)
+#undef MMREC_MDI_TASKS
+
+}  // namespace
+
+template <class T>
+void mdi_fwd(const T* v, const T* mod, const T* base, const T* m0, T* m, int64_t B, int64_t T_, int64_t N, int64_t D,
+             double eps) {
+  using A = acc_t<T>;
+  const Tiling tl = tile(B, N, D);
+  const FwdArgs<T> p{v, mod, base, m0, m, T_, N, D, A(eps), A(1) - A(eps), A(eps) / A(2)};
+#pragma omp parallel num_threads(num_threads_for(B * T_ * N * D, tl.tasks))
+  {
+    std::vector<A> ws(2 * N * tl.slice);
+#pragma omp for schedule(static)
+    for (int64_t task = 0; task < tl.tasks; ++task) {
+      const int64_t bi = task / tl.slices_per_batch, d0 = (task % tl.slices_per_batch) * tl.slice;
+      dispatch_task(p, bi, d0, std::min(tl.slice, D - d0), ws.data());
+    }
+  }
+}
+
+template <class T>
+void mdi_bwd(const T* v, const T* mod, const T* base, const T* m0, const T* m, const T* grad, T* dv, T* dmod,
+             T* dbase, T* dm0, int64_t B, int64_t T_, int64_t N, int64_t D, double eps) {
   using A = acc_t<T>;
   const Tiling tl = tile(B, N, D);
   const int64_t per = tl.slices_per_batch;
-  const A lo = A(eps), hi = A(1) - A(eps), floor = A(eps) / A(2);
-  std::vector<A> dmod_part(B * per * T_ * N);  // [B, slices, T, N]: sum over the slice of dx * sigmoid(base)
-  std::vector<A> dbase_part(B * N * D);        // [B, N, D]: sum over T
-  const T zero{};
-  const int threads = num_threads_for(B * T_ * N * D, tl.tasks);
-#pragma omp parallel num_threads(threads) firstprivate(lo, hi, floor)
+  std::vector<A> dmod_part(B * per * T_ * N), dbase_part(B * N * D);
+  const std::vector<T> zeros(N * tl.slice, T{});
+  const BwdArgs<T> p{v,      mod,  base, m0,  m,   grad,          dv,           dm0,
+                     T_,     N,    D,    per, A(eps), A(1) - A(eps), A(eps) / A(2), dmod_part.data(),
+                     dbase_part.data(), zeros.data()};
+#pragma omp parallel num_threads(num_threads_for(B * T_ * N * D, tl.tasks))
   {
-    std::vector<A> carry(N * tl.slice), sb(N * tl.slice), sb_neg(N * tl.slice), dbase_acc(N * tl.slice);
-    std::vector<A> dv_acc(tl.slice);
-    std::vector<T> zeros(N * tl.slice, zero);
+    std::vector<A> ws(4 * N * tl.slice + tl.slice);
 #pragma omp for schedule(static)
     for (int64_t task = 0; task < tl.tasks; ++task) {
-      const int64_t bi = task / per, slice_idx = task % per, d0 = slice_idx * tl.slice;
-      const int64_t w = std::min(tl.slice, D - d0);
-      for (int64_t n = 0; n < N; ++n)
-        for (int64_t i = 0; i < w; ++i) {
-          const A b_ = A(to_float(base[n * D + d0 + i]));
-          sb[n * w + i] = std::max(sigmoid(b_), floor);
-          sb_neg[n * w + i] = sigmoid(-b_);  // 1 - sigmoid(base) without cancellation
-          carry[n * w + i] = A(0);
-          dbase_acc[n * w + i] = A(0);
-        }
-      A* dmod_out = dmod_part.data() + (bi * per + slice_idx) * T_ * N;
-      for (int64_t t = T_ - 1; t >= 0; --t) {
-        const int64_t row = bi * T_ + t;
-        const T* vt = v + row * D + d0;
-        const T* gt = grad + row * N * D + d0;
-        // m_{t-1}: the previous row of m, else m0, else zeros; rows of n are `prev_stride` apart.
-        const T* prev = t > 0 ? m + (row - 1) * N * D + d0 : m0 ? m0 + bi * N * D + d0 : zeros.data();
-        const int64_t prev_stride = (t > 0 || m0) ? D : w;
-        for (int64_t i = 0; i < w; ++i) dv_acc[i] = A(0);
-        for (int64_t n = 0; n < N; ++n) {
-          const A sm = std::max(sigmoid(A(to_float(mod[row * N + n]))), floor);
-          A* cn = carry.data() + n * w;
-          A* dbn = dbase_acc.data() + n * w;
-          const A* sbn = sb.data() + n * w;
-          const A* sbneg = sb_neg.data() + n * w;
-          const T* gtn = gt + n * D;
-          const T* pn = prev + n * prev_stride;
-          A dsum = A(0);
-#pragma omp simd reduction(+ : dsum)
-          for (int64_t i = 0; i < w; ++i) {
-            const A delta = A(to_float(gtn[i])) + cn[i];
-            const A x = sbn[i] * sm;
-            const A g = clamp(x, lo, hi);
-            const A dx = (x >= lo && x <= hi) ? delta * (A(to_float(pn[i])) - A(to_float(vt[i]))) : A(0);
-            dbn[i] += dx * x * sbneg[i];
-            dsum += dx * sbn[i];
-            dv_acc[i] += delta * (A(1) - g);
-            cn[i] = g * delta;
-          }
-          dmod_out[t * N + n] = dsum;
-        }
-        T* dvt = dv + row * D + d0;
-        for (int64_t i = 0; i < w; ++i) dvt[i] = from_acc<T>(dv_acc[i]);
-      }
-      for (int64_t n = 0; n < N; ++n)
-        for (int64_t i = 0; i < w; ++i) {
-          dm0[(bi * N + n) * D + d0 + i] = from_acc<T>(carry[n * w + i]);
-          dbase_part[(bi * N + n) * D + d0 + i] = dbase_acc[n * w + i];
-        }
+      const int64_t bi = task / per, k = task % per, d0 = k * tl.slice;
+      dispatch_task(p, bi, k, d0, std::min(tl.slice, D - d0), ws.data());
     }
     // dmod = sigmoid'(mod) * (sum over slices); dbase = sum over batches; both in a fixed order.
 #pragma omp for schedule(static)
@@ -181,38 +248,14 @@ MMREC_INLINE void bwd(const T* v, const T* mod, const T* base, const T* m0, cons
   }
 }
 
-// One ISA-dispatched entry point per storage type (target_clones does not apply to templates).
-#define MMREC_MDI_ENTRY(T, suffix)                                                                                \
-  MMREC_ISA_DISPATCH void fwd_##suffix(const T* v, const T* mod, const T* base, const T* m0, T* m, int64_t B,     \
-                                       int64_t T_, int64_t N, int64_t D, double eps) {                           \
-    fwd(v, mod, base, m0, m, B, T_, N, D, eps);                                                                   \
-  }                                                                                                               \
-  MMREC_ISA_DISPATCH void bwd_##suffix(const T* v, const T* mod, const T* base, const T* m0, const T* m,          \
-                                       const T* grad, T* dv, T* dmod, T* dbase, T* dm0, int64_t B, int64_t T_,    \
-                                       int64_t N, int64_t D, double eps) {                                        \
-    bwd(v, mod, base, m0, m, grad, dv, dmod, dbase, dm0, B, T_, N, D, eps);                                       \
-  }
-MMREC_MDI_ENTRY(float, f32)
-MMREC_MDI_ENTRY(double, f64)
-MMREC_MDI_ENTRY(bf16_t, bf16)
-#undef MMREC_MDI_ENTRY
-
-}  // namespace
-
-#define MMREC_MDI_SPECIALIZE(T, suffix)                                                                           \
-  template <>                                                                                                     \
-  void mdi_fwd<T>(const T* v, const T* mod, const T* base, const T* m0, T* m, int64_t B, int64_t T_, int64_t N,   \
-                  int64_t D, double eps) {                                                                        \
-    fwd_##suffix(v, mod, base, m0, m, B, T_, N, D, eps);                                                          \
-  }                                                                                                               \
-  template <>                                                                                                     \
-  void mdi_bwd<T>(const T* v, const T* mod, const T* base, const T* m0, const T* m, const T* grad, T* dv,         \
-                  T* dmod, T* dbase, T* dm0, int64_t B, int64_t T_, int64_t N, int64_t D, double eps) {           \
-    bwd_##suffix(v, mod, base, m0, m, grad, dv, dmod, dbase, dm0, B, T_, N, D, eps);                              \
-  }
-MMREC_MDI_SPECIALIZE(float, f32)
-MMREC_MDI_SPECIALIZE(double, f64)
-MMREC_MDI_SPECIALIZE(bf16_t, bf16)
-#undef MMREC_MDI_SPECIALIZE
+#define MMREC_MDI_INSTANTIATE(T)                                                                              \
+  template void mdi_fwd<T>(const T*, const T*, const T*, const T*, T*, int64_t, int64_t, int64_t, int64_t,     \
+                           double);                                                                           \
+  template void mdi_bwd<T>(const T*, const T*, const T*, const T*, const T*, const T*, T*, T*, T*, T*, int64_t, \
+                           int64_t, int64_t, int64_t, double);
+MMREC_MDI_INSTANTIATE(float)
+MMREC_MDI_INSTANTIATE(double)
+MMREC_MDI_INSTANTIATE(bf16_t)
+#undef MMREC_MDI_INSTANTIATE
 
 }  // namespace mmrec::cpu

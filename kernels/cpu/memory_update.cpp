@@ -58,7 +58,7 @@ struct Fwd {
   A* score;  // [2, B, S]: scaled scores of chunk c in parity c % 2
 
   // Ms[b, 0] = M0[b] for rows [j0, j1), their state, and the scores of chunk 0.
-  void init(int64_t b, int64_t j0, int64_t j1, A* state) const {
+  MMREC_INLINE void init(int64_t b, int64_t j0, int64_t j1, A* state) const {
     const T* k = key + b * NC * D;
     for (int64_t j = j0; j < j1; ++j) {
       const T* src = M0 + (b * S + j) * D;
@@ -77,7 +77,7 @@ struct Fwd {
   }
 
   // Chunk c for rows [j0, j1) of batch b: write Ms[b, c+1] and the scores of chunk c+1.
-  void step(int64_t B, int64_t b, int64_t c, int64_t j0, int64_t j1, A* state, A* w) const {
+  MMREC_INLINE void step(int64_t B, int64_t b, int64_t c, int64_t j0, int64_t j1, A* state, A* w) const {
     const A* sc = score + (c % 2) * B * S + b * S;
     A* sc_next = score + ((c + 1) % 2) * B * S + b * S;
     softmax(sc, w, S);
@@ -110,45 +110,6 @@ struct Fwd {
   }
 };
 
-template <class T>
-MMREC_INLINE void fwd(const T* M0, const T* key, const T* value, const T* strength, T* Ms, int64_t B, int64_t NC,
-                      int64_t S, int64_t D) {
-  using A = acc_t<T>;
-  const Units un = units_for(B, NC, S, D);
-  std::vector<A> score(2 * B * S);
-  const Fwd<T> op{M0, key, value, strength, Ms, NC, S, D, A(1) / std::sqrt(A(D)), score.data()};
-  const int64_t rows_max = (S + un.blocks - 1) / un.blocks;
-#pragma omp parallel num_threads(un.threads)
-  {
-    const int tid = omp_get_thread_num(), P = omp_get_num_threads();
-    std::vector<A> w(S);
-    if (un.blocks == 1) {
-      // A unit is a whole batch: all its chunks in a row, nothing shared.
-      std::vector<A> state(S * D);
-      for (int64_t b = tid; b < B; b += P) {
-        op.init(b, 0, S, state.data());
-        for (int64_t c = 0; c < NC; ++c) op.step(B, b, c, 0, S, state.data(), w.data());
-      }
-    } else {
-      const int64_t mine = (un.count - tid + P - 1) / P;  // units tid, tid + P, ...
-      std::vector<A> state(mine * rows_max * D);
-      for (int64_t k = 0; k < mine; ++k) {
-        const int64_t u = tid + k * P, b = u / un.blocks, blk = u % un.blocks;
-        op.init(b, un.row_begin(blk, S), un.row_begin(blk + 1, S), state.data() + k * rows_max * D);
-      }
-#pragma omp barrier
-      for (int64_t c = 0; c < NC; ++c) {
-        for (int64_t k = 0; k < mine; ++k) {
-          const int64_t u = tid + k * P, b = u / un.blocks, blk = u % un.blocks;
-          op.step(B, b, c, un.row_begin(blk, S), un.row_begin(blk + 1, S), state.data() + k * rows_max * D,
-                  w.data());
-        }
-#pragma omp barrier
-      }
-    }
-  }
-}
-
 // ----------------------------------------------------------------------------------------- backward
 template <class T>
 struct Bwd {
@@ -164,7 +125,7 @@ struct Bwd {
   const T* ms(int64_t b, int64_t c, int64_t j) const { return Ms + ((b * (NC + 1) + c) * S + j) * D; }
 
   // G = grad[b, NC] for rows [j0, j1), and the scores and e of the last chunk.
-  void init(int64_t B, int64_t b, int64_t j0, int64_t j1, A* state) const {
+  MMREC_INLINE void init(int64_t B, int64_t b, int64_t j0, int64_t j1, A* state) const {
     const int64_t c = NC - 1, at = (c % 2) * B * S + b * S;
     const T* k = key + (b * NC + c) * D;
     const T* v = value + (b * NC + c) * D;
@@ -187,8 +148,8 @@ struct Bwd {
 
   // Chunk c for rows [j0, j1) of block blk of batch b: G <- dL/dM_c, the block's dk_c and dv_c, and the
   // scores and e of chunk c-1 (or dM0 at c = 0).
-  void step(int64_t B, int64_t b, int64_t blk, int64_t c, int64_t j0, int64_t j1, A* state, A* w, A* dk,
-            A* dv) const {
+  MMREC_INLINE void step(int64_t B, int64_t b, int64_t blk, int64_t c, int64_t j0, int64_t j1, A* state, A* w,
+                         A* dk, A* dv) const {
     const int64_t at = (c % 2) * B * S + b * S, at_prev = ((c + 1) % 2) * B * S + b * S;
     softmax(score + at, w, S);
     const A s = A(to_float(strength[b * NC + c]));
@@ -254,9 +215,89 @@ struct Bwd {
   }
 };
 
+// ISA-dispatched bodies, one per storage type (the body of an OpenMP region is outlined at the baseline
+// ISA, so dispatch happens per (unit, chunk) inside it; see parallel.h).
+#define MMREC_MU_STEPS(T, SUFFIX)                                                                             \
+  MMREC_ISA_DISPATCH void fwd_init_##SUFFIX(const Fwd<T>& op, int64_t b, int64_t j0, int64_t j1,             \
+                                            acc_t<T>* state) {                                                \
+    op.init(b, j0, j1, state);                                                                                \
+  }                                                                                                           \
+  MMREC_ISA_DISPATCH void fwd_step_##SUFFIX(const Fwd<T>& op, int64_t B, int64_t b, int64_t c, int64_t j0,    \
+                                            int64_t j1, acc_t<T>* state, acc_t<T>* w) {                       \
+    op.step(B, b, c, j0, j1, state, w);                                                                       \
+  }                                                                                                           \
+  MMREC_ISA_DISPATCH void bwd_init_##SUFFIX(const Bwd<T>& op, int64_t B, int64_t b, int64_t j0, int64_t j1,   \
+                                            acc_t<T>* state) {                                                \
+    op.init(B, b, j0, j1, state);                                                                             \
+  }                                                                                                           \
+  MMREC_ISA_DISPATCH void bwd_step_##SUFFIX(const Bwd<T>& op, int64_t B, int64_t b, int64_t blk, int64_t c,   \
+                                            int64_t j0, int64_t j1, acc_t<T>* state, acc_t<T>* w,             \
+                                            acc_t<T>* dk, acc_t<T>* dv) {                                     \
+    op.step(B, b, blk, c, j0, j1, state, w, dk, dv);                                                          \
+  }                                                                                                           \
+  void init(const Fwd<T>& op, int64_t b, int64_t j0, int64_t j1, acc_t<T>* state) {                           \
+    fwd_init_##SUFFIX(op, b, j0, j1, state);                                                                  \
+  }                                                                                                           \
+  void step(const Fwd<T>& op, int64_t B, int64_t b, int64_t c, int64_t j0, int64_t j1, acc_t<T>* state,       \
+            acc_t<T>* w) {                                                                                    \
+    fwd_step_##SUFFIX(op, B, b, c, j0, j1, state, w);                                                         \
+  }                                                                                                           \
+  void init(const Bwd<T>& op, int64_t B, int64_t b, int64_t j0, int64_t j1, acc_t<T>* state) {                \
+    bwd_init_##SUFFIX(op, B, b, j0, j1, state);                                                               \
+  }                                                                                                           \
+  void step(const Bwd<T>& op, int64_t B, int64_t b, int64_t blk, int64_t c, int64_t j0, int64_t j1,           \
+            acc_t<T>* state, acc_t<T>* w, acc_t<T>* dk, acc_t<T>* dv) {                                       \
+    bwd_step_##SUFFIX(op, B, b, blk, c, j0, j1, state, w, dk, dv);                                            \
+  }
+MMREC_MU_STEPS(float, f32)
+MMREC_MU_STEPS(double, f64)
+MMREC_MU_STEPS(bf16_t, bf16)
+#undef MMREC_MU_STEPS
+
+}  // namespace
+
 template <class T>
-MMREC_INLINE void bwd(const T* key, const T* value, const T* strength, const T* Ms, const T* grad, T* dM0, T* dkey,
-                      T* dvalue, T* dstrength, int64_t B, int64_t NC, int64_t S, int64_t D) {
+void memory_update_fwd(const T* M0, const T* key, const T* value, const T* strength, T* Ms, int64_t B, int64_t NC,
+                       int64_t S, int64_t D) {
+  using A = acc_t<T>;
+  const Units un = units_for(B, NC, S, D);
+  std::vector<A> score(2 * B * S);
+  const Fwd<T> op{M0, key, value, strength, Ms, NC, S, D, A(1) / std::sqrt(A(D)), score.data()};
+  const int64_t rows_max = (S + un.blocks - 1) / un.blocks;
+#pragma omp parallel num_threads(un.threads)
+  {
+    const int tid = omp_get_thread_num(), P = omp_get_num_threads();
+    std::vector<A> w(S);
+    if (un.blocks == 1) {
+      // A unit is a whole batch: all its chunks in a row, nothing shared.
+      std::vector<A> state(S * D);
+      for (int64_t b = tid; b < B; b += P) {
+        init(op, b, 0, S, state.data());
+        for (int64_t c = 0; c < NC; ++c) step(op, B, b, c, 0, S, state.data(), w.data());
+      }
+    } else {
+      const int64_t mine = (un.count - tid + P - 1) / P;  // units tid, tid + P, ...
+      std::vector<A> state(mine * rows_max * D);
+      for (int64_t k = 0; k < mine; ++k) {
+        const int64_t u = tid + k * P, b = u / un.blocks, blk = u % un.blocks;
+        init(op, b, un.row_begin(blk, S), un.row_begin(blk + 1, S), state.data() + k * rows_max * D);
+      }
+#pragma omp barrier
+      for (int64_t c = 0; c < NC; ++c) {
+        for (int64_t k = 0; k < mine; ++k) {
+          const int64_t u = tid + k * P, b = u / un.blocks, blk = u % un.blocks;
+          step(op, B, b, c, un.row_begin(blk, S), un.row_begin(blk + 1, S), state.data() + k * rows_max * D,
+                  w.data());
+        }
+#pragma omp barrier
+      }
+    }
+  }
+}
+
+template <class T>
+void memory_update_bwd(const T* key, const T* value, const T* strength, const T* Ms, const T* grad, T* dM0, T* dkey,
+                       T* dvalue, T* dstrength, int64_t B, int64_t NC, int64_t S, int64_t D) {
   using A = acc_t<T>;
   const Units un = units_for(B, NC, S, D);
   std::vector<A> score(2 * B * S), e(2 * B * S), part(un.blocks > 1 ? 2 * B * un.blocks * 2 * D : 0);
@@ -270,9 +311,9 @@ MMREC_INLINE void bwd(const T* key, const T* value, const T* strength, const T* 
     if (un.blocks == 1) {
       std::vector<A> state(S * D);
       for (int64_t b = tid; b < B; b += P) {
-        op.init(B, b, 0, S, state.data());
+        init(op, B, b, 0, S, state.data());
         for (int64_t c = NC - 1; c >= 0; --c) {
-          op.step(B, b, 0, c, 0, S, state.data(), w.data(), dk.data(), dv.data());
+          step(op, B, b, 0, c, 0, S, state.data(), w.data(), dk.data(), dv.data());
           op.store(b, c, dk.data(), dv.data());
         }
       }
@@ -281,7 +322,7 @@ MMREC_INLINE void bwd(const T* key, const T* value, const T* strength, const T* 
       std::vector<A> state(mine * rows_max * D);
       for (int64_t k = 0; k < mine; ++k) {
         const int64_t u = tid + k * P, b = u / un.blocks, blk = u % un.blocks;
-        op.init(B, b, un.row_begin(blk, S), un.row_begin(blk + 1, S), state.data() + k * rows_max * D);
+        init(op, B, b, un.row_begin(blk, S), un.row_begin(blk + 1, S), state.data() + k * rows_max * D);
       }
 #pragma omp barrier
       for (int64_t c = NC - 1; c >= 0; --c) {
@@ -289,7 +330,7 @@ MMREC_INLINE void bwd(const T* key, const T* value, const T* strength, const T* 
           const int64_t u = tid + k * P, b = u / un.blocks, blk = u % un.blocks;
           if (c + 1 < NC && blk == 0) op.reduce(B, b, c + 1, dk.data(), dv.data());
           A* p = part.data() + (((c % 2) * B + b) * un.blocks + blk) * 2 * D;
-          op.step(B, b, blk, c, un.row_begin(blk, S), un.row_begin(blk + 1, S), state.data() + k * rows_max * D,
+          step(op, B, b, blk, c, un.row_begin(blk, S), un.row_begin(blk + 1, S), state.data() + k * rows_max * D,
                   w.data(), p, p + D);
         }
 #pragma omp barrier
@@ -302,37 +343,15 @@ MMREC_INLINE void bwd(const T* key, const T* value, const T* strength, const T* 
   }
 }
 
-#define MMREC_MU_ENTRY(T, suffix)                                                                                 \
-  MMREC_ISA_DISPATCH void fwd_##suffix(const T* M0, const T* key, const T* value, const T* strength, T* Ms,      \
-                                       int64_t B, int64_t NC, int64_t S, int64_t D) {                            \
-    fwd(M0, key, value, strength, Ms, B, NC, S, D);                                                               \
-  }                                                                                                               \
-  MMREC_ISA_DISPATCH void bwd_##suffix(const T* key, const T* value, const T* strength, const T* Ms,             \
-                                       const T* grad, T* dM0, T* dkey, T* dvalue, T* dstrength, int64_t B,        \
-                                       int64_t NC, int64_t S, int64_t D) {                                        \
-    bwd(key, value, strength, Ms, grad, dM0, dkey, dvalue, dstrength, B, NC, S, D);                               \
-  }
-MMREC_MU_ENTRY(float, f32)
-MMREC_MU_ENTRY(double, f64)
-MMREC_MU_ENTRY(bf16_t, bf16)
-#undef MMREC_MU_ENTRY
 
-}  // namespace
-
-#define MMREC_MU_SPECIALIZE(T, suffix)                                                                            \
-  template <>                                                                                                     \
-  void memory_update_fwd<T>(const T* M0, const T* key, const T* value, const T* strength, T* Ms, int64_t B,       \
-                            int64_t NC, int64_t S, int64_t D) {                                                   \
-    fwd_##suffix(M0, key, value, strength, Ms, B, NC, S, D);                                                      \
-  }                                                                                                               \
-  template <>                                                                                                     \
-  void memory_update_bwd<T>(const T* key, const T* value, const T* strength, const T* Ms, const T* grad, T* dM0,  \
-                            T* dkey, T* dvalue, T* dstrength, int64_t B, int64_t NC, int64_t S, int64_t D) {      \
-    bwd_##suffix(key, value, strength, Ms, grad, dM0, dkey, dvalue, dstrength, B, NC, S, D);                      \
-  }
-MMREC_MU_SPECIALIZE(float, f32)
-MMREC_MU_SPECIALIZE(double, f64)
-MMREC_MU_SPECIALIZE(bf16_t, bf16)
-#undef MMREC_MU_SPECIALIZE
+#define MMREC_MU_INSTANTIATE(T)                                                                               \
+  template void memory_update_fwd<T>(const T*, const T*, const T*, const T*, T*, int64_t, int64_t, int64_t,     \
+                                     int64_t);                                                                \
+  template void memory_update_bwd<T>(const T*, const T*, const T*, const T*, const T*, T*, T*, T*, T*, int64_t, \
+                                     int64_t, int64_t, int64_t);
+MMREC_MU_INSTANTIATE(float)
+MMREC_MU_INSTANTIATE(double)
+MMREC_MU_INSTANTIATE(bf16_t)
+#undef MMREC_MU_INSTANTIATE
 
 }  // namespace mmrec::cpu
