@@ -27,10 +27,15 @@ struct Units {
   int64_t row_begin(int64_t blk, int64_t S) const { return blk * S / blocks; }
 };
 
+// Splitting a batch's slots costs a barrier per chunk (~1 us quiet, far more when cores are shared), so a
+// block keeps at least kMinBlockWork elements of work per chunk.
+constexpr int64_t kMinBlockWork = 1 << 14;
+
 inline Units units_for(int64_t B, int64_t NC, int64_t S, int64_t D) {
   const int64_t work = B * NC * S * D;
   const int want = num_threads_for(work, B * S);
-  const int64_t blocks = B >= want ? 1 : std::min<int64_t>(S, (want + B - 1) / B);
+  int64_t blocks = B >= want ? 1 : std::min<int64_t>(S, (want + B - 1) / B);
+  while (blocks > 1 && S * D / blocks < kMinBlockWork) --blocks;
   return {blocks, B * blocks, num_threads_for(work, B * blocks)};
 }
 

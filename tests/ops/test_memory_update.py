@@ -114,9 +114,10 @@ def test_one_slot_full_strength_copies_the_value(backend, device):
     assert_close(Ms[:, 1:, 0], value, 1e-6, "Ms[:, c+1, 0] = value_c")
 
 
-# Shapes whose work passes the parallel threshold (2^15 elements): B = 1 splits the slots of a batch
-# (one barrier per chunk, dk/dv summed from per-block partials), S = 3 splits unevenly, B = 2 and 4.
-THREADED = [(1, 8, 16, 260), (1, 2, 3, 5500), (2, 4, 5, 820), (4, 3, 7, 400)]
+# Shapes whose work passes the parallel threshold (2^15 elements) and whose slots are split when batches
+# are fewer than threads (blocks of >= 2^14 elements: one barrier per chunk, dk/dv summed from per-block
+# partials): B = 1 into 2 or 3 blocks of 16 slots, S = 3 unevenly, B = 2 on 3 threads, B = 4 whole.
+THREADED = [(1, 3, 16, 3072), (1, 2, 3, 11000), (2, 2, 5, 6600), (4, 3, 7, 400)]
 
 
 def _threaded_errors(shapes):
