@@ -108,7 +108,7 @@ def main(argv=None) -> List[Row]:
                              max_seconds=60.0 if name == REFERENCE else 20.0)
                 gbs = floor_elements(shape, pass_) * 4 / (ms * 1e-3) / 1e9
                 print(f"# {shape} {name} {pass_}: {ms:.2f} ms", file=sys.stderr, flush=True)
-                rows.append(Row("mdi", "x".join(map(str, shape)) + " (BxTxNxD)", "float32", name, pass_, ms, gbs))
+                rows.append(Row("mdi", "x".join(map(str, shape)), "float32", name, pass_, ms, gbs))
     print_table(rows, copy_gbs, baseline=REFERENCE)
     cmd = "python bench/bench_mdi.py" + (" --quick" if args.quick else "")
     print("wrote", save("mdi_cpu" + ("_quick" if args.quick else ""), rows, copy_gbs, cmd))

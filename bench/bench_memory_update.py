@@ -92,7 +92,7 @@ def main(argv=None) -> List[Row]:
                              max_seconds=60.0 if name == REFERENCE else 20.0)
                 gbs = floor_elements(shape, pass_) * 4 / (ms * 1e-3) / 1e9
                 print(f"# {shape} {name} {pass_}: {ms:.2f} ms", file=sys.stderr, flush=True)
-                rows.append(Row("memory_update", "x".join(map(str, shape)) + " (BxNCxSxD)", "float32", name, pass_,
+                rows.append(Row("memory_update", "x".join(map(str, shape)), "float32", name, pass_,
                                 ms, gbs, flops(shape, pass_) / (ms * 1e-3) / 1e9))
     print_table(rows, copy_gbs, baseline=REFERENCE)
     cmd = "python bench/bench_memory_update.py" + (" --quick" if args.quick else "")

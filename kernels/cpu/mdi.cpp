@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "cpu/parallel.h"
+#include "cpu/stream.h"
 
 namespace mmrec::cpu {
 namespace {
@@ -59,6 +60,7 @@ struct FwdArgs {
   T* m;
   int64_t T_, N, D;
   A lo, hi, floor;
+  bool stream;  // m is written with non-temporal stores
 };
 
 template <class T>
@@ -71,16 +73,18 @@ struct BwdArgs {
   A* dmod_part;   // [B, slices, T, N]: sum over the slice of dx * sigmoid(base)
   A* dbase_part;  // [B, N, D]: sum over T
   const T* zeros;  // [N, slice]: m_{-1} when m0 is None
+  bool stream;     // dv is written with non-temporal stores
 };
 
-// Batch bi, columns [d0, d0 + w); ws: 2 * N * w accumulators.
+// Batch bi, columns [d0, d0 + w); ws: (2 * N + 1) * w accumulators.
 template <class T>
 MMREC_INLINE void fwd_task(const FwdArgs<T>& p, int64_t bi, int64_t d0, int64_t w, acc_t<T>* ws) {
   using A = acc_t<T>;
   const int64_t N = p.N, D = p.D;
   const A lo = p.lo, hi = p.hi, floor = p.floor;
-  A* state = ws;       // [N, w]
-  A* sb = ws + N * w;  // [N, w]
+  A* state = ws;                                       // [N, w]
+  A* sb = ws + N * w;                                  // [N, w]
+  T* tmp = reinterpret_cast<T*>(ws + 2 * N * w);       // [w]: a row in storage type, before streaming
   for (int64_t n = 0; n < N; ++n)
     for (int64_t i = 0; i < w; ++i) {
       sb[n * w + i] = std::max(sigmoid(A(to_float(p.base[n * D + d0 + i]))), floor);
@@ -95,19 +99,30 @@ MMREC_INLINE void fwd_task(const FwdArgs<T>& p, int64_t bi, int64_t d0, int64_t 
       A* st = state + n * w;
       const A* sbn = sb + n * w;
       T* mtn = mt + n * D;
+      if (p.stream) {
 #pragma omp simd
-      for (int64_t i = 0; i < w; ++i) {
-        const A g = clamp(sbn[i] * sm, lo, hi);
-        const A vi = A(to_float(vt[i]));
-        const A s = g * (st[i] - vi) + vi;
-        st[i] = s;
-        mtn[i] = from_acc<T>(s);
+        for (int64_t i = 0; i < w; ++i) {
+          const A g = clamp(sbn[i] * sm, lo, hi);
+          const A vi = A(to_float(vt[i]));
+          st[i] = g * (st[i] - vi) + vi;
+        }
+        stream_row(mtn, st, w, tmp);
+      } else {
+#pragma omp simd
+        for (int64_t i = 0; i < w; ++i) {
+          const A g = clamp(sbn[i] * sm, lo, hi);
+          const A vi = A(to_float(vt[i]));
+          const A s = g * (st[i] - vi) + vi;
+          st[i] = s;
+          mtn[i] = from_acc<T>(s);
+        }
       }
     }
   }
+  if (p.stream) stream_fence();
 }
 
-// Batch bi, slice slice_idx = columns [d0, d0 + w); ws: 4 * N * w + w accumulators.
+// Batch bi, slice slice_idx = columns [d0, d0 + w); ws: 4 * N * w + 2 * w accumulators.
 template <class T>
 MMREC_INLINE void bwd_task(const BwdArgs<T>& p, int64_t bi, int64_t slice_idx, int64_t d0, int64_t w, acc_t<T>* ws) {
   using A = acc_t<T>;
@@ -118,6 +133,7 @@ MMREC_INLINE void bwd_task(const BwdArgs<T>& p, int64_t bi, int64_t slice_idx, i
   A* sb_neg = ws + 2 * N * w;     // [N, w]: 1 - sigmoid(base), without cancellation
   A* dbase_acc = ws + 3 * N * w;  // [N, w]
   A* dv_acc = ws + 4 * N * w;     // [w]
+  T* tmp = reinterpret_cast<T*>(ws + 4 * N * w + w);  // [w]: dv_t in storage type, before streaming
   for (int64_t n = 0; n < N; ++n)
     for (int64_t i = 0; i < w; ++i) {
       const A b_ = A(to_float(p.base[n * D + d0 + i]));
@@ -159,8 +175,13 @@ MMREC_INLINE void bwd_task(const BwdArgs<T>& p, int64_t bi, int64_t slice_idx, i
       dmod_out[t * N + n] = dsum;
     }
     T* dvt = p.dv + row * D + d0;
-    for (int64_t i = 0; i < w; ++i) dvt[i] = from_acc<T>(dv_acc[i]);
+    if (p.stream) {
+      stream_row(dvt, dv_acc, w, tmp);
+    } else {
+      for (int64_t i = 0; i < w; ++i) dvt[i] = from_acc<T>(dv_acc[i]);
+    }
   }
+  if (p.stream) stream_fence();
   for (int64_t n = 0; n < N; ++n)
     for (int64_t i = 0; i < w; ++i) {
       p.dm0[(bi * N + n) * D + d0 + i] = from_acc<T>(carry[n * w + i]);
@@ -197,11 +218,12 @@ void mdi_fwd(const T* v, const T* mod, const T* base, const T* m0, T* m, int64_t
              double eps) {
   using A = acc_t<T>;
   const Tiling tl = tile(B, N, D);
-  const FwdArgs<T> p{v, mod, base, m0, m, T_, N, D, A(eps), A(1) - A(eps), A(eps) / A(2)};
+  const bool stream = B * T_ * N * D * int64_t(sizeof(T)) >= kStreamMinBytes;
+  const FwdArgs<T> p{v, mod, base, m0, m, T_, N, D, A(eps), A(1) - A(eps), A(eps) / A(2), stream};
 #pragma omp parallel num_threads(num_threads_for(B * T_ * N * D, tl.tasks))
   {
-    std::vector<A> ws(2 * N * tl.slice);
-#pragma omp for schedule(static)
+    std::vector<A> ws((2 * N + 1) * tl.slice);
+#pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < tl.tasks; ++task) {
       const int64_t bi = task / tl.slices_per_batch, d0 = (task % tl.slices_per_batch) * tl.slice;
       dispatch_task(p, bi, d0, std::min(tl.slice, D - d0), ws.data());
@@ -219,11 +241,11 @@ void mdi_bwd(const T* v, const T* mod, const T* base, const T* m0, const T* m, c
   const std::vector<T> zeros(N * tl.slice, T{});
   const BwdArgs<T> p{v,      mod,  base, m0,  m,   grad,          dv,           dm0,
                      T_,     N,    D,    per, A(eps), A(1) - A(eps), A(eps) / A(2), dmod_part.data(),
-                     dbase_part.data(), zeros.data()};
+                     dbase_part.data(), zeros.data(), B * T_ * D * int64_t(sizeof(T)) >= kStreamMinBytes};
 #pragma omp parallel num_threads(num_threads_for(B * T_ * N * D, tl.tasks))
   {
-    std::vector<A> ws(4 * N * tl.slice + tl.slice);
-#pragma omp for schedule(static)
+    std::vector<A> ws(4 * N * tl.slice + 2 * tl.slice);
+#pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < tl.tasks; ++task) {
       const int64_t bi = task / per, k = task % per, d0 = k * tl.slice;
       dispatch_task(p, bi, k, d0, std::min(tl.slice, D - d0), ws.data());

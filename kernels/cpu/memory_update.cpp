@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "cpu/parallel.h"
+#include "cpu/stream.h"
 
 namespace mmrec::cpu {
 namespace {
@@ -60,7 +61,8 @@ struct Fwd {
   T* Ms;
   int64_t NC, S, D;
   A scale;
-  A* score;  // [2, B, S]: scaled scores of chunk c in parity c % 2
+  A* score;     // [2, B, S]: scaled scores of chunk c in parity c % 2
+  bool stream;  // Ms is written with non-temporal stores
 
   // Ms[b, 0] = M0[b] for rows [j0, j1), their state, and the scores of chunk 0.
   MMREC_INLINE void init(int64_t b, int64_t j0, int64_t j1, A* state) const {
@@ -82,7 +84,8 @@ struct Fwd {
   }
 
   // Chunk c for rows [j0, j1) of batch b: write Ms[b, c+1] and the scores of chunk c+1.
-  MMREC_INLINE void step(int64_t B, int64_t b, int64_t c, int64_t j0, int64_t j1, A* state, A* w) const {
+  // tmp: D elements of T (a row before streaming).
+  MMREC_INLINE void step(int64_t B, int64_t b, int64_t c, int64_t j0, int64_t j1, A* state, A* w, T* tmp) const {
     const A* sc = score + (c % 2) * B * S + b * S;
     A* sc_next = score + ((c + 1) % 2) * B * S + b * S;
     softmax(sc, w, S);
@@ -93,7 +96,22 @@ struct Fwd {
       const A coef = s * w[j];
       A* st = state + (j - j0) * D;
       T* dst = Ms + ((b * (NC + 1) + c + 1) * S + j) * D;
-      if (kn) {
+      if (stream) {
+        if (kn) {
+          A dot = A(0);
+#pragma omp simd reduction(+ : dot)
+          for (int64_t i = 0; i < D; ++i) {
+            const A x = st[i] + coef * (A(to_float(vc[i])) - st[i]);
+            st[i] = x;
+            dot += x * A(to_float(kn[i]));
+          }
+          sc_next[j] = dot * scale;
+        } else {
+#pragma omp simd
+          for (int64_t i = 0; i < D; ++i) st[i] += coef * (A(to_float(vc[i])) - st[i]);
+        }
+        stream_row(dst, st, D, tmp);
+      } else if (kn) {
         A dot = A(0);
 #pragma omp simd reduction(+ : dot)
         for (int64_t i = 0; i < D; ++i) {
@@ -228,8 +246,8 @@ struct Bwd {
     op.init(b, j0, j1, state);                                                                                \
   }                                                                                                           \
   MMREC_ISA_DISPATCH void fwd_step_##SUFFIX(const Fwd<T>& op, int64_t B, int64_t b, int64_t c, int64_t j0,    \
-                                            int64_t j1, acc_t<T>* state, acc_t<T>* w) {                       \
-    op.step(B, b, c, j0, j1, state, w);                                                                       \
+                                            int64_t j1, acc_t<T>* state, acc_t<T>* w, T* tmp) {               \
+    op.step(B, b, c, j0, j1, state, w, tmp);                                                                  \
   }                                                                                                           \
   MMREC_ISA_DISPATCH void bwd_init_##SUFFIX(const Bwd<T>& op, int64_t B, int64_t b, int64_t j0, int64_t j1,   \
                                             acc_t<T>* state) {                                                \
@@ -244,8 +262,8 @@ struct Bwd {
     fwd_init_##SUFFIX(op, b, j0, j1, state);                                                                  \
   }                                                                                                           \
   void step(const Fwd<T>& op, int64_t B, int64_t b, int64_t c, int64_t j0, int64_t j1, acc_t<T>* state,       \
-            acc_t<T>* w) {                                                                                    \
-    fwd_step_##SUFFIX(op, B, b, c, j0, j1, state, w);                                                         \
+            acc_t<T>* w, T* tmp) {                                                                            \
+    fwd_step_##SUFFIX(op, B, b, c, j0, j1, state, w, tmp);                                                    \
   }                                                                                                           \
   void init(const Bwd<T>& op, int64_t B, int64_t b, int64_t j0, int64_t j1, acc_t<T>* state) {                \
     bwd_init_##SUFFIX(op, B, b, j0, j1, state);                                                               \
@@ -267,18 +285,20 @@ void memory_update_fwd(const T* M0, const T* key, const T* value, const T* stren
   using A = acc_t<T>;
   const Units un = units_for(B, NC, S, D);
   std::vector<A> score(2 * B * S);
-  const Fwd<T> op{M0, key, value, strength, Ms, NC, S, D, A(1) / std::sqrt(A(D)), score.data()};
+  const bool stream = B * (NC + 1) * S * D * int64_t(sizeof(T)) >= kStreamMinBytes;
+  const Fwd<T> op{M0, key, value, strength, Ms, NC, S, D, A(1) / std::sqrt(A(D)), score.data(), stream};
   const int64_t rows_max = (S + un.blocks - 1) / un.blocks;
 #pragma omp parallel num_threads(un.threads)
   {
     const int tid = omp_get_thread_num(), P = omp_get_num_threads();
     std::vector<A> w(S);
+    std::vector<T> tmp(D);
     if (un.blocks == 1) {
       // A unit is a whole batch: all its chunks in a row, nothing shared.
       std::vector<A> state(S * D);
       for (int64_t b = tid; b < B; b += P) {
         init(op, b, 0, S, state.data());
-        for (int64_t c = 0; c < NC; ++c) step(op, B, b, c, 0, S, state.data(), w.data());
+        for (int64_t c = 0; c < NC; ++c) step(op, B, b, c, 0, S, state.data(), w.data(), tmp.data());
       }
     } else {
       const int64_t mine = (un.count - tid + P - 1) / P;  // units tid, tid + P, ...
@@ -292,11 +312,12 @@ void memory_update_fwd(const T* M0, const T* key, const T* value, const T* stren
         for (int64_t k = 0; k < mine; ++k) {
           const int64_t u = tid + k * P, b = u / un.blocks, blk = u % un.blocks;
           step(op, B, b, c, un.row_begin(blk, S), un.row_begin(blk + 1, S), state.data() + k * rows_max * D,
-                  w.data());
+               w.data(), tmp.data());
         }
 #pragma omp barrier
       }
     }
+    if (stream) stream_fence();
   }
 }
 

@@ -214,6 +214,31 @@ def test_three_threads_match_reference(backend, device):
         assert max(errs) < 1e-10, f"{shape}: {errs}"
 
 
+@pytest.mark.parametrize("backend,device", KERNELS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_streamed_outputs_equal_cached_ones(backend, device, dtype):
+    """Outputs of 16 MB and more (m; dv in the backward) leave through non-temporal stores: the whole
+    batch (streamed) equals each batch element run alone (normal stores)."""
+    g = torch.Generator().manual_seed(3)
+    B, T, N, D = 2, 128, 4, 16384 if dtype == torch.float32 else 32768
+    xs = [leaf(x.to(dtype)) for x in (torch.randn(B, T, D, generator=g), 3 * torch.randn(B, T, N, generator=g),
+                                       2 * torch.randn(N, D, generator=g), torch.randn(B, N, D, generator=g))]
+    v, mod, base, m0 = xs
+    assert v.numel() * v.element_size() >= 16 << 20 > v[:1].numel() * v.element_size()
+    G = torch.randn(B, T, N, D, generator=g).to(dtype)
+    with mmrec_ops.backend(backend):
+        m = mmrec_ops.mdi(*xs)
+        whole = torch.autograd.grad(m, xs, G)
+        for b in range(B):
+            parts = [v[b:b + 1], mod[b:b + 1], base, m0[b:b + 1]]
+            m_b = mmrec_ops.mdi(*parts)
+            assert torch.equal(m[b:b + 1], m_b), f"m of batch {b}"
+            dv, dmod, dbase, dm0 = torch.autograd.grad(m_b, parts, G[b:b + 1])
+            assert torch.equal(whole[0][b:b + 1], dv), f"dv of batch {b}"
+            assert torch.equal(whole[3][b:b + 1], dm0), f"dm0 of batch {b}"
+            assert_close(dmod, whole[1][b:b + 1], 1e-5 if dtype == torch.float32 else 1e-2, f"dmod of batch {b}")
+
+
 def _bad_calls():
     v, mod, base, m0 = torch.randn(2, 5, 4), torch.randn(2, 5, 3), torch.randn(3, 4), torch.randn(2, 3, 4)
     return [

@@ -168,6 +168,30 @@ def test_three_threads_match_reference(backend, device):
         assert same, f"{shape}: two runs differ"
 
 
+@pytest.mark.parametrize("backend,device", KERNELS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_streamed_output_equals_cached_one(backend, device, dtype):
+    """An Ms of 16 MB and more leaves through non-temporal stores: the whole batch (streamed) equals each
+    batch element run alone (normal stores), and so do the gradients."""
+    g = torch.Generator().manual_seed(3)
+    B, NC, S, D = 2, 16, 16, 8192 if dtype == torch.float32 else 16384
+    xs = [leaf(x.to(dtype)) for x in (torch.randn(B, S, D, generator=g), torch.randn(B, NC, D, generator=g),
+                                       torch.randn(B, NC, D, generator=g), torch.rand(B, NC, generator=g))]
+    size = B * (NC + 1) * S * D * xs[0].element_size()
+    assert size >= 16 << 20 > size // B
+    G = torch.randn(B, NC + 1, S, D, generator=g).to(dtype)
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    with mmrec_ops.backend(backend):
+        Ms = mmrec_ops.memory_update(*xs)
+        whole = torch.autograd.grad(Ms, xs, G)
+        for b in range(B):
+            parts = [x[b:b + 1] for x in xs]
+            Ms_b = mmrec_ops.memory_update(*parts)
+            assert_close(Ms[b:b + 1], Ms_b, tol, f"Ms of batch {b}")
+            for name, got, want in zip(NAMES, torch.autograd.grad(Ms_b, parts, G[b:b + 1]), whole):
+                assert_close(got, want[b:b + 1], tol, f"d{name} of batch {b}")
+
+
 def _bad_calls():
     M0, key, value, s = torch.randn(2, 4, 5), torch.randn(2, 3, 5), torch.randn(2, 3, 5), torch.rand(2, 3)
     return [
