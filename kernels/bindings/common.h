@@ -97,5 +97,7 @@ void dispatch_cpu(DType dt, F&& f) {
 void bind_scan(nb::module_& m);
 void bind_cuda_ops(nb::module_& m);  // cuda_ops.cpp: recurrence, mdi, memory_update on CUDA
 void bind_recurrence(nb::module_& m);
+void bind_mdi(nb::module_& m);
+void bind_memory_update(nb::module_& m);
 
 }  // namespace mmrec::bind

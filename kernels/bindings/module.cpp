@@ -13,4 +13,6 @@ NB_MODULE(_C, m) {
   mmrec::bind::bind_scan(m);
   mmrec::bind::bind_cuda_ops(m);
   mmrec::bind::bind_recurrence(m);
+  mmrec::bind::bind_mdi(m);
+  mmrec::bind::bind_memory_update(m);
 }

@@ -17,7 +17,7 @@ except ImportError as exc:  # running from a source tree without a build
     IMPORT_ERROR = exc
 
 # Ops with a kernel per device; an op missing here is served by the reference on that device.
-CPU_OPS = ("scan", "recurrence")
+CPU_OPS = ("scan", "recurrence", "mdi", "memory_update")
 CUDA_OPS = ("scan",)
 
 
@@ -62,7 +62,46 @@ def recurrence_backward(grad: Tensor, z: Tensor, gamma: Tensor, w: Tensor, bias:
     return dz, dgamma, dw, dbias, dh0
 
 
-_FUNCS = {"scan": (scan_forward, scan_backward), "recurrence": (recurrence_forward, recurrence_backward)}
+def mdi_forward(v: Tensor, mod: Tensor, base: Tensor, m0: Optional[Tensor], eps: float) -> Tensor:
+    v, mod, base, m0 = _in(v), _in(mod), _in(base), _in(m0)
+    B, T, D = v.shape
+    m = backends.new_output((B, T, base.shape[0], D), v)  # [B, T, N, D]
+    C.mdi_fwd(v, mod, base, m0, m, float(eps), _stream(v))
+    return m
+
+
+def mdi_backward(grad: Tensor, v: Tensor, mod: Tensor, base: Tensor, m0: Optional[Tensor], m: Tensor, eps: float):
+    grad, v, mod, base, m0, m = _in(grad), _in(v), _in(mod), _in(base), _in(m0), _in(m)
+    dv, dmod, dbase = backends.new_output(v.shape, v), backends.new_output(mod.shape, v), \
+        backends.new_output(base.shape, v)
+    dm0 = backends.new_output((v.shape[0], base.shape[0], v.shape[2]), v)  # [B, N, D]
+    C.mdi_bwd(v, mod, base, m0, m, grad, dv, dmod, dbase, dm0, float(eps), _stream(v))
+    return dv, dmod, dbase, dm0
+
+
+def memory_update_forward(M0: Tensor, key: Tensor, value: Tensor, strength: Tensor) -> Tensor:
+    M0, key, value, strength = _in(M0), _in(key), _in(value), _in(strength)
+    B, S, D = M0.shape
+    Ms = backends.new_output((B, key.shape[1] + 1, S, D), M0)  # [B, NC + 1, S, D]
+    C.memory_update_fwd(M0, key, value, strength, Ms, _stream(M0))
+    return Ms
+
+
+def memory_update_backward(grad: Tensor, M0: Tensor, key: Tensor, value: Tensor, strength: Tensor, Ms: Tensor):
+    grad, M0, key, value, strength, Ms = _in(grad), _in(M0), _in(key), _in(value), _in(strength), _in(Ms)
+    dM0, dkey, dvalue = backends.new_output(M0.shape, M0), backends.new_output(key.shape, M0), \
+        backends.new_output(value.shape, M0)
+    dstrength = backends.new_output(strength.shape, M0)
+    C.memory_update_bwd(M0, key, value, strength, Ms, grad, dM0, dkey, dvalue, dstrength, _stream(M0))
+    return dM0, dkey, dvalue, dstrength
+
+
+_FUNCS = {
+    "scan": (scan_forward, scan_backward),
+    "recurrence": (recurrence_forward, recurrence_backward),
+    "mdi": (mdi_forward, mdi_backward),
+    "memory_update": (memory_update_forward, memory_update_backward),
+}
 
 
 def register_all() -> None:
