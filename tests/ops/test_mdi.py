@@ -158,7 +158,7 @@ def test_backward_writes_dm0_without_m0(backend, device):
     grad = torch.randn(B, T, N, D, generator=g, dtype=torch.float64)
     with mmrec_ops.backend(backend):
         m = mmrec_ops.mdi(v, mod, base)
-        dv, dmod, dbase, dm0 = torch.ops.mmrec.mdi_backward(grad, v, mod, base, None, m, 1e-6)
+        dv, dmod, dbase, dm0 = torch.ops.mmrec.mdi_backward(grad, v, mod, base, None, m, 1e-6, backend)
     zeros = leaf(torch.zeros(B, N, D, dtype=torch.float64))
     xs = [leaf(v), leaf(mod), leaf(base), zeros]
     want = torch.autograd.grad(reference.mdi(*xs), xs, grad)
