@@ -278,13 +278,12 @@ __global__ void __launch_bounds__(kThreads) memory_update_fwd_cluster(
       key_s[d] = c + 1 < NC ? A(load(key + (b * NC + c + 1) * D + d)) : A(0);
     }
     cluster.sync();  // every block's scores of chunk c published
-    if (threadIdx.x < 32) {
-      A mx = -INFINITY;
-      for (int j = lane; j < S; j += 32) mx = max(mx, *cluster.map_shared_rank(score + (c & 1) * kSlotsMax + j % sp, j / sp));
-      mx = warp_max(mx);
-      A sum = 0;
-      for (int j = lane; j < S; j += 32) sum += exp(*cluster.map_shared_rank(score + (c & 1) * kSlotsMax + j % sp, j / sp) - mx);
-      sum = warp_sum(sum);
+    if (threadIdx.x < 32) {  // S <= 64: lane holds slots lane and lane + 32
+      const bool u0 = lane < S, u1 = lane + 32 < S;
+      const A s0 = u0 ? *cluster.map_shared_rank(sc + lane % sp, lane / sp) : A(-INFINITY);
+      const A s1 = u1 ? *cluster.map_shared_rank(sc + (lane + 32) % sp, (lane + 32) / sp) : A(-INFINITY);
+      const A mx = warp_max(max(s0, s1));
+      const A sum = warp_sum((u0 ? exp(s0 - mx) : A(0)) + (u1 ? exp(s1 - mx) : A(0)));
       if (lane < sr) wown[lane] = st * exp(sc[lane] - mx) / sum;
     }
     __syncthreads();
@@ -312,11 +311,49 @@ __global__ void __launch_bounds__(kThreads) memory_update_fwd_cluster(
 #endif
 }
 
+// Shared-memory layout of the backward cluster kernel (host and device agree on it): every piece 16-byte aligned.
+struct BwdLayout {
+  size_t adj, mbuf, gbuf, kbuf, vbuf, dvp, dkp, part, small, total;
+  __host__ __device__ static size_t r16(size_t x) { return (x + 15) & ~size_t(15); }
+  __host__ __device__ BwdLayout(int sp, int64_t D, size_t a_size, size_t t_size) {
+    const size_t slots_t = r16(size_t(sp) * D * t_size), row_t = r16(size_t(D) * t_size);
+    mbuf = 0;                     // T [2][SP][D]  M_c of the own slots, by chunk parity
+    gbuf = mbuf + 2 * slots_t;    // T [2][SP][D]  grad of Ms[:, c], own slots
+    kbuf = gbuf + 2 * slots_t;    // T [2][D]
+    vbuf = kbuf + 2 * row_t;      // T [2][D]
+    adj = vbuf + 2 * row_t;       // A [SP][D]  dL/dM_{c+1}, own slots
+    dvp = adj + r16(size_t(sp) * D * a_size);  // A [D] published: sum over own slots of w_j adj_j
+    dkp = dvp + r16(size_t(D) * a_size);       // A [D] published: sum over own slots of ds_j M_j
+    part = dkp + r16(size_t(D) * a_size);      // A [kWarps][kSlotsMax]
+    small = part + r16(size_t(kWarps) * kSlotsMax * a_size);  // A [4][kSlotsMax]: score, gsum, w, ds
+    total = small + r16(4 * kSlotsMax * a_size);
+  }
+};
+
+// Copies n elements src -> dst (shared): 16-byte cp.async when vec16 (both 16-byte aligned, n * sizeof(T) a
+// multiple of 16), else plain loads and stores. Completes at cp_async_wait() plus a barrier.
+template <class T>
+__device__ __forceinline__ void stage_copy(T* dst, const T* src, int64_t n, bool vec16) {
+  if (vec16) {
+    const int64_t n16 = n * int64_t(sizeof(T)) / 16;
+    const char* s = reinterpret_cast<const char*>(src);
+    const unsigned d = unsigned(__cvta_generic_to_shared(dst));
+    for (int64_t i = threadIdx.x; i < n16; i += kThreads)
+      asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d + unsigned(i * 16)), "l"(s + i * 16));
+  } else {
+    for (int64_t i = threadIdx.x; i < n; i += kThreads) dst[i] = src[i];
+  }
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+
+// Backward: the next chunk's M, grad, key and value of the own slots are copied into shared memory (cp.async,
+// double-buffered) while the current chunk runs, so no step waits on device memory.
 template <class T>
 __global__ void __launch_bounds__(kThreads) memory_update_bwd_cluster(
     const T* __restrict__ grad, const T* __restrict__ key, const T* __restrict__ value,
     const T* __restrict__ strength, const T* __restrict__ Ms, T* __restrict__ dM0, T* __restrict__ dkey,
-    T* __restrict__ dvalue, T* __restrict__ dstrength, int64_t NC, int S, int64_t D) {
+    T* __restrict__ dvalue, T* __restrict__ dstrength, int64_t NC, int S, int64_t D, bool vec16) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   using A = acc_t<T>;
   cg::cluster_group cluster = cg::this_cluster();
@@ -324,44 +361,54 @@ __global__ void __launch_bounds__(kThreads) memory_update_bwd_cluster(
   const ClusterShape cs = cluster_shape(S);
   const int sp = cs.sp, cl = cs.cl, j0 = rank * sp, sr = min(sp, S - j0);
   extern __shared__ __align__(16) unsigned char smem[];
-  A* adj = reinterpret_cast<A*>(smem);         // [SP][D] dL/dM_{c+1}, own slots
-  A* Mc = adj + size_t(sp) * D;                // [SP][D] M_c, own slots
-  A* key_s = Mc + size_t(sp) * D;              // [D]
-  A* val_s = key_s + D;                        // [D]
-  A* dvp = val_s + D;                          // [D] published: sum over own slots of w_j adj_j
-  A* dkp = dvp + D;                            // [D] published: sum over own slots of ds_j M_j
-  A* part = dkp + D;                           // [kWarps][kSlotsMax]
-  A* score = part + kWarps * kSlotsMax;        // [kSlotsMax] published scores
-  A* gsum = score + kSlotsMax;                 // [kSlotsMax] published <adj_j, value - M_j>
-  A* wown = gsum + kSlotsMax;                  // [kSlotsMax] own weights
-  A* dsown = wown + kSlotsMax;                 // [kSlotsMax] own d(score)
-  const int64_t b = blockIdx.x / cl, SD = int64_t(S) * D;
+  const BwdLayout L(sp, D, sizeof(A), sizeof(T));
+  T* mbuf = reinterpret_cast<T*>(smem + L.mbuf);
+  T* gbuf = reinterpret_cast<T*>(smem + L.gbuf);
+  T* kbuf = reinterpret_cast<T*>(smem + L.kbuf);
+  T* vbuf = reinterpret_cast<T*>(smem + L.vbuf);
+  A* adj = reinterpret_cast<A*>(smem + L.adj);
+  A* dvp = reinterpret_cast<A*>(smem + L.dvp);
+  A* dkp = reinterpret_cast<A*>(smem + L.dkp);
+  A* part = reinterpret_cast<A*>(smem + L.part);
+  A* score = reinterpret_cast<A*>(smem + L.small);  // [kSlotsMax] published scores
+  A* gsum = score + kSlotsMax;                        // [kSlotsMax] published <adj_j, value - M_j>
+  A* wown = gsum + kSlotsMax;                         // [kSlotsMax] own weights
+  A* dsown = wown + kSlotsMax;                        // [kSlotsMax] own d(score)
+  const int64_t b = blockIdx.x / cl, SD = int64_t(S) * D, SPD = int64_t(sp) * D, srD = int64_t(sr) * D;
   const A scale = A(1) / sqrt(A(D));
   const int lane = threadIdx.x % 32;
   const T* G = grad + b * (NC + 1) * SD + int64_t(j0) * D;
   const T* Mb = Ms + b * (NC + 1) * SD + int64_t(j0) * D;
   const int64_t dc = (D + cl - 1) / cl, d_lo = rank * dc, d_hi = min(D, d_lo + dc);  // columns this block reduces
 
-  for (int64_t d = threadIdx.x; d < D; d += kThreads)
-#pragma unroll
-    for (int jj = 0; jj < kSlotsMax; ++jj)
-      if (jj < sr) adj[jj * D + d] = A(load(G + NC * SD + jj * D + d));
+  auto stage = [&](int64_t c) {
+    const int p = int(c & 1);
+    stage_copy(mbuf + p * SPD, Mb + c * SD, srD, vec16);
+    stage_copy(gbuf + p * SPD, G + c * SD, srD, vec16);
+    stage_copy(kbuf + p * D, key + (b * NC + c) * D, D, vec16);
+    stage_copy(vbuf + p * D, value + (b * NC + c) * D, D, vec16);
+    cp_async_commit();
+  };
+  stage(NC - 1);
+  for (int64_t i = threadIdx.x; i < srD; i += kThreads) adj[i] = A(load(G + NC * SD + i));
   for (int64_t c = NC - 1; c >= 0; --c) {
-    const T* M = Mb + c * SD;
-    for (int64_t d = threadIdx.x; d < D; d += kThreads) {
-      key_s[d] = A(load(key + (b * NC + c) * D + d));
-      val_s[d] = A(load(value + (b * NC + c) * D + d));
-    }
+    const int p = int(c & 1);
+    cp_async_wait();
+    __syncthreads();  // chunk c staged; every thread is past chunk c + 1, so the other buffers are free
+    if (c > 0) stage(c - 1);
+    const T* Mc = mbuf + p * SPD;
+    const T* Gc = gbuf + p * SPD;
+    const T* kc = kbuf + p * D;
+    const T* vc = vbuf + p * D;
     A dot[kSlotsMax], g[kSlotsMax];
 #pragma unroll
     for (int jj = 0; jj < kSlotsMax; ++jj) dot[jj] = g[jj] = 0;
-    for (int64_t d = threadIdx.x; d < D; d += kThreads) {  // each thread reads back only its own columns
-      const A kd = key_s[d], vd = val_s[d];
+    for (int64_t d = threadIdx.x; d < D; d += kThreads) {
+      const A kd = to_acc(kc[d]), vd = to_acc(vc[d]);
 #pragma unroll
       for (int jj = 0; jj < kSlotsMax; ++jj) {
         if (jj >= sr) break;
-        const A x = A(load(M + jj * D + d));
-        Mc[jj * D + d] = x;
+        const A x = to_acc(Mc[jj * D + d]);
         dot[jj] += x * kd;
         g[jj] += adj[jj * D + d] * (vd - x);
       }
@@ -371,18 +418,17 @@ __global__ void __launch_bounds__(kThreads) memory_update_bwd_cluster(
     block_sum_slots(g, part, gsum, sr, A(1));
     const A st = A(load(strength + b * NC + c));
     cluster.sync();  // scores and g of chunk c published
-    if (threadIdx.x < 32) {
-      A mx = -INFINITY;
-      for (int j = lane; j < S; j += 32) mx = max(mx, *cluster.map_shared_rank(score + j % sp, j / sp));
-      mx = warp_max(mx);
-      A sum = 0;
-      for (int j = lane; j < S; j += 32) sum += exp(*cluster.map_shared_rank(score + j % sp, j / sp) - mx);
-      sum = warp_sum(sum);
-      A dst = 0;
-      for (int j = lane; j < S; j += 32)
-        dst += *cluster.map_shared_rank(gsum + j % sp, j / sp) *
-               (exp(*cluster.map_shared_rank(score + j % sp, j / sp) - mx) / sum);
-      dst = warp_sum(dst);
+    if (threadIdx.x < 32) {  // S <= 64: lane holds slots lane and lane + 32
+      const bool u0 = lane < S, u1 = lane + 32 < S;
+      const int q0 = lane / sp, r0 = lane % sp, q1 = (lane + 32) / sp, r1 = (lane + 32) % sp;
+      const A s0 = u0 ? *cluster.map_shared_rank(score + r0, q0) : A(-INFINITY);
+      const A s1 = u1 ? *cluster.map_shared_rank(score + r1, q1) : A(-INFINITY);
+      const A g0 = u0 ? *cluster.map_shared_rank(gsum + r0, q0) : A(0);
+      const A g1 = u1 ? *cluster.map_shared_rank(gsum + r1, q1) : A(0);
+      const A mx = warp_max(max(s0, s1));
+      const A e0 = u0 ? exp(s0 - mx) : A(0), e1 = u1 ? exp(s1 - mx) : A(0);
+      const A sum = warp_sum(e0 + e1);
+      const A dst = warp_sum(g0 * (e0 / sum) + g1 * (e1 / sum));
       if (lane < sr) {
         const A w = exp(score[lane] - mx) / sum;
         wown[lane] = w;
@@ -397,36 +443,36 @@ __global__ void __launch_bounds__(kThreads) memory_update_bwd_cluster(
       w[jj] = jj < sr ? wown[jj] : A(0);
       ds[jj] = jj < sr ? dsown[jj] : A(0);
     }
-    const T* Gc = G + c * SD;
     for (int64_t d = threadIdx.x; d < D; d += kThreads) {
-      const A kd = key_s[d] * scale;
+      const A kd = to_acc(kc[d]) * scale;
       A dv = 0, dk = 0;
 #pragma unroll
       for (int jj = 0; jj < kSlotsMax; ++jj) {
         if (jj >= sr) break;
         const A a = adj[jj * D + d];
-        adj[jj * D + d] = a * (A(1) - st * w[jj]) + ds[jj] * kd + A(load(Gc + jj * D + d));
+        adj[jj * D + d] = a * (A(1) - st * w[jj]) + ds[jj] * kd + to_acc(Gc[jj * D + d]);
         dv += a * w[jj];
-        dk += ds[jj] * Mc[jj * D + d];
+        dk += ds[jj] * to_acc(Mc[jj * D + d]);
       }
       dvp[d] = dv;
       dkp[d] = dk;
     }
     cluster.sync();  // column partials of chunk c published
     for (int64_t d = d_lo + threadIdx.x; d < d_hi; d += kThreads) {
-      A dv = 0, dk = 0;
-      for (int q = 0; q < cl; ++q) {
-        dv += *cluster.map_shared_rank(dvp + d, q);
-        dk += *cluster.map_shared_rank(dkp + d, q);
+      A pv[kClusterMax], pk[kClusterMax];
+#pragma unroll
+      for (int q = 0; q < kClusterMax; ++q) {
+        pv[q] = q < cl ? *cluster.map_shared_rank(dvp + d, q) : A(0);
+        pk[q] = q < cl ? *cluster.map_shared_rank(dkp + d, q) : A(0);
       }
+      A dv = 0, dk = 0;
+#pragma unroll
+      for (int q = 0; q < kClusterMax; ++q) dv += pv[q], dk += pk[q];
       store(dvalue + (b * NC + c) * D + d, st * dv);
       store(dkey + (b * NC + c) * D + d, scale * dk);
     }
   }
-  for (int64_t d = threadIdx.x; d < D; d += kThreads)
-#pragma unroll
-    for (int jj = 0; jj < kSlotsMax; ++jj)
-      if (jj < sr) store(dM0 + b * SD + (j0 + jj) * D + d, adj[jj * D + d]);
+  for (int64_t i = threadIdx.x; i < srD; i += kThreads) store(dM0 + b * SD + int64_t(j0) * D + i, adj[i]);
   cluster.sync();  // no block leaves while another may still read its partials
 #endif
 }
@@ -504,13 +550,14 @@ int memory_update_bwd(DType dt, const void* grad, const void* M0, const void* ke
   return dispatch(dt, [&](auto tag) -> int {
     using T = decltype(tag);
     using A = acc_t<T>;
-    const size_t cluster_bytes =
-        (2 * size_t(cluster_shape(int(S)).sp) * D + 4 * size_t(D) + (kWarps + 4) * kSlotsMax) * sizeof(A);
+    const bool vec16 = (D * sizeof(T)) % 16 == 0 && aligned16(grad) && aligned16(Ms) && aligned16(key) &&
+                       aligned16(value);
+    const size_t cluster_bytes = BwdLayout(cluster_shape(int(S)).sp, D, sizeof(A), sizeof(T)).total;
     const int r = launch_cluster(memory_update_bwd_cluster<T>, cluster_bytes, B, int(S), st,
                                  static_cast<const T*>(grad), static_cast<const T*>(key), static_cast<const T*>(value),
                                  static_cast<const T*>(strength), static_cast<const T*>(Ms), static_cast<T*>(dM0),
                                  static_cast<T*>(dkey), static_cast<T*>(dvalue), static_cast<T*>(dstrength), NC, int(S),
-                                 D);
+                                 D, vec16);
     if (r != kNoCluster) return r;
     const size_t fixed = (size_t(2 * kWarps + 2) * S + 2 * size_t(D)) * sizeof(A);
     return launch_rows<T>(memory_update_bwd_kernel<T, true>, memory_update_bwd_kernel<T, false>, fixed, B, int(S), D,
