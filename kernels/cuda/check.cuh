@@ -50,8 +50,9 @@ template <class A> __device__ __forceinline__ A warp_max(A x) {
   return x;
 }
 
-// Sums NB values over the 32 lanes at once (NB / 2 + NB / 4 + ... + 5 - log2(NB) shuffles instead of 5 NB).
-// On return, lane l holds the total of value n = sum_k bit(l, 4 - k) 2^(log2(NB) - 1 - k) in x[0].
+// Sums NB values (NB a power of 2, <= 32) over the 32 lanes at once: NB - 1 + 5 - log2(NB) shuffles instead of
+// 5 NB. Returns, in lane l, the warp total of value multi_index<NB>(l); the lanes with multi_writer<NB>(l) hold
+// each total once. The addition order is fixed: deterministic.
 template <class A, int NB>
 __device__ __forceinline__ A warp_sum_multi(A (&x)[NB], int lane) {
   int off = 16;

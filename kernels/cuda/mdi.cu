@@ -191,13 +191,13 @@ __global__ void __launch_bounds__(kThreads) mdi_bwd_maps(const T* __restrict__ g
       gn[n] = t0 + steps < T_ ? clamp_gamma(sb[n] * smod[steps][n], eps) : A(0);
     }
     for (int e0 = steps; e0 > 0; e0 -= kPre) {  // steps e0 - kPre .. e0 - 1, newest first
-      A gr[kPre][NB];
+      T gr[kPre][NB];  // storage type, converted where used (all loads issued before the first conversion)
 #pragma unroll
       for (int k = 0; k < kPre; ++k) {
         const int tt = e0 - 1 - k;
 #pragma unroll
         for (int n = 0; n < NB; ++n)
-          gr[k][n] = (tt >= 0 && n < nb) ? A(load(grad + ((b * T_ + t0 + tt) * N + n0 + n) * D + d)) : A(0);
+          gr[k][n] = (tt >= 0 && n < nb) ? grad[((b * T_ + t0 + tt) * N + n0 + n) * D + d] : T(0.0f);
       }
 #pragma unroll
       for (int k = 0; k < kPre; ++k) {
@@ -205,7 +205,7 @@ __global__ void __launch_bounds__(kThreads) mdi_bwd_maps(const T* __restrict__ g
         if (tt < 0) break;
 #pragma unroll
         for (int n = 0; n < NB; ++n) {
-          Q[n] = gr[k][n] + gn[n] * Q[n];
+          Q[n] = to_acc(gr[k][n]) + gn[n] * Q[n];
           P[n] *= gn[n];
           gn[n] = clamp_gamma(sb[n] * smod[tt][n], eps);
         }
@@ -256,21 +256,21 @@ __global__ void __launch_bounds__(kThreads) mdi_bwd_out(
       dba[n] = A(0);
     }
     for (int e0 = steps; e0 > 0; e0 -= kPre) {
-      A gr[kPre][NB], mp[kPre][NB], vb[kPre];
+      // Storage type, converted where used: converting 16-bit values next to their loads made the bfloat16 kernel
+      // wait on each load in turn (0.98 ms against 0.53 ms for float at N=4 B=8 T=4096 D=1024).
+      T gr[kPre][NB], mp[kPre][NB], vb[kPre];
+      const T zero = T(0.0f);
 #pragma unroll
       for (int k = 0; k < kPre; ++k) {
         const int tt = e0 - 1 - k;
         const int64_t t = t0 + tt;
-        vb[k] = (live && tt >= 0) ? A(load(v + (b * T_ + t) * D + d)) : A(0);
+        vb[k] = (live && tt >= 0) ? v[(b * T_ + t) * D + d] : zero;
 #pragma unroll
         for (int n = 0; n < NB; ++n) {
           const bool use = live && tt >= 0 && n < nb;
           const int64_t off = ((b * T_ + t) * N + n0 + n) * D + d;
-          gr[k][n] = use ? A(load(grad + off)) : A(0);
-          mp[k][n] = !use ? A(0)
-                     : t > 0 ? A(load(m + off - N * D))
-                     : m0    ? A(load(m0 + (b * N + n0 + n) * D + d))
-                             : A(0);
+          gr[k][n] = use ? grad[off] : zero;
+          mp[k][n] = !use ? zero : t > 0 ? m[off - N * D] : m0 ? m0[(b * N + n0 + n) * D + d] : zero;
         }
       }
 #pragma unroll
@@ -283,8 +283,8 @@ __global__ void __launch_bounds__(kThreads) mdi_bwd_out(
         for (int n = 0; n < NB; ++n) {
           const A sm = smod[tt][n], x = sb[n] * sm;
           const A g = clamp_gamma(x, eps);
-          mu[n] = gr[k][n] + gn[n] * mu[n];
-          const A dx = (x >= eps && x <= one - eps) ? mu[n] * (mp[k][n] - vb[k]) : A(0);
+          mu[n] = to_acc(gr[k][n]) + gn[n] * mu[n];
+          const A dx = (x >= eps && x <= one - eps) ? mu[n] * (to_acc(mp[k][n]) - to_acc(vb[k])) : A(0);
           dvs += mu[n] * (one - g);
           dm[n] = dx * sb[n] * sm * (one - sm);
           dba[n] += dx * sm * sb[n] * (one - sb[n]);
