@@ -2,11 +2,12 @@
 // backward: delta_t = G_t + gamma_{t+1} delta_{t+1} + W^T e_{t+1}; e_t = delta_t z_t s_t (1 - s_t);
 //           dz = delta s; dgamma = delta h_{t-1}; dbias = sum e; dW[k] = sum e^k (h_{t-1}^k)^T; dh0 = gamma_0 delta_0 + W^T e_0.
 //
-// Forward: a persistent block per (4 batch rows, head) loops over all T; thread i owns output i of its head for
-// the 4 rows; W^T (float) and h (as [d][4] so one 16-byte load gives 4 rows) live in shared memory (W is read
-// from global memory when it does not fit); z and gamma of step t+1 are loaded during step t.
+// Forward: a persistent block per (4 batch rows, head) loops over all T; output i of its head (for the 4 rows) is
+// summed by up to 8 threads, each over a d/8 range of j, their partials added in a fixed order by the owner
+// thread; W^T (float) and h (as [d][4] so one 16-byte load gives 4 rows) live in shared memory (W is read from
+// global memory when it does not fit); z and gamma of step t+1 are loaded during step t.
 // Backward: (1) s_t for all t at once, a GEMM-shaped kernel (h_{t-1} is known); (2) the reverse loop, one
-// block per (4 rows, head), W^T e_{t+1} from shared memory, e stored to a [B, T, D] scratch; (3) dW and dbias as
+// block per (4 rows, head), W^T e_{t+1} from shared memory (split over threads like the forward), e stored to a [B, T, D] scratch; (3) dW and dbias as
 // a reduction over (b, t) split into P row ranges, then (4) a fixed-order sum of the P partials: deterministic.
 #include <algorithm>
 #include <type_traits>
