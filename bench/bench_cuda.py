@@ -143,13 +143,36 @@ def make_pass(fn: Callable, args, which: str, backend: str):
     return run
 
 
+def profile_kernels(ops: List[str]) -> int:
+    """Per-kernel device time of the cuda fwd+bwd pass of every case (float32 and bfloat16), 5 runs."""
+    from torch.profiler import ProfilerActivity, profile
+    for op in ops:
+        for shape_name, make, dims in CASES[op]:
+            for dtype_name, dtype in DTYPES.items():
+                run = make_pass(OPS[op], make(*dims, dtype)[0], "fwd+bwd", "cuda")
+                run()
+                torch.cuda.synchronize()
+                with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                    for _ in range(5):
+                        run()
+                    torch.cuda.synchronize()
+                print(f"== {op} {shape_name} {dtype_name} fwd+bwd, 5 runs")
+                print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=8, max_name_column_width=70))
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=None, help="JSON file for the results")
     parser.add_argument("--quick", action="store_true", help="float32 only, no reference timing")
+    parser.add_argument("--no-ref", action="store_true", help="both dtypes, no reference timing")
+    parser.add_argument("--profile", action="store_true",
+                        help="print the per-kernel CUDA times (torch.profiler) of each cuda fwd+bwd pass, no timing")
     parser.add_argument("--ops", default="scan,recurrence,mdi,memory_update")
     args = parser.parse_args()
     torch.manual_seed(0)
+    if args.profile:
+        return profile_kernels(args.ops.split(","))
     backends.set_poison(False)
     copy_gbs = copy_bandwidth_gbs()
     print(f"device: {torch.cuda.get_device_name()}  copy bandwidth (read + write): {copy_gbs:.0f} GB/s", flush=True)
@@ -176,7 +199,7 @@ def main() -> int:
                     impls = {"cuda": time_ms(make_pass(OPS[op], op_args, which, "cuda"))}
                     if op in TORCH_FORMS and which == "fwd":
                         impls["torch"] = time_ms(lambda: TORCH_FORMS[op](*op_args))
-                    if not args.quick:
+                    if not args.quick and not args.no_ref:
                         impls["ref"] = time_slow_ms(make_pass(OPS[op], op_args, which, "ref"))
                     floor_ms = floor_bytes[which] / (copy_gbs * 1e9) * 1e3
                     for impl, ms in impls.items():

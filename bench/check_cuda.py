@@ -110,8 +110,8 @@ def recurrence_cases(small: bool):
 
 def mdi_cases(small: bool):
     cases = []
-    shapes = [(2, 20, 3, 40)] if small else [(2, 40, 3, 300), (1, 37, 5, 64), (2, 20, 9, 33), (8, 100, 4, 1024),
-                                             (1, 3, 17, 7)]
+    shapes = [(2, 150, 3, 40)] if small else [(2, 40, 3, 300), (1, 37, 5, 64), (2, 20, 9, 33), (8, 100, 4, 1024),
+                                              (1, 3, 17, 7), (2, 1000, 4, 130), (1, 300, 9, 70)]
     dtypes = [torch.float32] if small else [torch.float32, torch.bfloat16, torch.float64]
     for B, T, N, D in shapes:
         for dtype in dtypes:
@@ -125,7 +125,8 @@ def mdi_cases(small: bool):
 
 def memory_update_cases(small: bool):
     cases = []
-    shapes = [(2, 3, 4, 40)] if small else [(3, 17, 8, 100), (2, 9, 64, 1024), (1, 5, 96, 1024), (4, 33, 3, 7)]
+    shapes = [(2, 3, 4, 40)] if small else [(3, 17, 8, 100), (2, 9, 64, 1024), (1, 5, 96, 1024), (4, 33, 3, 7),
+                                              (2, 20, 13, 200)]
     dtypes = [torch.float32] if small else [torch.float32, torch.bfloat16, torch.float64]
     for B, NC, S, D in shapes:
         for dtype in dtypes:

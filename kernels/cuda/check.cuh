@@ -50,6 +50,43 @@ template <class A> __device__ __forceinline__ A warp_max(A x) {
   return x;
 }
 
+// Sums NB values (NB a power of 2, <= 32) over the 32 lanes at once: NB - 1 + 5 - log2(NB) shuffles instead of
+// 5 NB. Returns, in lane l, the warp total of value multi_index<NB>(l); the lanes with multi_writer<NB>(l) hold
+// each total once. The addition order is fixed: deterministic.
+template <class A, int NB>
+__device__ __forceinline__ A warp_sum_multi(A (&x)[NB], int lane) {
+  int off = 16;
+#pragma unroll
+  for (int k = NB; k > 1; k /= 2, off /= 2) {
+    const bool hi = lane & off;
+#pragma unroll
+    for (int i = 0; i < k / 2; ++i) {
+      const A send = hi ? x[i] : x[i + k / 2];
+      const A keep = hi ? x[i + k / 2] : x[i];
+      x[i] = keep + __shfl_xor_sync(0xffffffffu, send, off);
+    }
+  }
+  A s = x[0];
+  for (; off > 0; off /= 2) s += __shfl_xor_sync(0xffffffffu, s, off);
+  return s;
+}
+
+template <int NB>
+__device__ __forceinline__ int multi_index(int lane) {
+  int n = 0, off = 16;
+#pragma unroll
+  for (int k = NB; k > 1; k /= 2, off /= 2) n = n * 2 + ((lane & off) ? 1 : 0);
+  return n;
+}
+
+template <int NB>
+__device__ __forceinline__ bool multi_writer(int lane) {
+  int mask = 0, off = 16;
+#pragma unroll
+  for (int k = NB; k > 1; k /= 2, off /= 2) mask |= off;
+  return (lane & ~mask & 31) == 0;
+}
+
 // Calls f(T{}) with the CUDA storage type of dt.
 template <class F>
 int dispatch(DType dt, F&& f) {

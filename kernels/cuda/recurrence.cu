@@ -2,11 +2,12 @@
 // backward: delta_t = G_t + gamma_{t+1} delta_{t+1} + W^T e_{t+1}; e_t = delta_t z_t s_t (1 - s_t);
 //           dz = delta s; dgamma = delta h_{t-1}; dbias = sum e; dW[k] = sum e^k (h_{t-1}^k)^T; dh0 = gamma_0 delta_0 + W^T e_0.
 //
-// Forward: a persistent block per (4 batch rows, head) loops over all T; thread i owns output i of its head for
-// the 4 rows; W^T (float) and h (as [d][4] so one 16-byte load gives 4 rows) live in shared memory (W is read
-// from global memory when it does not fit); z and gamma of step t+1 are loaded during step t.
+// Forward: a persistent block per (4 batch rows, head) loops over all T; output i of its head (for the 4 rows) is
+// summed by up to 8 threads, each over a d/8 range of j, their partials added in a fixed order by the owner
+// thread; W^T (float) and h (as [d][4] so one 16-byte load gives 4 rows) live in shared memory (W is read from
+// global memory when it does not fit); z and gamma of step t+1 are loaded during step t.
 // Backward: (1) s_t for all t at once, a GEMM-shaped kernel (h_{t-1} is known); (2) the reverse loop, one
-// block per (4 rows, head), W^T e_{t+1} from shared memory, e stored to a [B, T, D] scratch; (3) dW and dbias as
+// block per (4 rows, head), W^T e_{t+1} from shared memory (split over threads like the forward), e stored to a [B, T, D] scratch; (3) dW and dbias as
 // a reduction over (b, t) split into P row ranges, then (4) a fixed-order sum of the P partials: deterministic.
 #include <algorithm>
 #include <type_traits>
@@ -38,14 +39,18 @@ __global__ void __launch_bounds__(1024) recurrence_fwd_kernel(const T* __restric
                                       int64_t B, int64_t T_, int H, int d) {
   using A = acc_t<T>;
   extern __shared__ __align__(16) unsigned char smem[];
+  const int dp = (d + 31) / 32 * 32, split = blockDim.x / dp;  // split threads per output, one j range each
   Row4<A>* hbuf = reinterpret_cast<Row4<A>*>(smem);   // [2][d]: h_{t-1} and h_t, 4 rows each
-  A* wt = reinterpret_cast<A*>(hbuf + 2 * d);          // [d][d]: wt[j * d + i] = W[i][j]
-  const int k = blockIdx.y, i = threadIdx.x;
+  Row4<A>* red = hbuf + 2 * d;                         // [split][d]: partial sums of the j ranges
+  A* wt = reinterpret_cast<A*>(red + split * d);       // [d][d]: wt[j * d + i] = W[i][j]
+  const int k = blockIdx.y, i = threadIdx.x % dp, q = threadIdx.x / dp;
+  const int jspan = (d + split - 1) / split, jlo = min(d, q * jspan), jhi = min(d, jlo + jspan);
   const int64_t b0 = int64_t(blockIdx.x) * kRows, D = int64_t(H) * d;
   const T* wk = w + int64_t(k) * d * d;
   if (W_SMEM)
     for (int idx = threadIdx.x; idx < d * d; idx += blockDim.x) wt[(idx % d) * d + idx / d] = A(load(wk + idx));
-  const bool active = i < d;
+  const bool part = i < d;             // sums its j range for output i
+  const bool active = part && q == 0;  // owns output i: loads z, gamma, writes h
   const int64_t col = int64_t(k) * d + i;
   int nrows = int(min(int64_t(kRows), B - b0));
   if (active) {
@@ -72,23 +77,34 @@ __global__ void __launch_bounds__(1024) recurrence_fwd_kernel(const T* __restric
       zn[r] = live ? A(load(z + off)) : A(0);
       gn[r] = live ? A(load(gamma + off)) : A(0);
     }
-    if (active) {
-      const Row4<A>* hp = hbuf + cur * d;
-      A acc[kRows];
+    const Row4<A>* hp = hbuf + cur * d;
+    Row4<A> acc;
 #pragma unroll
-      for (int r = 0; r < kRows; ++r) acc[r] = bi;
+    for (int r = 0; r < kRows; ++r) acc.r[r] = A(0);
+    if (part) {
 #pragma unroll 4
-      for (int j = 0; j < d; ++j) {
+      for (int j = jlo; j < jhi; ++j) {
         const A wij = W_SMEM ? wt[j * d + i] : A(load(wk + int64_t(i) * d + j));
         const Row4<A> hv = hp[j];
 #pragma unroll
-        for (int r = 0; r < kRows; ++r) acc[r] += wij * hv.r[r];
+        for (int r = 0; r < kRows; ++r) acc.r[r] += wij * hv.r[r];
+      }
+    }
+    if (split > 1) {
+      if (part && q > 0) red[q * d + i] = acc;
+      __syncthreads();
+    }
+    if (active) {
+      for (int qq = 1; qq < split; ++qq) {
+        const Row4<A> pr = red[qq * d + i];
+#pragma unroll
+        for (int r = 0; r < kRows; ++r) acc.r[r] += pr.r[r];
       }
       const Row4<A> old = hp[i];
       Row4<A> nxt;
 #pragma unroll
       for (int r = 0; r < kRows; ++r) {
-        nxt.r[r] = zc[r] * sigmoid(acc[r]) + gc[r] * old.r[r];
+        nxt.r[r] = zc[r] * sigmoid(acc.r[r] + bi) + gc[r] * old.r[r];
         if (r < nrows) store(h + ((b0 + r) * T_ + t) * D + col, nxt.r[r]);
       }
       hbuf[(cur ^ 1) * d + i] = nxt;
@@ -146,29 +162,37 @@ __global__ void __launch_bounds__(1024) recurrence_bwd_kernel(const T* __restric
                                       int64_t T_, int H, int d) {
   using A = acc_t<T>;
   extern __shared__ __align__(16) unsigned char smem[];
+  const int dp = (d + 31) / 32 * 32, split = blockDim.x / dp;  // split threads per output, one i range each
   Row4<A>* ebuf = reinterpret_cast<Row4<A>*>(smem);  // [2][d]: e_{t+1} and e_t, 4 rows each
-  A* ws = reinterpret_cast<A*>(ebuf + 2 * d);         // [d][d]: W[i][j] at i * d + j
-  const int k = blockIdx.y, j = threadIdx.x;
+  Row4<A>* red = ebuf + 2 * d;                        // [split][d]: partial sums of the i ranges
+  A* ws = reinterpret_cast<A*>(red + split * d);      // [d][d]: W[i][j] at i * d + j
+  const int k = blockIdx.y, j = threadIdx.x % dp, q = threadIdx.x / dp;
+  const int ispan = (d + split - 1) / split, ilo = min(d, q * ispan), ihi = min(d, ilo + ispan);
   const int64_t b0 = int64_t(blockIdx.x) * kRows, D = int64_t(H) * d;
   const T* wk = w + int64_t(k) * d * d;
   if (W_SMEM)
     for (int idx = threadIdx.x; idx < d * d; idx += blockDim.x) ws[idx] = A(load(wk + idx));
-  const bool active = j < d;
+  const bool part = j < d;             // sums its i range of W^T e for output j
+  const bool active = part && q == 0;  // owns output j: loads the step's inputs, writes the gradients
   const int64_t col = int64_t(k) * d + j;
   const int nrows = int(min(int64_t(kRows), B - b0));
   A delta[kRows], g_next[kRows];
-  A gc[kRows], zc[kRows], sc[kRows], hc[kRows], gmc[kRows];  // step t: G, z, s, h_{t-1}, gamma
-  A gn[kRows], zn[kRows], sn[kRows], hn[kRows], gmn[kRows];  // step t-1
-  auto fetch = [&](int64_t t, A* G, A* Z, A* S, A* Hp, A* Gm) {
+  // Step t's inputs in storage type, converted only where used: a conversion right after the load made every
+  // 16-bit step wait for its prefetch (bf16 ran this kernel at 7.3 ms against 4.0 ms for float).
+  T gc[kRows], zc[kRows], hc[kRows], gmc[kRows];  // step t: G, z, h_{t-1}, gamma
+  T gn[kRows], zn[kRows], hn[kRows], gmn[kRows];  // step t-1
+  A sc[kRows], sn[kRows];                         // s, float scratch
+  const T zero = T(0.0f);
+  auto fetch = [&](int64_t t, T* G, T* Z, A* S, T* Hp, T* Gm) {
 #pragma unroll
     for (int r = 0; r < kRows; ++r) {
       const bool live = active && r < nrows && t >= 0;
       const int64_t row = (b0 + r) * T_ + t, off = row * D + col;
-      G[r] = live ? A(load(grad + off)) : A(0);
-      Z[r] = live ? A(load(z + off)) : A(0);
+      G[r] = live ? grad[off] : zero;
+      Z[r] = live ? z[off] : zero;
       S[r] = live ? s[off] : A(0);
-      Gm[r] = live ? A(load(gamma + off)) : A(0);
-      Hp[r] = live ? h_prev(h, h0, row, T_, D, col) : A(0);
+      Gm[r] = live ? gamma[off] : zero;
+      Hp[r] = !live ? zero : (row % T_) > 0 ? h[off - D] : h0 ? h0[(b0 + r) * D + col] : zero;
     }
   };
   fetch(T_ - 1, gc, zc, sc, hc, gmc);
@@ -178,30 +202,44 @@ __global__ void __launch_bounds__(1024) recurrence_bwd_kernel(const T* __restric
   int cur = 0;
   for (int64_t t = T_ - 1; t >= 0; --t) {
     fetch(t - 1, gn, zn, sn, hn, gmn);
-    if (active) {
-      A wte[kRows] = {};
-      if (t < T_ - 1) {
-        const Row4<A>* ep = ebuf + cur * d;
+    A wte[kRows] = {};
+    if (part && t < T_ - 1) {
+      const Row4<A>* ep = ebuf + cur * d;
 #pragma unroll 4
-        for (int i = 0; i < d; ++i) {
-          const A wij = W_SMEM ? ws[i * d + j] : A(load(wk + int64_t(i) * d + j));
-          const Row4<A> ev = ep[i];
+      for (int i = ilo; i < ihi; ++i) {
+        const A wij = W_SMEM ? ws[i * d + j] : A(load(wk + int64_t(i) * d + j));
+        const Row4<A> ev = ep[i];
 #pragma unroll
-          for (int r = 0; r < kRows; ++r) wte[r] += wij * ev.r[r];
-        }
+        for (int r = 0; r < kRows; ++r) wte[r] += wij * ev.r[r];
+      }
+    }
+    if (split > 1) {
+      if (part && q > 0) {
+        Row4<A> pr;
+#pragma unroll
+        for (int r = 0; r < kRows; ++r) pr.r[r] = wte[r];
+        red[q * d + j] = pr;
+      }
+      __syncthreads();
+    }
+    if (active) {
+      for (int qq = 1; qq < split; ++qq) {
+        const Row4<A> pr = red[qq * d + j];
+#pragma unroll
+        for (int r = 0; r < kRows; ++r) wte[r] += pr.r[r];
       }
       Row4<A> e;
 #pragma unroll
       for (int r = 0; r < kRows; ++r) {
-        delta[r] = gc[r] + g_next[r] * delta[r] + wte[r];
-        e.r[r] = delta[r] * zc[r] * sc[r] * (A(1) - sc[r]);
+        delta[r] = to_acc(gc[r]) + g_next[r] * delta[r] + wte[r];
+        e.r[r] = delta[r] * to_acc(zc[r]) * sc[r] * (A(1) - sc[r]);
         if (r < nrows) {
           const int64_t off = ((b0 + r) * T_ + t) * D + col;
           e_out[off] = e.r[r];
           store(dz + off, delta[r] * sc[r]);
-          store(dgamma + off, delta[r] * hc[r]);
+          store(dgamma + off, delta[r] * to_acc(hc[r]));
         }
-        g_next[r] = gmc[r];
+        g_next[r] = to_acc(gmc[r]);
       }
       ebuf[(cur ^ 1) * d + j] = e;
     }
@@ -277,8 +315,13 @@ int launch_sequential(K1 kernel_smem, K2 kernel_global, dim3 grid, int d, cudaSt
   using A = acc_t<T>;
   DeviceLimits lim;
   if (int err = device_limits(&lim)) return err;
-  const size_t state = 2 * size_t(d) * sizeof(Row4<A>), wbytes = size_t(d) * d * sizeof(A);
-  const unsigned threads = unsigned((d + 31) / 32 * 32);
+  // Up to 8 threads per output (each a d/split range of the dot product): 4 threads per output of d = 128 ran
+  // one warp per SM scheduler, each step a chain of d dependent shared-memory loads and FMAs.
+  const int dp = (d + 31) / 32 * 32;
+  int split = 1;
+  while (split < 8 && dp * split * 2 <= 1024) split *= 2;
+  const size_t state = (2 + size_t(split)) * d * sizeof(Row4<A>), wbytes = size_t(d) * d * sizeof(A);
+  const unsigned threads = unsigned(dp * split);
   if (state + wbytes <= size_t(lim.smem_optin)) {
     MMREC_CHECK(cudaFuncSetAttribute(kernel_smem, cudaFuncAttributeMaxDynamicSharedMemorySize, int(state + wbytes)));
     kernel_smem<<<grid, threads, state + wbytes, stream>>>(args...);

@@ -22,7 +22,7 @@ namespace {
 
 constexpr int kWarps = 8;
 constexpr int kThreads = 32 * kWarps;
-constexpr int kGroup = 32;                // chunks per group (<= 32: one warp waits on all of them at once)
+constexpr int kGroup = 32;                // chunks per group (a multiple of kWarps: each warp folds kGroup / kWarps)
 
 template <class T, int VEC>
 struct alignas(sizeof(T) * VEC) Pack {
@@ -62,7 +62,7 @@ __global__ void __launch_bounds__(kThreads, 2) scan_kernel(const ScanArgs<T> p) 
   using P = Pack<T, VEC>;
   constexpr int kSteps = steps_of<T, VEC>(), kChunk = kWarps * kSteps;
   constexpr int kTile = 32 * VEC;
-  __shared__ float sA[kWarps][kTile], sH[kWarps][kTile], sCarry[kTile];
+  __shared__ float sA[kWarps][kTile], sH[kWarps][kTile], sFA[kWarps][kTile], sFH[kWarps][kTile], sCarry[kTile];
   __shared__ int sBlock;
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -126,10 +126,12 @@ __global__ void __launch_bounds__(kThreads, 2) scan_kernel(const ScanArgs<T> p) 
       PA[k] *= a;
     }
 
-  if (warp == 0) {
-    float TA[VEC], TH[VEC], init[VEC];
+  // The block's map (warp 0), published at once for the later chunks of its group: before this block waits on
+  // anything, so publishing never depends on another block.
+  float TA[VEC], TH[VEC];
 #pragma unroll
-    for (int k = 0; k < VEC; ++k) TA[k] = 1.0f, TH[k] = 0.0f, init[k] = 0.0f;
+  for (int k = 0; k < VEC; ++k) TA[k] = 1.0f, TH[k] = 0.0f;
+  if (warp == 0) {
     for (int w = 0; w < kWarps; ++w)
 #pragma unroll
       for (int k = 0; k < VEC; ++k) {
@@ -137,6 +139,53 @@ __global__ void __launch_bounds__(kThreads, 2) scan_kernel(const ScanArgs<T> p) 
         TH[k] = a * TH[k] + sH[w][lane * VEC + k];
         TA[k] *= a;
       }
+    if (p.nchunks > 1 && chunk % kGroup != kGroup - 1 && chunk + 1 < p.nchunks) {
+      float* dst = p.agg + (size_t(chunk) * p.ntiles + tile) * 2 * kTile + lane * VEC;
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) __stcg(dst + k, TA[k]), __stcg(dst + kTile + k, TH[k]);
+      __threadfence();
+      __syncwarp();
+      if (lane == 0) set_flag(p.agg_flag + size_t(chunk) * p.ntiles + tile);
+    }
+  }
+
+  // Each warp folds up to kGroup / kWarps of the earlier chunks of this chunk's group (their maps are loaded at
+  // once: one L2 round trip instead of one per 4 chunks on the critical path between groups).
+  if (p.nchunks > 1) {
+    constexpr int kPer = kGroup / kWarps;
+    const int first = chunk / kGroup * kGroup, lo = first + warp * kPer, cnt = min(kPer, chunk - lo);
+    if (lane < cnt) wait_flag(p.agg_flag + size_t(lo + lane) * p.ntiles + tile);
+    __syncwarp();
+    __threadfence();
+    float fa[kPer][VEC], fh[kPer][VEC];
+#pragma unroll
+    for (int q = 0; q < kPer; ++q) {
+      const float* src = p.agg + (size_t(lo + q) * p.ntiles + tile) * 2 * kTile + lane * VEC;
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) {
+        fa[q][k] = q < cnt ? __ldcg(src + k) : 1.0f;
+        fh[q][k] = q < cnt ? __ldcg(src + kTile + k) : 0.0f;
+      }
+    }
+    float wA[VEC], wH[VEC];
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) wA[k] = 1.0f, wH[k] = 0.0f;
+#pragma unroll
+    for (int q = kPer - 1; q >= 0; --q)
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) {
+        wH[k] = wA[k] * fh[q][k] + wH[k];
+        wA[k] *= fa[q][k];
+      }
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) sFA[warp][lane * VEC + k] = wA[k], sFH[warp][lane * VEC + k] = wH[k];
+    __syncthreads();
+  }
+
+  if (warp == 0) {
+    float init[VEC];
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) init[k] = 0.0f;
     if (!BWD && p.h0 && valid) {
       const P h0v = *reinterpret_cast<const P*>(p.h0 + ch);
 #pragma unroll
@@ -146,32 +195,17 @@ __global__ void __launch_bounds__(kThreads, 2) scan_kernel(const ScanArgs<T> p) 
 #pragma unroll
     for (int k = 0; k < VEC; ++k) carry[k] = init[k];
     if (p.nchunks > 1) {
-      const int group = chunk / kGroup, first = group * kGroup;
+      const int group = chunk / kGroup;
       const bool last_in_group = chunk % kGroup == kGroup - 1;
-      if (!last_in_group && chunk + 1 < p.nchunks) {  // publish this chunk's map for the rest of its group
-        float* dst = p.agg + (size_t(chunk) * p.ntiles + tile) * 2 * kTile + lane * VEC;
-#pragma unroll
-        for (int k = 0; k < VEC; ++k) __stcg(dst + k, TA[k]), __stcg(dst + kTile + k, TH[k]);
-        __threadfence();
-        __syncwarp();
-        if (lane == 0) set_flag(p.agg_flag + size_t(chunk) * p.ntiles + tile);
-      }
-      if (lane < chunk - first) wait_flag(p.agg_flag + size_t(first + lane) * p.ntiles + tile);
-      __syncwarp();
-      __threadfence();
-      float accA[VEC], accH[VEC];  // map of chunks first .. chunk-1, folded from the nearest one back
+      float accA[VEC], accH[VEC];  // map of chunks first .. chunk-1 (the warps' partial maps, nearest first)
 #pragma unroll
       for (int k = 0; k < VEC; ++k) accA[k] = 1.0f, accH[k] = 0.0f;
-#pragma unroll 4
-      for (int j = chunk - 1; j >= first; --j) {
-        const float* src = p.agg + (size_t(j) * p.ntiles + tile) * 2 * kTile + lane * VEC;
+      for (int w = kWarps - 1; w >= 0; --w)
 #pragma unroll
         for (int k = 0; k < VEC; ++k) {
-          const float a = __ldcg(src + k), hh = __ldcg(src + kTile + k);
-          accH[k] = accA[k] * hh + accH[k];
-          accA[k] *= a;
+          accH[k] = accA[k] * sFH[w][lane * VEC + k] + accH[k];
+          accA[k] *= sFA[w][lane * VEC + k];
         }
-      }
       if (group > 0) {
         const size_t gslot = size_t(group) * p.ntiles + tile;
         if (lane == 0) wait_flag(p.grp_flag + gslot);
