@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from mmrec_model import MMRecLM
 
-from conftest import tiny_config
+from .conftest import tiny_config
 
 V = 97
 

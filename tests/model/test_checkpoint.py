@@ -5,7 +5,7 @@ import torch
 
 from mmrec_model import MMRecLM
 
-from conftest import tiny_model
+from .conftest import tiny_model
 
 V = 97
 

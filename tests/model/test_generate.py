@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from conftest import rel_err, tiny_model
+from .conftest import rel_err, tiny_model
 
 V = 97
 

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from mmrec_model import MMRecConfig, MMRecLM, MMRecState
 
-from conftest import rel_err, tiny_model
+from .conftest import rel_err, tiny_model
 
 V = 97
 

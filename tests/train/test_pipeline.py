@@ -13,7 +13,7 @@ from mmrec_model import MMRecLM, train
 from mmrec_model.checkpoint import latest_checkpoint, load_trainer_state
 from mmrec_model.tokenizer import Tokenizer
 
-from conftest import read_metrics
+from .conftest import read_metrics
 
 STEPS = "6"
 
