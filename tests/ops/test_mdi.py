@@ -125,13 +125,13 @@ def test_clamped_decays_have_zero_gradient(backend, device):
     clamped banks (torch.clamp's mask), and every gradient equals autograd through the reference."""
     g = torch.Generator().manual_seed(0)
     B, T, N, D = 2, 7, 3, 5
-    v = leaf(torch.randn(B, T, D, generator=g, dtype=torch.float64))
+    v = torch.randn(B, T, D, generator=g, dtype=torch.float64)
     mod = torch.randn(B, T, N, generator=g, dtype=torch.float64)
     mod[..., 0], mod[..., 1] = 30.0, -30.0
     base = torch.randn(N, D, generator=g, dtype=torch.float64)
     base[0], base[1] = 30.0, 0.5
-    mod, base = leaf(mod), leaf(base)
-    m0 = leaf(torch.randn(B, N, D, generator=g, dtype=torch.float64))
+    m0 = torch.randn(B, N, D, generator=g, dtype=torch.float64)
+    v, mod, base, m0 = (leaf(x.to(device)) for x in (v, mod, base, m0))
     inputs = [v, mod, base, m0]
     got = grads(run(backend, mmrec_ops.mdi, *inputs), inputs)
     want = grads(reference.mdi(*inputs), inputs)
@@ -156,10 +156,11 @@ def test_backward_writes_dm0_without_m0(backend, device):
                                                                                   dtype=torch.float64)
     base = torch.randn(N, D, generator=g, dtype=torch.float64)
     grad = torch.randn(B, T, N, D, generator=g, dtype=torch.float64)
+    v, mod, base, grad = (x.to(device) for x in (v, mod, base, grad))
     with mmrec_ops.backend(backend):
         m = mmrec_ops.mdi(v, mod, base)
         dv, dmod, dbase, dm0 = torch.ops.mmrec.mdi_backward(grad, v, mod, base, None, m, 1e-6, backend)
-    zeros = leaf(torch.zeros(B, N, D, dtype=torch.float64))
+    zeros = leaf(torch.zeros(B, N, D, dtype=torch.float64, device=device))
     xs = [leaf(v), leaf(mod), leaf(base), zeros]
     want = torch.autograd.grad(reference.mdi(*xs), xs, grad)
     for name, gt, wt in zip("v mod base m0".split(), (dv, dmod, dbase, dm0), want):

@@ -89,13 +89,13 @@ def test_zero_strength_writes_nothing(backend, device):
     """strength = 0: every Ms[:, c] is M0 bit for bit, and key and value get exactly zero gradient."""
     g = torch.Generator().manual_seed(0)
     B, NC, S, D = 2, 6, 5, 7
-    M0, key, value = (leaf(torch.randn(*shape, generator=g, dtype=torch.float64))
+    M0, key, value = (leaf(torch.randn(*shape, generator=g, dtype=torch.float64).to(device))
                       for shape in ((B, S, D), (B, NC, D), (B, NC, D)))
-    strength = leaf(torch.zeros(B, NC, dtype=torch.float64))
+    strength = leaf(torch.zeros(B, NC, dtype=torch.float64, device=device))
     xs = [M0, key, value, strength]
     Ms = run(backend, mmrec_ops.memory_update, *xs)
     assert torch.equal(Ms, M0.detach()[:, None].expand_as(Ms))
-    G = torch.randn(Ms.shape, generator=g, dtype=torch.float64)
+    G = torch.randn(Ms.shape, generator=g, dtype=torch.float64).to(device)
     dM0, dkey, dvalue, dstrength = torch.autograd.grad(Ms, xs, G)
     assert torch.all(dkey == 0) and torch.all(dvalue == 0)
     assert_close(dM0, G.sum(1), 1e-12, "dM0 = sum of grad over chunks")
@@ -108,9 +108,8 @@ def test_one_slot_full_strength_copies_the_value(backend, device):
     """S = 1 and strength = 1: the single slot is fully addressed and becomes value_c."""
     g = torch.Generator().manual_seed(1)
     B, NC, D = 3, 5, 9
-    M0, key, value = torch.randn(B, 1, D, generator=g), torch.randn(B, NC, D, generator=g), \
-        torch.randn(B, NC, D, generator=g)
-    Ms = run(backend, mmrec_ops.memory_update, M0, key, value, torch.ones(B, NC))
+    M0, key, value = (torch.randn(*shape, generator=g).to(device) for shape in ((B, 1, D), (B, NC, D), (B, NC, D)))
+    Ms = run(backend, mmrec_ops.memory_update, M0, key, value, torch.ones(B, NC, device=device))
     assert_close(Ms[:, 1:, 0], value, 1e-6, "Ms[:, c+1, 0] = value_c")
 
 
