@@ -70,11 +70,13 @@ def test_gradcheck_every_input(backend, device, reverse):
 
 
 @pytest.mark.parametrize("backend,device", [c for c in CASES if c.values[0] != "ref"])
-def test_cumulative_product_over_65536_steps(backend, device):
-    """prod_{i<=t} gamma_i = scan(gamma, 0, h0=1) in float32 against the float64 product: no log-space
+def test_cumulative_product_over_long_sequences(backend, device):
+    """prod_{i<=t} gamma_i = scan(gamma, 0, h0=1) over 65,536 steps in float32 against the float64 product: no log-space
     round trip, so no drift and no NaN where the product underflows."""
     g = torch.Generator().manual_seed(0)
-    gamma = (0.9 + 0.1 * torch.rand(2, 65536, 8, generator=g)).clamp(max=1 - 2**-24).to(device)
+    # Triton's CPU interpreter executes every tile op in Python: minutes at T = 65,536, so 4,096 there.
+    T = 4096 if backend == "triton" and device == "cpu" else 65536
+    gamma = (0.9 + 0.1 * torch.rand(2, T, 8, generator=g)).clamp(max=1 - 2**-24).to(device)
     want = torch.cumprod(gamma.double(), dim=1)
     zero = torch.zeros(1, 1, 1, device=device).expand_as(gamma)
     prod = run(backend, mmrec_ops.scan, gamma, zero, torch.ones(2, 8, device=device))
