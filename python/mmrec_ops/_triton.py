@@ -106,12 +106,14 @@ def scan_backward(grad: Tensor, a: Tensor, h: Tensor, h0: Optional[Tensor], reve
 RECURRENCE_FP32_PRECISION = os.environ.get("MMREC_TRITON_FP32_DOT", "3xtf32")
 RECURRENCE_STAGES = 2  # software-pipelined z/gamma/grad loads: H100 d=128 backward fp32 10.2 ms vs 12.0 (1 stage)
 MAX_HEAD_DIM = 128
+MAX_HEAD_DIM_FLOAT64 = 64  # H100: float64 W at d = 128 asked for 360 KB of shared memory (limit 227 KB)
 
 
 def _rec_config(B: int, d: int, dtype: torch.dtype):
-    if d > MAX_HEAD_DIM:
-        raise ValueError(f"mmrec.recurrence: the triton backend handles head dimensions d = D / H <= {MAX_HEAD_DIM}, "
-                         f"got d = {d}; use more heads (w: [H, d, d]) or the cuda/cpu backend")
+    limit = MAX_HEAD_DIM_FLOAT64 if dtype == torch.float64 and not INTERPRET else MAX_HEAD_DIM
+    if d > limit:
+        raise ValueError(f"mmrec.recurrence: the triton backend handles head dimensions d = D / H <= {limit} "
+                         f"for {dtype}, got d = {d}; use more heads (w: [H, d, d]) or the cuda/cpu backend")
     block_h = max(16, triton.next_power_of_2(d))
     block_b = 16
     if dtype == torch.float64:

@@ -13,8 +13,9 @@ from mmrec_ops import backends, reference
 
 try:
     from mmrec_ops._triton import MAX_HEAD_DIM as TRITON_MAX_HEAD_DIM
+    from mmrec_ops._triton import MAX_HEAD_DIM_FLOAT64 as TRITON_MAX_HEAD_DIM_FLOAT64
 except ImportError:  # triton not installed: no triton case is collected
-    TRITON_MAX_HEAD_DIM = None
+    TRITON_MAX_HEAD_DIM = TRITON_MAX_HEAD_DIM_FLOAT64 = None
 
 from .common import assert_close, backend_cases, dtypes_for, grads, layout, leaf, run, tol_for
 
@@ -80,7 +81,8 @@ def test_matches_reference_property(backend, device, data):
 def test_gradients_float64(backend, device, H, d, B, T):
     """Sequences longer than the kernel's dW fold (64 rows) and several batch rows per task."""
     args = _inputs(torch.Generator().manual_seed(d + T), B, T, H, d, torch.float64, device)
-    if backend == "triton" and d > TRITON_MAX_HEAD_DIM:  # a documented limit: it must refuse clearly
+    triton_limit = TRITON_MAX_HEAD_DIM_FLOAT64 if device == "cuda" else TRITON_MAX_HEAD_DIM  # float64 here
+    if backend == "triton" and d > triton_limit:  # a documented limit: it must refuse clearly
         with pytest.raises(ValueError, match="head dimensions"):
             run(backend, mmrec_ops.recurrence, *args)
         return
