@@ -80,9 +80,14 @@ def test_low_precision_gradients(backend, device, dtype, p):
     got = grads(run(backend, mmrec_ops.memory_update, *xs), xs, p["seed"])
     xs64 = [leaf(x.detach().double()) for x in xs]
     want = grads(reference.memory_update(*xs64), xs64, p["seed"])
+    # Errors are measured against the largest gradient of the call: with near one-hot addressing dkey is
+    # ~1e-14 (softmax saturated), and its own max is no scale for float32 rounding (seen: 2.1e-14 vs 2.5e-14).
+    scale = max(w.abs().max().item() for w in want)
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
     for name, g, w in zip(NAMES, got, want):
         assert g.dtype == dtype
-        assert_close(g, w, 1e-4 if dtype == torch.float32 else 3e-2, f"d{name}")
+        err = (g.double() - w).abs().max().item()
+        assert err <= tol * scale, f"d{name}: max|out-ref| = {err:.3e} > {tol:.0e} x largest gradient {scale:.3e}"
 
 
 @pytest.mark.parametrize("backend,device", CASES)
