@@ -9,7 +9,6 @@ grad, v, mod, base, m, m0 and writes dv, dmod, dbase, dm0 (the big terms: m and 
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Callable, Dict, List, Tuple
@@ -18,7 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mmrec_ops  # noqa: E402
-from common import Row, copy_bandwidth_gbs, print_table, save, time_ms  # noqa: E402
+from common import Row, run_cpu_op_bench  # noqa: E402
 
 SHAPES = [(8, 1024, 4, 512), (1, 8192, 4, 256), (8, 128, 4, 512)]  # (B, T, N, D)
 # The reference's backward is quadratic in T (autograd of gamma[:, t] adds a full [B, T, N, D] zero tensor
@@ -54,19 +53,6 @@ IMPLS: Dict[str, Callable] = {"mmrec-cpu (fused)": fused, "unfused (torch + mmre
                               REFERENCE: reference}
 
 
-def reuse_freed_memory() -> None:
-    """glibc serves allocations of 32 MB and more with mmap and unmaps them on free, so every call that
-    returns a big tensor first-touches fresh pages (on the shared 2-core VM: torch.empty(64 MB).fill_ took
-    84 ms against 12 ms for fill_ of a live tensor). Serving everything from the heap and never trimming it
-    measures the kernels instead; the copy bandwidth reference never page-faults either. It distorts the
-    torch baselines (the reference loops ran 2-10x slower with it on the shared VM): read GB/s and %copy of
-    the fused kernel from a run with it, speed-ups from a run without."""
-    import ctypes
-    libc = ctypes.CDLL("libc.so.6")
-    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
-    if not (libc.mallopt(M_MMAP_MAX, 0) and libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)):
-        raise RuntimeError("mallopt failed")
-
 
 def make_inputs(shape: Tuple[int, int, int, int], dtype, grad: bool):
     B, T, N, D = shape
@@ -101,39 +87,12 @@ def bench_case(fn, shape, dtype, pass_: str):
 
 
 def main(argv=None) -> List[Row]:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--skip", nargs="*", default=[], help="implementations to leave out (substring match)")
-    p.add_argument("--reuse-memory", action="store_true",
-                   help="keep freed memory in the process (glibc mallopt), so fresh outputs do not page-fault")
-    args = p.parse_args(argv)
-    if args.reuse_memory:
-        reuse_freed_memory()
-    copy_gbs = copy_bandwidth_gbs("cpu")
-    rows: List[Row] = []
-    dtype = torch.float32
-    for shape in (QUICK_SHAPES if args.quick else SHAPES):
-        for name, fn in IMPLS.items():
-            if any(s in name for s in args.skip):
-                continue
-            for pass_ in ("fwd", "fwd+bwd"):
-                if name == REFERENCE and pass_ == "fwd+bwd" and shape[1] > REFERENCE_BWD_MAX_T:
-                    print(f"# {shape} {name} {pass_}: skipped (quadratic in T)", file=sys.stderr)
-                    continue
-                # The reference loop is 10-100x slower: one warm-up and three samples are enough for the ratio.
-                ms = time_ms(bench_case(fn, shape, dtype, pass_), "cpu",
-                             warmup=1 if name == REFERENCE else 2, repeat=3 if name == REFERENCE else 9,
-                             max_seconds=60.0 if name == REFERENCE else 20.0)
-                gbs = floor_elements(shape, pass_) * 4 / (ms * 1e-3) / 1e9
-                print(f"# {shape} {name} {pass_}: {ms:.2f} ms", file=sys.stderr, flush=True)
-                rows.append(Row("mdi", "x".join(map(str, shape)), "float32", name, pass_, ms, gbs))
-    print_table(rows, copy_gbs, baseline=REFERENCE)
-    cmd = "python bench/bench_mdi.py" + (" --quick" if args.quick else "") + \
-        (" --reuse-memory" if args.reuse_memory else "")
-    name = "mdi_cpu" + ("_quick" if args.quick else "") + ("_reuse" if args.reuse_memory else "")
-    print("wrote", save(name, rows, copy_gbs, cmd))
-    return rows
+    def quadratic_reference(shape, name, pass_):
+        too_long = name == REFERENCE and pass_ == "fwd+bwd" and shape[1] > REFERENCE_BWD_MAX_T
+        return "quadratic in T" if too_long else None
 
+    return run_cpu_op_bench("mdi", "bench_mdi.py", SHAPES, QUICK_SHAPES, IMPLS, REFERENCE, bench_case,
+                            floor_elements, skip=quadratic_reference, argv=argv)
 
 if __name__ == "__main__":
     main()

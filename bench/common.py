@@ -109,3 +109,61 @@ def save(name: str, rows: List[Row], copy_gbs: float, command: str, out_dir: Opt
         row.pop("pass_")
     path.write_text(json.dumps(payload, indent=1))
     return path
+
+
+def reuse_freed_memory() -> None:
+    """glibc serves allocations of 32 MB and more with mmap and unmaps them on free, so every call that
+    returns a big tensor first-touches fresh pages (on the shared 2-core VM: torch.empty(64 MB).fill_ took
+    84 ms against 12 ms for fill_ of a live tensor). Serving everything from the heap and never trimming it
+    measures the kernels instead; the copy bandwidth reference never page-faults either. It distorts the
+    torch baselines (the reference loops ran 2-10x slower with it on the shared VM): read GB/s and %copy of
+    the fused kernel from a run with it, speed-ups from a run without."""
+    import ctypes
+    libc = ctypes.CDLL("libc.so.6")
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+    if not (libc.mallopt(M_MMAP_MAX, 0) and libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)):
+        raise RuntimeError("mallopt failed")
+
+
+def run_cpu_op_bench(op: str, script: str, shapes, quick_shapes, impls: Dict[str, Callable], reference: str,
+                     bench_case: Callable, floor_elements: Callable, flops: Optional[Callable] = None,
+                     skip: Optional[Callable] = None, argv=None) -> List[Row]:
+    """The CPU op benchmarks' shared driver: flags, timing of every (shape, implementation, pass), the table
+    and the JSON. bench_case(fn, shape, dtype, pass_) -> step; floor_elements/flops(shape, pass_) -> counts;
+    skip(shape, name, pass_) -> reason or None."""
+    import argparse
+    import sys
+    p = argparse.ArgumentParser(description=sys.modules["__main__"].__doc__)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--skip", nargs="*", default=[], help="implementations to leave out (substring match)")
+    p.add_argument("--reuse-memory", action="store_true",
+                   help="keep freed memory in the process (glibc mallopt), so fresh outputs do not page-fault")
+    args = p.parse_args(argv)
+    if args.reuse_memory:
+        reuse_freed_memory()
+    copy_gbs = copy_bandwidth_gbs("cpu")
+    rows: List[Row] = []
+    dtype = torch.float32
+    for shape in (quick_shapes if args.quick else shapes):
+        for name, fn in impls.items():
+            if any(s in name for s in args.skip):
+                continue
+            for pass_ in ("fwd", "fwd+bwd"):
+                reason = skip(shape, name, pass_) if skip else None
+                if reason:
+                    print(f"# {shape} {name} {pass_}: skipped ({reason})", file=sys.stderr)
+                    continue
+                # The reference loop is 10-100x slower: one warm-up and three samples are enough for the ratio.
+                ms = time_ms(bench_case(fn, shape, dtype, pass_), "cpu",
+                             warmup=1 if name == reference else 2, repeat=3 if name == reference else 9,
+                             max_seconds=60.0 if name == reference else 20.0)
+                gbs = floor_elements(shape, pass_) * 4 / (ms * 1e-3) / 1e9
+                print(f"# {shape} {name} {pass_}: {ms:.2f} ms", file=sys.stderr, flush=True)
+                rows.append(Row(op, "x".join(map(str, shape)), "float32", name, pass_, ms, gbs,
+                                flops(shape, pass_) / (ms * 1e-3) / 1e9 if flops else None))
+    print_table(rows, copy_gbs, baseline=reference)
+    cmd = f"python bench/{script}" + (" --quick" if args.quick else "") + \
+        (" --reuse-memory" if args.reuse_memory else "")
+    name = f"{op}_cpu" + ("_quick" if args.quick else "") + ("_reuse" if args.reuse_memory else "")
+    print("wrote", save(name, rows, copy_gbs, cmd))
+    return rows
