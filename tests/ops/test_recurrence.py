@@ -45,9 +45,18 @@ def _check(backend, args, dtype, grad_tol, what):
     got = grads(out, [x for x in args if x is not None])
     want = grads(ref, [x for x in ref_args if x is not None])
     names = [n for n, x in zip(("z", "gamma", "w", "bias", "h0"), args) if x is not None]
+    # dw and dbias are sums over B*T terms that can cancel: at B=3 T=2 d=1 a float32 dw of 1e-4 came from terms of
+    # ~1e-1 (5e-4 relative error on the H100 triton backend, with fp32-exact products). Below float64 they are
+    # measured against the largest gradient of the call, the scale of the terms they sum.
+    largest = max(w.abs().max().item() for w in want)
     for name, g, w in zip(names, got, want):
         assert g is not None and g.dtype == dtype, f"{what}: no {dtype} gradient for {name}"
-        assert_close(g, w, grad_tol, f"{what} d{name}")
+        if name in ("w", "bias") and dtype != torch.float64:
+            err = (g.double().cpu() - w.cpu()).abs().max().item()  # NaN fails the <= below
+            assert err <= grad_tol * largest, (f"{what} d{name}: max|out-ref| = {err:.3e} > {grad_tol:.0e} x "
+                                               f"largest gradient {largest:.3e}")
+        else:
+            assert_close(g, w, grad_tol, f"{what} d{name}")
 
 
 GAMMA = {"near0": (0.0, 1e-3), "mid": (0.3, 0.9), "near1": (1 - 1e-3, 1.0)}
