@@ -12,6 +12,7 @@
 // launch order from an atomic ticket, so every block waits only on blocks already running.
 // float64 runs a plain kernel (one thread per channel, sequential in time).
 #include <climits>
+#include <cstdlib>
 #include <type_traits>
 
 #include "cuda/check.cuh"
@@ -25,7 +26,7 @@ constexpr int kThreads = 32 * kWarps;
 constexpr int kGroup = 32;                // chunks per group (a multiple of kWarps: each warp folds kGroup / kWarps)
 
 template <class T, int VEC>
-struct alignas(sizeof(T) * VEC) Pack {
+struct alignas(sizeof(T) * VEC < 16 ? sizeof(T) * VEC : 16) Pack {
   T v[VEC];
 };
 
@@ -54,13 +55,11 @@ __device__ __forceinline__ void wait_flag(const int* flag) {
 }
 __device__ __forceinline__ void set_flag(int* flag) { *reinterpret_cast<volatile int*>(flag) = 1; }
 
-// Steps per thread (16 steps of 16-bit types spill at two blocks per multiprocessor).
-template <class T, int VEC> __host__ __device__ constexpr int steps_of() { return 8; }
-
-template <class T, int VEC, bool BWD>
-__global__ void __launch_bounds__(kThreads, 2) scan_kernel(const ScanArgs<T> p) {
+// VEC channels and STEPS steps per thread, MINB blocks per multiprocessor (__launch_bounds__).
+template <class T, int VEC, int STEPS, int MINB, bool BWD>
+__global__ void __launch_bounds__(kThreads, MINB) scan_kernel(const ScanArgs<T> p) {
   using P = Pack<T, VEC>;
-  constexpr int kSteps = steps_of<T, VEC>(), kChunk = kWarps * kSteps;
+  constexpr int kSteps = STEPS, kChunk = kWarps * kSteps;
   constexpr int kTile = 32 * VEC;
   __shared__ float sA[kWarps][kTile], sH[kWarps][kTile], sFA[kWarps][kTile], sFH[kWarps][kTile], sCarry[kTile];
   __shared__ int sBlock;
@@ -274,9 +273,9 @@ __global__ void __launch_bounds__(kThreads, 2) scan_kernel(const ScanArgs<T> p) 
   }
 }
 
-template <class T, int VEC, bool BWD>
+template <class T, int VEC, int STEPS, int MINB, bool BWD>
 int launch_scan(ScanArgs<T> p, cudaStream_t stream) {
-  constexpr int64_t kTile = 32 * VEC, kChunk = kWarps * steps_of<T, VEC>();
+  constexpr int64_t kTile = 32 * VEC, kChunk = kWarps * STEPS;
   const int64_t ntiles = (p.B * p.D + kTile - 1) / kTile, nchunks = (p.len + kChunk - 1) / kChunk;
   const int64_t ngroups = (nchunks + kGroup - 1) / kGroup;
   if (ntiles * nchunks > INT_MAX) return int(cudaErrorInvalidConfiguration);
@@ -295,16 +294,37 @@ int launch_scan(ScanArgs<T> p, cudaStream_t stream) {
     p.ticket = flags + nflags - 1;
     MMREC_CHECK(cudaMemsetAsync(flags, 0, nflags * sizeof(int), stream));
   }
-  scan_kernel<T, VEC, BWD><<<unsigned(ntiles * nchunks), kThreads, 0, stream>>>(p);
+  scan_kernel<T, VEC, STEPS, MINB, BWD><<<unsigned(ntiles * nchunks), kThreads, 0, stream>>>(p);
   MMREC_CHECK_LAUNCH();
   return 0;
 }
 
+// Tile shapes (VEC, STEPS, MINB) for the tuning sweep bench/scan_variants.py; MMREC_CUDA_SCAN_VARIANT picks one
+// (read once), -1 or unset = the default below. Variant 0 was the default of the first device runs.
+int scan_variant() {
+  static const int variant = [] {
+    const char* env = std::getenv("MMREC_CUDA_SCAN_VARIANT");
+    return env ? std::atoi(env) : -1;
+  }();
+  return variant;
+}
+
 template <class T, bool BWD>
 int launch_scan_any(const ScanArgs<T>& p, bool all_aligned, cudaStream_t stream) {
-  constexpr int kVec = 4;  // 16-byte loads of float, 8-byte of bfloat16/float16 (more spills registers)
-  if (all_aligned && p.D % kVec == 0) return launch_scan<T, kVec, BWD>(p, stream);
-  return launch_scan<T, 1, BWD>(p, stream);
+  if (all_aligned && p.D % 8 == 0 && !std::is_same_v<T, __half>) {
+    switch (scan_variant()) {
+      case 1: return launch_scan<T, 4, 8, 3, BWD>(p, stream);
+      case 2: return launch_scan<T, 4, 8, 4, BWD>(p, stream);
+      case 3: return launch_scan<T, 4, 16, 2, BWD>(p, stream);
+      case 4: return launch_scan<T, 8, 8, 2, BWD>(p, stream);
+      case 5: return launch_scan<T, 8, 8, 3, BWD>(p, stream);
+      case 6: return launch_scan<T, 8, 4, 4, BWD>(p, stream);
+      case 7: return launch_scan<T, 4, 4, 4, BWD>(p, stream);
+      default: break;
+    }
+  }
+  if (all_aligned && p.D % 4 == 0) return launch_scan<T, 4, 8, 2, BWD>(p, stream);
+  return launch_scan<T, 1, 8, 2, BWD>(p, stream);
 }
 
 // float64: one thread per channel, sequential over t.
