@@ -68,8 +68,8 @@ def scan_peers(a: torch.Tensor, b: torch.Tensor, which: str, skip: set) -> Dict[
 
     peers["accel-scan triton"] = accel("scalar")
     if "warp" not in skip:
-        if a.dtype == torch.bfloat16 and which != "fwd":
-            peers["accel-scan warp"] = "skipped: its bf16 backward fails with an illegal memory access upstream"
+        if a.dtype == torch.bfloat16:  # H100, torch 2.11: the forward too (bench/results/peers/README.md)
+            peers["accel-scan warp"] = "skipped: bf16 fails with an illegal memory access (loses the CUDA context)"
         else:
             peers["accel-scan warp"] = accel("warp")
 

@@ -31,6 +31,8 @@ fi
 for s in ${STEPS:-variants tritontests peers}; do
   case $s in
     variants) step variants 200 python3 bench/scan_variants.py --out "$OUT/scan_variants.json" ;;
+    scantests) step scantests 150 python3 -m pytest tests/ops/test_scan.py tests/ops/test_contract.py -q \
+      -p no:cacheprovider -k "scan and cuda-cuda" ;;
     tritontests) step tritontests 150 python3 -m pytest tests/ops/test_recurrence.py -q -p no:cacheprovider \
       -k triton-cuda ;;
     peers) step peers "${PEERS_TIMEOUT:-300}" python3 bench/bench_peers.py --out "$OUT/peers.json" ${PEERS_ARGS:-} ;;

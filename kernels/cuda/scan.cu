@@ -12,7 +12,6 @@
 // launch order from an atomic ticket, so every block waits only on blocks already running.
 // float64 runs a plain kernel (one thread per channel, sequential in time).
 #include <climits>
-#include <cstdlib>
 #include <type_traits>
 
 #include "cuda/check.cuh"
@@ -299,29 +298,90 @@ int launch_scan(ScanArgs<T> p, cudaStream_t stream) {
   return 0;
 }
 
-// Tile shapes (VEC, STEPS, MINB) for the tuning sweep bench/scan_variants.py; MMREC_CUDA_SCAN_VARIANT picks one
-// (read once), -1 or unset = the default below. Variant 0 was the default of the first device runs.
-int scan_variant() {
-  static const int variant = [] {
-    const char* env = std::getenv("MMREC_CUDA_SCAN_VARIANT");
-    return env ? std::atoi(env) : -1;
-  }();
-  return variant;
+// Streaming kernel, for B*D wide enough to fill the GPU with one block per 32 channels: the block walks all of T
+// in chunks of kWarps * STEPS steps (a thread: one channel, STEPS steps), composing the warps' maps through shared
+// memory and carrying the state into the next chunk; no block waits on another. The next chunk's inputs are
+// loaded before the current chunk is combined, so the loads of one chunk overlap the arithmetic of the last.
+template <class T, int STEPS, bool BWD>
+__global__ void __launch_bounds__(kThreads) scan_stream_kernel(const ScanArgs<T> p) {
+  constexpr int kChunk = kWarps * STEPS;
+  __shared__ float sA[kWarps][32], sH[kWarps][32], sCarry[32];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t ch = int64_t(blockIdx.x) * 32 + lane;  // flat channel b*D + d
+  const bool valid = ch < p.B * p.D;
+  const int64_t row = valid ? (ch / p.D) * p.len * p.D + ch % p.D : 0;
+  const int64_t step = p.flip ? -p.D : p.D;
+  const int64_t nchunks = (p.len + kChunk - 1) / kChunk;
+
+  T c[STEPS], x[STEPS], hp[BWD ? STEPS : 1];  // this chunk's coefficients, inputs and (backward) h_{t-1}
+  T cn[STEPS], xn[STEPS], hpn[BWD ? STEPS : 1];
+  auto load = [&](int64_t chunk, T* cc, T* xx, T* hh) {
+#pragma unroll
+    for (int i = 0; i < STEPS; ++i) {
+      const int64_t u = chunk * kChunk + warp * STEPS + i;
+      cc[i] = cvt<T>(1.0f), xx[i] = cvt<T>(0.0f);
+      if (BWD) hh[i] = cvt<T>(0.0f);
+      if (valid && u < p.len) {
+        const int64_t off = row + (p.flip ? p.len - 1 - u : u) * p.D;
+        xx[i] = p.x[off];
+        if (!BWD) {
+          cc[i] = p.coef[off];
+        } else {
+          cc[i] = u == 0 ? cvt<T>(0.0f) : p.coef[off - step];  // a_{s+1}
+          if (u != p.len - 1) hh[i] = p.h[off + step];
+          else if (p.h0) hh[i] = p.h0[ch];
+        }
+      }
+    }
+  };
+  load(0, c, x, hp);
+  if (threadIdx.x < 32) sCarry[lane] = (!BWD && p.h0 && valid) ? to_acc(p.h0[ch]) : 0.0f;
+
+  for (int64_t chunk = 0; chunk < nchunks; ++chunk) {
+    if (chunk + 1 < nchunks) load(chunk + 1, cn, xn, hpn);
+    float A = 1.0f, H = 0.0f;
+#pragma unroll
+    for (int i = 0; i < STEPS; ++i) {
+      const float a = to_acc(c[i]);
+      H = a * H + to_acc(x[i]);
+      A *= a;
+    }
+    sA[warp][lane] = A, sH[warp][lane] = H;
+    __syncthreads();
+    float y = sCarry[lane];
+    for (int w = 0; w < warp; ++w) y = sA[w][lane] * y + sH[w][lane];
+#pragma unroll
+    for (int i = 0; i < STEPS; ++i) {
+      const int64_t u = chunk * kChunk + warp * STEPS + i;
+      y = to_acc(c[i]) * y + to_acc(x[i]);
+      if (valid && u < p.len) {
+        const int64_t off = row + (p.flip ? p.len - 1 - u : u) * p.D;
+        p.y[off] = cvt<T>(y);
+        if (BWD) {
+          p.da[off] = cvt<T>(y * to_acc(hp[i]));
+          if (u == p.len - 1) p.dh0[ch] = cvt<T>(to_acc(p.coef[off]) * y);  // logical step 0: dh0 = a_0 delta_0
+        }
+      }
+    }
+    __syncthreads();  // every warp has read sA, sH and sCarry
+    if (warp == kWarps - 1) sCarry[lane] = y;  // padding steps are the identity: y is the state after the chunk
+#pragma unroll
+    for (int i = 0; i < STEPS; ++i) {
+      c[i] = cn[i], x[i] = xn[i];
+      if (BWD) hp[i] = hpn[i];
+    }
+  }
 }
 
 template <class T, bool BWD>
 int launch_scan_any(const ScanArgs<T>& p, bool all_aligned, cudaStream_t stream) {
-  if (all_aligned && p.D % 8 == 0 && !std::is_same_v<T, __half>) {
-    switch (scan_variant()) {
-      case 1: return launch_scan<T, 4, 8, 3, BWD>(p, stream);
-      case 2: return launch_scan<T, 4, 8, 4, BWD>(p, stream);
-      case 3: return launch_scan<T, 4, 16, 2, BWD>(p, stream);
-      case 4: return launch_scan<T, 8, 8, 2, BWD>(p, stream);
-      case 5: return launch_scan<T, 8, 8, 3, BWD>(p, stream);
-      case 6: return launch_scan<T, 8, 4, 4, BWD>(p, stream);
-      case 7: return launch_scan<T, 4, 4, 4, BWD>(p, stream);
-      default: break;
-    }
+  DeviceLimits lim;
+  if (int err = device_limits(&lim)) return err;
+  const int64_t stream_blocks = (p.B * p.D + 31) / 32;
+  if (stream_blocks >= lim.sm_count && stream_blocks <= INT_MAX) {
+    scan_stream_kernel<T, 16, BWD><<<unsigned(stream_blocks), kThreads, 0, stream>>>(p);
+    MMREC_CHECK_LAUNCH();
+    return 0;
   }
   if (all_aligned && p.D % 4 == 0) return launch_scan<T, 4, 8, 2, BWD>(p, stream);
   return launch_scan<T, 1, 8, 2, BWD>(p, stream);

@@ -86,6 +86,24 @@ def test_cumulative_product_over_long_sequences(backend, device):
     assert elementwise < 1e-5, f"relative error {elementwise:.2e} along the product"
 
 
+# Triton's CPU interpreter would take minutes at this size; it runs the same kernel at the property-test sizes.
+@pytest.mark.parametrize("backend,device", [c for c in CASES if c.values != ("triton", "cpu")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_wide_batches_forward_and_gradients(backend, device, dtype, reverse):
+    """B*D = 5,010 channels (the CUDA backend's streaming kernel: one block per 32 channels once that fills the
+    GPU), odd D and T, h0, forward and every gradient against the float64 reference."""
+    p = dict(B=3, T=301, D=1670, decay="uniform", has_h0=True, reverse=reverse, layout_a="contig",
+             layout_b="contig", seed=7)
+    a, b, h0 = (leaf(x) for x in _make(p, dtype, device))
+    ref_in = [leaf(x.detach().double()) for x in (a, b, h0)]
+    out = run(backend, mmrec_ops.scan, a, b, h0, reverse)
+    ref = reference.scan(*ref_in, reverse)
+    assert_close(out, ref, tol_for(dtype, 1e-6))
+    for name, g, w in zip("a b h0".split(), grads(out, [a, b, h0]), grads(ref, ref_in)):
+        assert_close(g, w, tol_for(dtype, 1e-5), f"d{name}")
+
+
 @pytest.mark.parametrize("backend,device", CASES)
 def test_reverse_equals_flipped_forward(backend, device):
     g = torch.Generator().manual_seed(1)
