@@ -91,6 +91,7 @@ def scan_peers(a: torch.Tensor, b: torch.Tensor, which: str, skip: set) -> Dict[
         def combine(left, right):  # (a, h) pairs: right after left
             return right[0] * left[0], right[0] * left[1] + right[1]
 
+        torch._dynamo.reset()  # a fresh cache per case: shapes, dtypes and grad modes would pass the recompile limit
         compiled = torch.compile(lambda aa, bb: associative_scan(combine, (aa, bb), dim=1, combine_mode="pointwise")[1],
                                  fullgraph=True, dynamic=False)
         diff = rel_diff(compiled(a, b), mine)
@@ -117,7 +118,16 @@ def recurrence_peers(B: int, T: int, D: int, H: int, dtype: torch.dtype, which: 
 
     def flashrnn(function: str, gates: int):
         def build():
+            import flashrnn.flashrnn.flashrnn as frnn_module
             from flashrnn import flashrnn as frnn
+            # FlashRNN's gpu_info extension reads cudaDeviceProp fields that CUDA 13 removed (clockRate, ...) and
+            # does not compile there; the four properties its kernels use come from torch instead.
+            props = torch.cuda.get_device_properties()
+            info = {"maxThreadsPerBlock": getattr(props, "max_threads_per_block", 1024),
+                    "regsPerMultiprocessor": getattr(props, "regs_per_multiprocessor", 65536),
+                    "multiProcessorCount": props.multi_processor_count,
+                    "sharedMemPerBlockOptin": getattr(props, "shared_memory_per_block_optin", 232448)}
+            frnn_module.get_gpu_info = lambda device_id: info
             d = D // H
             wx = rand((B, T, gates, H, d), dtype)
             r = rand((gates, H, d, d), dtype, -d ** -0.5, d ** -0.5)

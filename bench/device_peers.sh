@@ -30,6 +30,7 @@ else
 fi
 for s in ${STEPS:-variants tritontests peers}; do
   case $s in
+    profile) step profile 120 python3 bench/bench_cuda.py --profile --ops "${PROFILE_OPS:-scan}" ;;
     variants) step variants 200 python3 bench/scan_variants.py --out "$OUT/scan_variants.json" ;;
     scantests) step scantests 150 python3 -m pytest tests/ops/test_scan.py tests/ops/test_contract.py -q \
       -p no:cacheprovider -k "scan and cuda-cuda" ;;

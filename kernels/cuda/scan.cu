@@ -377,8 +377,10 @@ template <class T, bool BWD>
 int launch_scan_any(const ScanArgs<T>& p, bool all_aligned, cudaStream_t stream) {
   DeviceLimits lim;
   if (int err = device_limits(&lim)) return err;
+  // float32 only: with 2-byte lanes the streaming kernel measured 0.231 ms for bf16 B=8 T=4096 D=1024 against 0.168
+  // for the chunked one (H100), while float32 went from 0.184 to 0.151 ms.
   const int64_t stream_blocks = (p.B * p.D + 31) / 32;
-  if (stream_blocks >= lim.sm_count && stream_blocks <= INT_MAX) {
+  if (std::is_same_v<T, float> && stream_blocks >= lim.sm_count && stream_blocks <= INT_MAX) {
     scan_stream_kernel<T, 16, BWD><<<unsigned(stream_blocks), kThreads, 0, stream>>>(p);
     MMREC_CHECK_LAUNCH();
     return 0;
