@@ -118,8 +118,10 @@ def recurrence_peers(B: int, T: int, D: int, H: int, dtype: torch.dtype, which: 
 
     def flashrnn(function: str, gates: int):
         def build():
-            import flashrnn.flashrnn.flashrnn as frnn_module
+            import importlib
+
             from flashrnn import flashrnn as frnn
+            frnn_module = importlib.import_module("flashrnn.flashrnn.flashrnn")  # the attribute is the function
             # FlashRNN's gpu_info extension reads cudaDeviceProp fields that CUDA 13 removed (clockRate, ...) and
             # does not compile there; the four properties its kernels use come from torch instead.
             props = torch.cuda.get_device_properties()

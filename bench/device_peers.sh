@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One GPU call: build a wheel (kept in $OUT/wheel for later calls), the scan tile sweep, the triton recurrence
-# tests, and the peer benchmark. Peers come from wheels in .whl/ (see bench/results/device/README.md).
+# One GPU call: build a wheel (kept in $OUT/wheel), then the steps named in STEPS: scan tests on cuda, the triton
+# recurrence tests, the per-kernel profile, the peer benchmark. 
+# Peers come from wheels in .whl/ (bench/results/peers/README.md lists them).
 #     OUT=/some/dir bash bench/device_peers.sh
 set -u
 cd "$(dirname "$0")/.."
@@ -28,10 +29,9 @@ else
     --config-settings=cmake.define.CMAKE_CUDA_ARCHITECTURES=90 . || exit 1
   step install 60 python3 -m pip install -q --no-deps --force-reinstall "$OUT"/wheel/*.whl || exit 1
 fi
-for s in ${STEPS:-variants tritontests peers}; do
+for s in ${STEPS:-scantests tritontests peers}; do
   case $s in
     profile) step profile 120 python3 bench/bench_cuda.py --profile --ops "${PROFILE_OPS:-scan}" ;;
-    variants) step variants 200 python3 bench/scan_variants.py --out "$OUT/scan_variants.json" ;;
     scantests) step scantests 150 python3 -m pytest tests/ops/test_scan.py tests/ops/test_contract.py -q \
       -p no:cacheprovider -k "scan and cuda-cuda" ;;
     tritontests) step tritontests 150 python3 -m pytest tests/ops/test_recurrence.py -q -p no:cacheprovider \
