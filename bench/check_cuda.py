@@ -65,9 +65,12 @@ def scan_cases(small: bool):
     """(B, T, D, dtype, reverse, with_h0): every shape in float32 both ways; the other dtypes on a vector-path and
     a scalar-path shape; a multi-group scan without h0."""
     if small:
-        specs = [(2, 3, 8, torch.float32, False, True), (1, 70, 5, torch.float32, True, True)]
+        # the last is float32 over B*D = 4,420 channels: the streaming kernel on a GPU of up to 138 multiprocessors
+        specs = [(2, 3, 8, torch.float32, False, True), (1, 70, 5, torch.float32, True, True),
+                 (2, 150, 2210, torch.float32, True, True)]
     else:
-        shapes = [(2, 65, 1024), (3, 2049, 36), (1, 4099, 5), (1, 64 * 33, 128), (2, 64 * 64 + 1, 8), (4, 300, 257)]
+        shapes = [(2, 65, 1024), (3, 2049, 36), (1, 4099, 5), (1, 64 * 33, 128), (2, 64 * 64 + 1, 8), (4, 300, 257),
+                  (8, 1000, 1024), (3, 5000, 1670)]
         specs = [(*shape, torch.float32, rev, True) for shape in shapes for rev in (False, True)]
         specs += [(*shape, dtype, rev, True) for shape in [(2, 65, 1024), (1, 64 * 33 + 7, 6)]
                   for dtype in (torch.bfloat16, torch.float16, torch.float64) for rev in (False, True)]

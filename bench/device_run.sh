@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One command on a GPU machine: build with CUDA, run the op test suite, the long-shape self-check, compute-sanitizer
-# (memcheck, racecheck) on one tiny call per kernel, and the benchmark. Run from anywhere:
-#     OUT=/some/dir bash bench/device_run.sh
+# (memcheck, racecheck) on one tiny call per kernel, and the benchmark; STEPS picks steps (also: tritontests, the op
+# suite on the triton backend, and peers, bench/bench_peers.py). Run from anywhere:
+#     OUT=/some/dir [STEPS="check bench"] bash bench/device_run.sh
 # Every step is teed to $OUT/<step>.log; $OUT/summary.log lists each step's exit code and seconds; the benchmark
 # JSON goes to $OUT/bench_cuda.json. Expected ~7 minutes; the step timeouts add up to 9.5 minutes.
 set -u
@@ -9,7 +10,11 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/device_out}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
-export MMREC_CUDA=ON
+export MMREC_CUDA=ON PYTHONUNBUFFERED=1
+if ls .whl/*.whl >/dev/null 2>&1; then  # the peers' wheels, for the peers step (bench/results/peers/README.md)
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site
+fi
 : > "$OUT/summary.log"
 
 step() {  # step NAME TIMEOUT_S CMD...: runs CMD with a timeout, tees its output, records rc and time
@@ -30,19 +35,25 @@ if ! step build 240 $PY -m pip install --no-build-isolation --no-deps -v \
   echo "build failed: see $OUT/build.log" | tee -a "$OUT/summary.log"
   exit 1
 fi
-step import 60 $PY -c "import mmrec_ops; from mmrec_ops import backends; from mmrec_ops import _native; \
-print('has_cuda', _native.C.has_cuda, 'devices', _native.C.cuda_device_count()); print(mmrec_ops.available_backends())"
-step check 100 $PY bench/check_cuda.py
-# cuda-backend cases only (ids "<op>-cuda-cuda"); --maxfail instead of -x: one device run should show every failure
-step tests 150 $PY -m pytest tests/ops -q -p no:cacheprovider --maxfail=25 -k cuda-cuda
-step bench 180 $PY bench/bench_cuda.py --out "$OUT/bench_cuda.json"
+STEPS=${STEPS:-import check tests bench memcheck racecheck}
 SAN="compute-sanitizer --error-exitcode 9 --print-limit 20 --target-processes all"
-if command -v compute-sanitizer >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/compute-sanitizer ]; then
-  command -v compute-sanitizer >/dev/null 2>&1 || SAN="/usr/local/cuda/bin/$SAN"
-  step memcheck 90 $SAN --tool memcheck $PY bench/check_cuda.py --small
-  step racecheck 90 $SAN --tool racecheck $PY bench/check_cuda.py --small
-else
-  echo "compute-sanitizer not found" | tee -a "$OUT/summary.log"
-fi
+command -v compute-sanitizer >/dev/null 2>&1 || SAN="/usr/local/cuda/bin/$SAN"
+for s in $STEPS; do
+  case $s in
+    import) step import 60 $PY -c "import mmrec_ops; from mmrec_ops import _native; \
+print('has_cuda', _native.C.has_cuda, 'devices', _native.C.cuda_device_count()); print(mmrec_ops.available_backends())" ;;
+    check) step check 150 $PY bench/check_cuda.py ;;
+    # cuda-backend cases only (ids "<op>-cuda-cuda"); --maxfail instead of -x: one run should show every failure
+    tests) step tests 300 $PY -m pytest tests/ops -q -p no:cacheprovider --maxfail=25 -k cuda-cuda ;;
+    scantests) step scantests 150 $PY -m pytest tests/ops/test_scan.py tests/ops/test_contract.py -q \
+      -p no:cacheprovider -k "scan and cuda-cuda" ;;
+    profile) step profile 120 $PY bench/bench_cuda.py --profile --ops "${PROFILE_OPS:-scan}" ;;
+    tritontests) step tritontests 420 $PY -m pytest tests/ops -q -p no:cacheprovider --maxfail=25 -k triton-cuda ;;
+    bench) step bench 200 $PY bench/bench_cuda.py --out "$OUT/bench_cuda.json" ;;
+    memcheck) step memcheck 90 $SAN --tool memcheck $PY bench/check_cuda.py --small ;;
+    racecheck) step racecheck 90 $SAN --tool racecheck $PY bench/check_cuda.py --small ;;
+    peers) step peers "${PEERS_TIMEOUT:-300}" $PY bench/bench_peers.py --out "$OUT/peers.json" ${PEERS_ARGS:-} ;;
+  esac
+done
 echo "=== summary"
 cat "$OUT/summary.log"
