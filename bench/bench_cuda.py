@@ -25,6 +25,16 @@ from mmrec_ops import backends, reference
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
+def event_ms(fn: Callable[[], object]) -> float:
+    """Device time of one fn() call in ms, between two CUDA events."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end)
+
+
 def time_ms(fn: Callable[[], object], budget_ms: float = 300.0, max_runs: int = 200) -> float:
     """Median time of fn() in ms, CUDA-event timed after one warm-up; stops after ~budget_ms."""
     try:
@@ -35,15 +45,8 @@ def time_ms(fn: Callable[[], object], budget_ms: float = 300.0, max_runs: int = 
     fn()
     torch.cuda.synchronize()
     samples: List[float] = []
-    spent = 0.0
-    while len(samples) < max_runs and (spent < budget_ms or len(samples) < 3):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        samples.append(start.elapsed_time(end))
-        spent += samples[-1]
+    while len(samples) < max_runs and (sum(samples) < budget_ms or len(samples) < 3):
+        samples.append(event_ms(fn))
     return statistics.median(samples)
 
 
@@ -51,15 +54,7 @@ def time_slow_ms(fn: Callable[[], object], runs: int = 2) -> float:
     """For the reference loops: one warm-up, then the median of a few event-timed runs."""
     fn()
     torch.cuda.synchronize()
-    samples = []
-    for _ in range(runs):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        samples.append(start.elapsed_time(end))
-    return statistics.median(samples)
+    return statistics.median(event_ms(fn) for _ in range(runs))
 
 
 def copy_bandwidth_gbs(nbytes: int = 1 << 30) -> float:
