@@ -569,9 +569,10 @@ class LSTMLM(_LMBase):
             with torch.autocast(x.device.type, enabled=False):
                 hx = None if hx is None else tuple(t.float() for t in hx)
                 return self.lstm(x.float(), hx)
-        if hx is not None and hx[0].dtype != x.dtype:
-            hx = tuple(t.to(x.dtype) for t in hx)
-        return self.lstm(x, hx)
+        dtype = self.lstm.weight_ih_l0.dtype           # float32 LSTM layers in a bf16 model: see generation
+        hx = None if hx is None else tuple(t.to(dtype) for t in hx)
+        y, (h, c) = self.lstm(x.to(dtype), hx)
+        return y.to(x.dtype), (h, c)
 
     def forward(self, ids: Tensor, state: Optional[LSTMState] = None, *, last_only: bool = False):
         """ids [B, T] -> logits [B, T, V] ([B, 1, V] with last_only) and the state after the segment."""
