@@ -165,13 +165,12 @@ def mmrec_parameters(preset: str, vocab_size: int, **overrides) -> int:
         return MMRecLM(MMRecConfig.preset(preset, vocab_size=vocab_size, **overrides)).num_parameters()
 
 
-def matched(arch: str, preset: str, vocab_size: Optional[int] = None, multiple: Optional[int] = None,
+def matched(arch: str, preset: str, vocab_size: Optional[int] = None, multiple: int = 8,
             **fixed: Any) -> Union[GPTConfig, LSTMConfig]:
     """A GPT/LSTM config whose parameter count is the closest to MM-Rec preset `preset` at `vocab_size`.
 
     The preset's D (and for GPT its L and heads) are kept, chunk_len is copied (the trainer's padding), and
-    the free width -- GPT: d_ffn, LSTM: hidden_size -- is the multiple of `multiple` (default: D / 8 clamped to
-    8..32) that comes closest.
+    the free width -- GPT: d_ffn, LSTM: hidden_size -- is the multiple of `multiple` that comes closest.
     `fixed` overrides any other field first (e.g. n_layers=3); passing the free width itself skips the match.
     """
     if arch not in CONFIGS:
@@ -190,7 +189,6 @@ def matched(arch: str, preset: str, vocab_size: Optional[int] = None, multiple: 
     if free in fixed:
         return cls(**values)
     target = mmrec_parameters(preset, ref.vocab_size)
-    multiple = multiple or max(8, min(32, values["d_model"] // 8))
     # the count grows monotonically with the free width: walk up until it passes the target
     best, width = None, multiple
     while True:
@@ -505,7 +503,8 @@ class LSTMLM(_LMBase):
     """LSTM LM: embedding -> nn.LSTM (cuDNN on GPU) -> Linear(H, D) -> RMSNorm -> tied head.
 
     Under bf16 autocast the LSTM runs in bf16 where cuDNN supports it (cuDNN >= 9.13); where it raises, the
-    model falls back to a float32 LSTM for the rest of its life, warns once, and reports it in `lstm_dtype`."""
+    model falls back to a float32 LSTM for the rest of its life and warns once. `lstm_dtype` says which dtype
+    the LSTM's output had in the last call."""
     config_class = LSTMConfig
 
     def __init__(self, config: LSTMConfig):
@@ -521,6 +520,7 @@ class LSTMLM(_LMBase):
         self.norm = RMSNorm(D, config.norm_eps)
         self.lm_head = nn.Linear(D, config.vocab_size, bias=False)
         self.lstm_fp32_fallback = False
+        self.lstm_dtype: Optional[str] = None
         self.reset_parameters()
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.weight
@@ -540,11 +540,6 @@ class LSTMLM(_LMBase):
         if self.proj is not None:
             nn.init.normal_(self.proj.weight, std=cfg.init_std)
         self.norm.weight.fill_(1.0)
-
-    @property
-    def lstm_dtype(self) -> str:
-        """The dtype the LSTM computes in under autocast: 'autocast' until a fallback, then 'float32'."""
-        return "float32" if self.lstm_fp32_fallback else "autocast"
 
     def init_state(self, batch_size: int, device=None, dtype=None, capacity: Optional[int] = None) -> LSTMState:
         """h = c = 0 (`capacity` is accepted for a common interface with GPTLM and ignored)."""
@@ -571,8 +566,7 @@ class LSTMLM(_LMBase):
                 return self.lstm(x.float(), hx)
         dtype = self.lstm.weight_ih_l0.dtype           # float32 LSTM layers in a bf16 model: see generation
         hx = None if hx is None else tuple(t.to(dtype) for t in hx)
-        y, (h, c) = self.lstm(x.to(dtype), hx)
-        return y.to(x.dtype), (h, c)
+        return self.lstm(x.to(dtype), hx)
 
     def forward(self, ids: Tensor, state: Optional[LSTMState] = None, *, last_only: bool = False):
         """ids [B, T] -> logits [B, T, V] ([B, 1, V] with last_only) and the state after the segment."""
@@ -587,8 +581,10 @@ class LSTMLM(_LMBase):
             hx, p = (state.h, state.c), state.position
         x = self.embed(ids)                                                   # [B, T, D]
         y, (h, c) = self._run_lstm(x, hx)                                     # [B, T, H], 2 x [L, B, H]
+        self.lstm_dtype = str(y.dtype).replace("torch.", "")
         if last_only:
             y = y[:, -1:]
+        y = y.to(x.dtype)                                                     # [B, T, H]
         if self.proj is not None:
             y = self.proj(y)                                                  # [B, T, D]
         return self.lm_head(self.norm(y)), LSTMState(h, c, p + T)

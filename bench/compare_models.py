@@ -33,6 +33,7 @@ import os
 import platform
 import resource
 import shlex
+import shutil
 import signal
 import statistics
 import subprocess
@@ -307,11 +308,12 @@ def _lstm_dtype_for_generation(model, device) -> str:
     try:
         with torch.no_grad():
             model(torch.zeros(1, 2, dtype=torch.long, device=device))
-        return str(model.lstm.weight_ih_l0.dtype).replace("torch.", "")
     except RuntimeError as e:
         print(f"# lstm: {str(e).splitlines()[0]}; the LSTM layers run in float32", file=sys.stderr)
         model.lstm.float()
-        return "float32"
+        with torch.no_grad():
+            model(torch.zeros(1, 2, dtype=torch.long, device=device))
+    return model.lstm_dtype
 
 
 # ------------------------------------------------------------------------------------------ workers
@@ -377,14 +379,28 @@ def print_table(kind: str, rows: List[Dict[str, Any]]) -> None:
         print(_row_line(kind, r))
 
 
-def _write(payload: Dict[str, Any], out: Optional[str], name: str, quick: bool) -> Path:
+def _write(payload: Dict[str, Any], out: Optional[str], name: str, quick: bool, quiet: bool = False) -> Path:
+    """Writes the JSON (again after every worker, so a run cut short still leaves its rows)."""
     path = Path(out) if out else (QUICK_RESULTS if quick else RESULTS) / name
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(payload, indent=1) + "\n")
     os.replace(tmp, path)
-    print(f"wrote {path}")
+    if not quiet:
+        print(f"wrote {path}")
     return path
+
+
+class Budget:
+    """Wall-clock budget of a subcommand: each worker's timeout is cut to what is left (at least 5 s)."""
+
+    def __init__(self, seconds: Optional[float]):
+        self.end = None if not seconds else time.perf_counter() + seconds
+
+    def timeout(self, worker_timeout: float) -> float:
+        if self.end is None:
+            return worker_timeout
+        return max(5.0, min(worker_timeout, self.end - time.perf_counter()))
 
 
 def _command() -> str:
@@ -400,16 +416,16 @@ def cmd_throughput(args) -> Path:
     a = dict(device=args.device, preset=preset, vocab=args.vocab, dtype=args.dtype, tokens_per_step=args.tokens_per_step,
              micro_tokens=args.micro_tokens or args.tokens_per_step, steps=args.steps, warmup=args.warmup,
              row_seconds=args.row_seconds, threads=args.threads)
-    rows: List[Dict[str, Any]] = []
-    for arch in args.archs:
-        if args.device == "cpu" and not args.quick:        # one process per row: a clean peak RSS each
-            for T in args.sizes:
-                rows += _worker("throughput", arch, [T], a, args.worker_timeout)
-        else:
-            rows += _worker("throughput", arch, args.sizes, a, args.worker_timeout)
-    print_table("throughput", rows)
     payload = {"kind": "throughput", "command": _command(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-               "machine": machine(args.device), "settings": a, "quick": args.quick, "rows": rows}
+               "machine": machine(args.device), "settings": a, "quick": args.quick, "rows": []}
+    rows, clock = payload["rows"], Budget(args.budget_s)
+    for arch in args.archs:
+        # CPU: one process per row, for a clean peak RSS each; CUDA: one per arch (peak stats reset per row)
+        groups = [[T] for T in args.sizes] if args.device == "cpu" and not args.quick else [args.sizes]
+        for points in groups:
+            rows += _worker("throughput", arch, points, a, clock.timeout(args.worker_timeout))
+            _write(payload, args.out, f"throughput_{args.device}.json", args.quick, quiet=True)
+    print_table("throughput", rows)
     return _write(payload, args.out, f"throughput_{args.device}.json", args.quick)
 
 
@@ -418,22 +434,20 @@ def cmd_generate(args) -> Path:
         args.device, args.preset, args.contexts, args.new_tokens = "cpu", "tiny", [16, 64], 4
         args.prefill_chunk, args.warmup_tokens, args.batches = 32, 1, [1]
     preset = args.preset or ("base" if args.device == "cuda" else "small")
-    rows: List[Dict[str, Any]] = []
-    settings = []
+    payload = {"kind": "generate", "command": _command(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+               "machine": machine(args.device), "settings": [], "quick": args.quick, "rows": []}
+    rows, clock = payload["rows"], Budget(args.budget_s)
     for batch in args.batches:
         a = dict(device=args.device, preset=preset, vocab=args.vocab, dtype=args.dtype, batch=batch,
                  new_tokens=args.new_tokens, warmup_tokens=args.warmup_tokens, prefill_chunk=args.prefill_chunk,
                  threads=args.threads)
-        settings.append(a)
+        payload["settings"].append(a)
         for arch in args.archs:
-            if args.device == "cpu" and not args.quick:
-                for ctx in args.contexts:
-                    rows += _worker("generate", arch, [ctx], a, args.worker_timeout)
-            else:
-                rows += _worker("generate", arch, args.contexts, a, args.worker_timeout)
+            groups = [[c] for c in args.contexts] if args.device == "cpu" and not args.quick else [args.contexts]
+            for points in groups:
+                rows += _worker("generate", arch, points, a, clock.timeout(args.worker_timeout))
+                _write(payload, args.out, f"generate_{args.device}.json", args.quick, quiet=True)
     print_table("generate", rows)
-    payload = {"kind": "generate", "command": _command(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-               "machine": machine(args.device), "settings": settings, "quick": args.quick, "rows": rows}
     return _write(payload, args.out, f"generate_{args.device}.json", args.quick)
 
 
@@ -498,6 +512,8 @@ def quality_commands(args, runs_dir: Path) -> List[Dict[str, Any]]:
             if args.threads:
                 cmd += ["--threads", str(args.threads)]
             jobs.append({"arch": arch, "seed": seed, "run_dir": run_dir, "cmd": cmd})
+    # the MM-Rec variants (tbptt, linear) after the main comparison, so that a cut budget loses them first
+    jobs.sort(key=lambda j: (j["arch"] in ("mmrec-tbptt", "mmrec-linear"), j["seed"], args.archs.index(j["arch"])))
     return jobs
 
 
@@ -507,6 +523,8 @@ def cmd_quality(args) -> Path:
         args.seeds = args.seeds if args.seeds_given else [1]
     runs_dir = Path(args.runs_dir) if args.runs_dir else \
         (QUICK_RESULTS if args.quick else ROOT / "runs") / f"quality_{args.device}"
+    if args.quick and not args.runs_dir:
+        shutil.rmtree(runs_dir, ignore_errors=True)                   # scratch runs of an earlier --quick
     jobs = quality_commands(args, runs_dir)
     for j in jobs:
         if j["run_dir"].exists() and any(j["run_dir"].iterdir()):
@@ -516,9 +534,18 @@ def cmd_quality(args) -> Path:
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, args.jobs))))
     pending, running, results = list(jobs), [], []
     t_all = time.perf_counter()
+    settings = dict(device=args.device, preset=args.preset, seeds=args.seeds, archs=args.archs, jobs=args.jobs,
+                    sets=QUALITY_SETS_QUICK if args.quick else QUALITY_SETS)
+    payload = {"kind": "quality", "command": _command(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+               "machine": machine(args.device), "settings": settings, "quick": args.quick, "runs": results}
+    clock = Budget(args.budget_s)
     while pending or running:
         while pending and len(running) < args.jobs:
             j = pending.pop(0)
+            if clock.timeout(args.run_timeout) < 30:           # not enough budget left to finish a run
+                results.append({"arch": j["arch"], "seed": j["seed"], "status": "skipped (budget)", "stages": {},
+                                "command": " ".join(shlex.quote(c) for c in j["cmd"])})
+                continue
             j["run_dir"].mkdir(parents=True, exist_ok=True)
             j["log"] = open(j["run_dir"].parent / f"{j['run_dir'].name}.log", "w")
             j["log"].write("$ " + " ".join(shlex.quote(c) for c in j["cmd"]) + "\n")
@@ -526,13 +553,14 @@ def cmd_quality(args) -> Path:
             j["proc"] = subprocess.Popen(j["cmd"], stdout=j["log"], stderr=subprocess.STDOUT, env=env,
                                          start_new_session=True)
             j["t0"] = time.perf_counter()
+            j["timeout"] = clock.timeout(args.run_timeout)
             print(f"# started {j['arch']} seed {j['seed']}", file=sys.stderr, flush=True)
             running.append(j)
         time.sleep(0.2)
         for j in list(running):
             rc = j["proc"].poll()
             wall = time.perf_counter() - j["t0"]
-            if rc is None and wall > args.run_timeout:
+            if rc is None and wall > j["timeout"]:
                 os.killpg(j["proc"].pid, signal.SIGKILL)
                 j["proc"].wait()
                 rc = "timeout"
@@ -545,13 +573,11 @@ def cmd_quality(args) -> Path:
                      command=" ".join(shlex.quote(c) for c in j["cmd"]), log=str(j["log"].name))
             results.append(r)
             print(f"# {j['arch']} seed {j['seed']}: {r['status']} in {wall:.0f} s", file=sys.stderr, flush=True)
+            _write(payload, args.out, f"quality_{args.device}.json", args.quick, quiet=True)
     order = {(j["arch"], j["seed"]): i for i, j in enumerate(jobs)}
     results.sort(key=lambda r: order[(r["arch"], r["seed"])])
     print_quality(results)
-    settings = dict(device=args.device, preset=args.preset, seeds=args.seeds, archs=args.archs, jobs=args.jobs,
-                    sets=QUALITY_SETS_QUICK if args.quick else QUALITY_SETS, wall_s=time.perf_counter() - t_all)
-    payload = {"kind": "quality", "command": _command(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-               "machine": machine(args.device), "settings": settings, "quick": args.quick, "runs": results}
+    settings["wall_s"] = time.perf_counter() - t_all
     return _write(payload, args.out, f"quality_{args.device}.json", args.quick)
 
 
@@ -606,6 +632,8 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
         q.add_argument("--quick", action="store_true", help="tiny shapes on the CPU, in seconds")
         q.add_argument("--out", default=None, help="JSON path")
+        q.add_argument("--budget-s", type=float, default=None,
+                       help="wall-clock budget: worker timeouts are cut so that the subcommand ends in time")
 
     t = sub.add_parser("throughput", help="training tokens/s and peak memory")
     common(t, MODEL_ARCHS, MODEL_ARCHS)
