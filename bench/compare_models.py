@@ -131,6 +131,17 @@ def state_nbytes(state) -> int:
                for t in (layer.h, layer.m, layer.slots, layer.chunk_sum))
 
 
+def state_storage_nbytes(state) -> int:
+    """Bytes of the storages a state keeps alive: more than state_nbytes where its tensors are views into
+    bigger buffers (MMRecLM's returned state slices the segment's [B, T, ...] outputs)."""
+    if state is None:
+        return 0
+    tensors = state.k + state.v if hasattr(state, "k") else [state.h, state.c] if hasattr(state, "c") else \
+        [t for layer in state.layers for t in (layer.h, layer.m, layer.slots, layer.chunk_sum)]
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+    return sum(storages.values())
+
+
 def _sync(device) -> None:
     import torch
     if device.type == "cuda":
@@ -140,6 +151,16 @@ def _sync(device) -> None:
 def _rss_mib() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _malloc_trim() -> bool:
+    """glibc's malloc_trim(0): returns freed heap memory to the OS (False where there is no glibc)."""
+    import ctypes
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        return True
+    except (OSError, AttributeError):
+        return False
 
 
 def _maxrss_mib() -> float:
@@ -268,7 +289,8 @@ def generate_rows(arch: str, contexts: List[int], a: Dict[str, Any]) -> Iterator
                 _sync(device)
                 prefill_s = time.perf_counter() - t0
                 row.update(prefill_s=prefill_s, prefill_tokens_per_s=B * ctx / prefill_s,
-                           state_mib=state_nbytes(state) / 2**20)
+                           state_mib=state_nbytes(state) / 2**20,
+                           state_storage_after_prefill_mib=state_storage_nbytes(state) / 2**20)
                 if device.type == "cuda":
                     row["prefill_peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
                     row["after_prefill_mib"] = torch.cuda.memory_allocated(device) / 2**20
@@ -283,18 +305,23 @@ def generate_rows(arch: str, contexts: List[int], a: Dict[str, Any]) -> Iterator
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
                     row["decode_start_mib"] = torch.cuda.memory_allocated(device) / 2**20
-                t0 = time.perf_counter()
-                for _ in range(new):
+                steps = []
+                for _ in range(new):                 # synchronised per step, as a sampler that checks eos is
+                    t0 = time.perf_counter()
                     logits, state = model(token, state)
                     token = logits[:, -1].argmax(-1, keepdim=True)
-                _sync(device)
-                decode_s = time.perf_counter() - t0
-            row.update(status="ok", decode_s=decode_s, token_ms=1e3 * decode_s / new,
-                       decode_tokens_per_s=B * new / decode_s, state_after_decode_mib=state_nbytes(state) / 2**20)
+                    _sync(device)
+                    steps.append(time.perf_counter() - t0)
+            step_s = statistics.median(steps)        # robust to another process taking the CPU for a moment
+            row.update(status="ok", decode_s=sum(steps), token_ms=1e3 * step_s, decode_tokens_per_s=B / step_s,
+                       decode_tokens_per_s_mean=B * new / sum(steps),
+                       state_after_decode_mib=state_nbytes(state) / 2**20)
             if device.type == "cuda":
                 row["decode_peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
             else:
                 row.update(rss_before_mib=rss0, rss_after_decode_mib=_rss_mib(), peak_mib=_maxrss_mib())
+                if _malloc_trim():              # freed prefill buffers back to the OS: RSS = what decoding holds
+                    row["rss_after_decode_trimmed_mib"] = _rss_mib()
         except Exception as e:  # noqa: BLE001
             row.update(status="oom" if _is_oom(e) else "error", error=f"{type(e).__name__}: {str(e)[:300]}")
         state = logits = token = None

@@ -35,6 +35,30 @@ DEVICE_COMMANDS = """    OUT=/tmp/models bash bench/device_models.sh throughput 
     cp /tmp/models/*_cuda.json bench/results/models/ && python bench/plot_benchmarks.py"""
 
 
+NOTES = [
+    "- All three run eagerly (no `torch.compile`, no CUDA graphs) with the same training step as the trainer. "
+    "The GPT uses PyTorch's `scaled_dot_product_attention` (flash attention on the H100) and decodes from a "
+    "preallocated KV cache through the same SDPA call; there is no paged or split-K (flash-decoding) attention, "
+    "so a serving stack would decode the GPT faster at long contexts than measured here.",
+    "- The LSTM runs on cuDNN. In bf16 it needs a cuDNN RNN with bfloat16 support (cuDNN >= 9.13); where that is "
+    "missing the LSTM layers fall back to float32 (training: under autocast; generation: layers in float32) and "
+    "the tables say so.",
+    "- MM-Rec's state is constant in size, but the state `MMRecLM.forward` returns holds views into the last "
+    "segment's outputs (h [B, T, D], the banks [B, T, N, D], the slot history), so until the next call replaces it "
+    "the memory of a T-token segment stays alive (the *kept alive after prefill* column). During a chunked "
+    "prefill that is one chunk's worth on top of the next chunk's working memory. Cloning the last-step slices in "
+    "`MMRecBlock.forward` would make the retained memory match the state's size.",
+    "- CPU numbers come from a shared 2-core VM: training with 2 threads (step times within a row vary by about "
+    "15%), generation with 1 thread (2 threads on 2 shared cores gave outlier rows). Each CPU row runs in its "
+    "own process.",
+    "- Quality: the learning rates and schedule are the trainer's defaults, chosen for MM-Rec, and the same for "
+    "every arch (as the issue asks); no arch was tuned. Pre-training uses TBPTT for none of the three in the main "
+    "comparison: MM-Rec and the LSTM could carry their state across segments, the GPT cannot, and the trainer "
+    "stores only MM-Rec's carried state in its checkpoints. *MM-Rec (TBPTT)* shows MM-Rec with its state "
+    "carried (the trainer's default for it).",
+]
+
+
 # ------------------------------------------------------------------------------------------ loading
 def load_results(directory: Path) -> Dict[Tuple[str, str], Dict[str, Any]]:
     """{(kind, device): payload} of every result JSON in `directory` (the newest file wins per key)."""
@@ -284,9 +308,10 @@ def table_throughput(data) -> List[str]:
 def table_generate(data) -> List[str]:
     rows = data["rows"]
     cuda = any("decode_peak_mib" in r for r in rows)
-    mem = "decode peak (MiB)" if cuda else "process peak RSS (MiB)"
-    out = [f"| arch | batch | context | decode tokens/s | ms/step | state / KV (MiB) | {mem} | prefill tokens/s | vs GPT |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    mem = "decode peak (MiB)" if cuda else "process RSS while decoding (MiB)"
+    out = [f"| arch | batch | context | decode tokens/s | ms/step | state / KV (MiB) | kept alive after prefill (MiB) "
+           f"| {mem} | prefill tokens/s | vs GPT |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for b in sorted({r["batch"] for r in rows}):
         for ctx in sorted({r["context"] for r in rows}):
             gpt = _find(_ok(rows), arch="gpt", context=ctx, batch=b)
@@ -295,12 +320,14 @@ def table_generate(data) -> List[str]:
                 if r is None:
                     continue
                 if r.get("status") != "ok":
-                    out.append(f"| {LABELS.get(arch, arch)} | {b} | {ctx:,} | **{r['status'].upper()}** | – | – | – | – | – |")
+                    out.append(f"| {LABELS.get(arch, arch)} | {b} | {ctx:,} | **{r['status'].upper()}** | – | – | – | – | "
+                               f"– | – |")
                     continue
-                peak = r.get("decode_peak_mib", r.get("peak_mib"))
+                peak = r.get("decode_peak_mib", r.get("rss_after_decode_trimmed_mib", r.get("rss_after_decode_mib")))
                 ratio = f"{r['decode_tokens_per_s'] / gpt['decode_tokens_per_s']:.2f}x" if gpt else "–"
                 out.append(f"| {LABELS.get(arch, arch)} | {b} | {ctx:,} | {r['decode_tokens_per_s']:,.1f} | "
-                           f"{r['token_ms']:.2f} | {r['state_mib']:,.2f} | {_num(peak)} | "
+                           f"{r['token_ms']:.2f} | {r['state_mib']:,.2f} | "
+                           f"{_num(r.get('state_storage_after_prefill_mib'), ',.1f')} | {_num(peak)} | "
                            f"{r['prefill_tokens_per_s']:,.0f} | {ratio} |")
     return out
 
@@ -440,6 +467,35 @@ def quality_goals(results) -> List[Tuple[str, str, str]]:
     return out
 
 
+def cpu_summary(results) -> List[str]:
+    """The same comparisons on the CPU JSONs (`small` size): indicative only, the goals are set for the H100."""
+    out = []
+    tp, gen = results.get(("throughput", "cpu")), results.get(("generate", "cpu"))
+    if tp is not None:
+        parts = []
+        for T in sorted({r["T"] for r in tp["rows"]}):
+            m, g = _find(_ok(tp["rows"]), arch="mmrec", T=T), _find(_ok(tp["rows"]), arch="gpt", T=T)
+            if m and g:
+                parts.append(f"{m['tokens_per_s'] / g['tokens_per_s']:.2f}x at T={T:,}")
+        if parts:
+            out.append("- training tokens/s, MM-Rec / GPT: " + ", ".join(parts))
+    if gen is not None:
+        rows = _ok(gen["rows"])
+        top = max((r["context"] for r in rows), default=None)
+        m, g = _find(rows, arch="mmrec", context=top, batch=1), _find(rows, arch="gpt", context=top, batch=1)
+        if m and g:
+            out.append(f"- decode tokens/s at {top:,} context, MM-Rec / GPT: "
+                       f"{m['decode_tokens_per_s'] / g['decode_tokens_per_s']:.2f}x "
+                       f"({m['decode_tokens_per_s']:,.1f} vs {g['decode_tokens_per_s']:,.1f})")
+        mm = [r for r in rows if r["arch"] == "mmrec" and r["batch"] == 1]
+        gp = sorted((r["context"], r["state_mib"]) for r in rows if r["arch"] == "gpt" and r["batch"] == 1)
+        if mm and gp:
+            out.append(f"- state held for generation: MM-Rec {min(r['state_mib'] for r in mm):.3f}–"
+                       f"{max(r['state_mib'] for r in mm):.3f} MiB at every context; GPT KV cache "
+                       f"{gp[0][1]:,.1f} MiB at {gp[0][0]:,} -> {gp[-1][1]:,.1f} MiB at {gp[-1][0]:,}")
+    return out
+
+
 # ------------------------------------------------------------------------------------------ document
 def model_table() -> List[str]:
     import baselines
@@ -525,6 +581,13 @@ def write_doc(results, md: Path, img: Path) -> str:
     add(f"Reference from the issue: a 140M GPT with SDPA in bf16 at B=8, T=1,024 trained at "
         f"{REFERENCE_GPT_T1024:,} tokens/s on the H100.")
     add("")
+    cpu = cpu_summary(results)
+    if cpu:
+        add("The same comparisons on the CPU at the `small` size (indicative only; the goals are set for the H100 "
+            "at ~120M parameters):")
+        add("")
+        L.extend(cpu)
+        add("")
 
     for dev in ("cuda", "cpu"):
         tp, gen, q = (results.get((k, dev)) for k in ("throughput", "generate", "quality"))
@@ -557,10 +620,14 @@ def write_doc(results, md: Path, img: Path) -> str:
                 f"random context is prefilled in chunks of {s['prefill_chunk']:,} tokens through each model's state "
                 f"(MM-Rec's and the LSTM's constant-size state; the GPT's KV cache, allocated once for the context "
                 f"plus the generated tokens), then {s['warmup_tokens']} + {s['new_tokens']} tokens are decoded "
-                f"greedily one at a time, the last {s['new_tokens']} timed. *state / KV* is the bytes of the state "
-                f"tensors; " + ("*decode peak* is `torch.cuda.max_memory_allocated` while decoding (weights "
-                                "included)." if dev == "cuda" else "*process peak RSS* includes the torch libraries "
-                                                                    "and the prefill."))
+                f"greedily one at a time, the last {s['new_tokens']} timed one by one (synchronised; the median step). "
+                f"*state / KV* is the bytes of the state tensors; *kept alive after prefill* is the bytes of the "
+                f"buffers those tensors are views of, right after the prefill (MM-Rec's returned state slices the "
+                f"last segment's outputs, so it holds that segment's h and m until the next call replaces it); " +
+                ("*decode peak* is `torch.cuda.max_memory_allocated` while decoding (weights included)."
+                 if dev == "cuda" else "*process RSS while decoding* is the whole process (one per row, torch "
+                                       "libraries included) after the decode steps, once `malloc_trim` has "
+                                       "handed the freed prefill buffers back to the OS."))
             add("")
             L += table_generate(gen)
             add("")
@@ -596,6 +663,10 @@ def write_doc(results, md: Path, img: Path) -> str:
         add("The GPU results (" + ", ".join(missing) + ") come from `bench/device_models.sh` on the H100; until "
             "their JSONs are in `bench/results/models/`, the goals above read *not measured yet*.")
         add("")
+    add("## Notes and caveats")
+    add("")
+    L.extend(NOTES)
+    add("")
     text = "\n".join(L).rstrip() + "\n"
     md.parent.mkdir(parents=True, exist_ok=True)
     md.write_text(text, encoding="utf-8")
