@@ -89,11 +89,12 @@ def _archs(allowed):
     return parse
 
 
-def machine(device: str) -> Dict[str, Any]:
+def machine(device: str, gpu: bool = True) -> Dict[str, Any]:
+    """The machine; gpu=False leaves CUDA uninitialised (the parent must not hold GPU memory while workers run)."""
     import torch
     info = {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
             "python": platform.python_version()}
-    if device == "cuda" and torch.cuda.is_available():
+    if gpu and device == "cuda" and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
         info["cuda"] = torch.version.cuda
         info["cudnn"] = torch.backends.cudnn.version()
@@ -114,11 +115,15 @@ def build_model(arch: str, preset: str, vocab_size: Optional[int] = None):
     raise ValueError(f"unknown arch {arch!r}; choose from {MODEL_ARCHS}")
 
 
-def describe(model) -> Dict[str, Any]:
+def describe(model, device) -> Dict[str, Any]:
+    """Parameter count, shape, and the device a worker row ran on."""
+    import torch
     cfg = model.config
     keep = ("vocab_size", "d_model", "n_layers", "n_heads", "d_ffn", "hidden_size", "recurrence", "n_banks",
             "n_slots", "chunk_len", "positions", "mlp", "tie_embeddings")
-    return {"params": model.num_parameters(), **{k: getattr(cfg, k) for k in keep if hasattr(cfg, k)}}
+    info = {"params": model.num_parameters(), **{k: getattr(cfg, k) for k in keep if hasattr(cfg, k)}}
+    info["device_name"] = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    return info
 
 
 def state_nbytes(state) -> int:
@@ -169,7 +174,8 @@ def _maxrss_mib() -> float:
 
 def _is_oom(e: BaseException) -> bool:
     import torch
-    return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
+    text = str(e).lower()
+    return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text
 
 
 def _free(device) -> None:
@@ -189,40 +195,46 @@ def throughput_rows(arch: str, sizes: List[int], a: Dict[str, Any]) -> Iterator[
     device = torch.device(a["device"])
     torch.manual_seed(0)
     model = build_model(arch, a["preset"], a["vocab"]).to(device).train()
-    info = describe(model)
+    info = describe(model, device)
     V = model.config.vocab_size
     optimizer = torch.optim.AdamW(_param_groups(model, 0.1), lr=1e-4, betas=(0.9, 0.95), eps=1e-8)
     params = [p for p in model.parameters() if p.requires_grad]
     bf16 = a["dtype"] == "bf16"
+
+    def train_step(data, batch: int, micro: int, T: int) -> float:
+        """One optimizer step over `data` [batch, T + 1]; its seconds. Its tensors die with this frame (OOM)."""
+        _sync(device)
+        t0 = time.perf_counter()
+        for i in range(0, batch, micro):
+            x, y = data[i:i + micro, :-1], data[i:i + micro, 1:]
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                logits, _ = model(x)
+            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum")
+            (loss / (batch * T)).backward()
+            del logits, loss
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        _sync(device)
+        return time.perf_counter() - t0
+
     for T in sizes:
         batch = max(1, a["tokens_per_step"] // T)
         micro = max(1, min(batch, a["micro_tokens"] // T))
         while batch % micro:
             micro -= 1
         row = dict(arch=arch, T=T, batch=batch, micro_batch=micro, tokens_per_step=batch * T, **info)
-        data = torch.randint(0, V, (batch, T + 1), device=device)
         times: List[float] = []
+        data = None
         try:
+            data = torch.randint(0, V, (batch, T + 1), device=device)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             base_rss = _rss_mib()
             t_row = time.perf_counter()
             step = 0
             while True:
-                _sync(device)
-                t0 = time.perf_counter()
-                for i in range(0, batch, micro):
-                    x, y = data[i:i + micro, :-1], data[i:i + micro, 1:]
-                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                        logits, _ = model(x)
-                    loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum")
-                    (loss / (batch * T)).backward()
-                    del logits, loss
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                _sync(device)
-                dt = time.perf_counter() - t0
+                dt = train_step(data, batch, micro, T)
                 step += 1
                 warm = a["warmup"] if dt < 5.0 else 1          # a slow first step is warm-up enough
                 if step > warm:
@@ -241,6 +253,7 @@ def throughput_rows(arch: str, sizes: List[int], a: Dict[str, Any]) -> Iterator[
                 row["lstm_dtype"] = model.lstm_dtype
         except Exception as e:  # noqa: BLE001 -- every failure becomes a row, the run goes on
             row.update(status="oom" if _is_oom(e) else "error", error=f"{type(e).__name__}: {str(e)[:300]}")
+            e = None
             optimizer.zero_grad(set_to_none=True)
         del data
         _free(device)
@@ -256,7 +269,7 @@ def generate_rows(arch: str, contexts: List[int], a: Dict[str, Any]) -> Iterator
     dtype = torch.bfloat16 if a["dtype"] == "bf16" else torch.float32
     torch.manual_seed(0)
     model = build_model(arch, a["preset"], a["vocab"]).to(device=device, dtype=dtype).eval()
-    info = describe(model)
+    info = describe(model, device)
     weights_mib = sum(p.numel() * p.element_size() for p in {id(p): p for p in model.parameters()}.values()) / 2**20
     V, B = model.config.vocab_size, a["batch"]
     warm, new = a["warmup_tokens"], a["new_tokens"]
@@ -324,7 +337,7 @@ def generate_rows(arch: str, contexts: List[int], a: Dict[str, Any]) -> Iterator
                     row["rss_after_decode_trimmed_mib"] = _rss_mib()
         except Exception as e:  # noqa: BLE001
             row.update(status="oom" if _is_oom(e) else "error", error=f"{type(e).__name__}: {str(e)[:300]}")
-        state = logits = token = None
+        state = logits = token = prompt = None
         _free(device)
         yield row
 
@@ -444,7 +457,7 @@ def cmd_throughput(args) -> Path:
              micro_tokens=args.micro_tokens or args.tokens_per_step, steps=args.steps, warmup=args.warmup,
              row_seconds=args.row_seconds, threads=args.threads)
     payload = {"kind": "throughput", "command": _command(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-               "machine": machine(args.device), "settings": a, "quick": args.quick, "rows": []}
+               "machine": machine(args.device, gpu=False), "settings": a, "quick": args.quick, "rows": []}
     rows, clock = payload["rows"], Budget(args.budget_s)
     for arch in args.archs:
         # CPU: one process per row, for a clean peak RSS each; CUDA: one per arch (peak stats reset per row)
@@ -453,6 +466,7 @@ def cmd_throughput(args) -> Path:
             rows += _worker("throughput", arch, points, a, clock.timeout(args.worker_timeout))
             _write(payload, args.out, f"throughput_{args.device}.json", args.quick, quiet=True)
     print_table("throughput", rows)
+    payload["machine"] = machine(args.device)
     return _write(payload, args.out, f"throughput_{args.device}.json", args.quick)
 
 
@@ -462,7 +476,7 @@ def cmd_generate(args) -> Path:
         args.prefill_chunk, args.warmup_tokens, args.batches = 32, 1, [1]
     preset = args.preset or ("base" if args.device == "cuda" else "small")
     payload = {"kind": "generate", "command": _command(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-               "machine": machine(args.device), "settings": [], "quick": args.quick, "rows": []}
+               "machine": machine(args.device, gpu=False), "settings": [], "quick": args.quick, "rows": []}
     rows, clock = payload["rows"], Budget(args.budget_s)
     for batch in args.batches:
         a = dict(device=args.device, preset=preset, vocab=args.vocab, dtype=args.dtype, batch=batch,
@@ -475,6 +489,7 @@ def cmd_generate(args) -> Path:
                 rows += _worker("generate", arch, points, a, clock.timeout(args.worker_timeout))
                 _write(payload, args.out, f"generate_{args.device}.json", args.quick, quiet=True)
     print_table("generate", rows)
+    payload["machine"] = machine(args.device)
     return _write(payload, args.out, f"generate_{args.device}.json", args.quick)
 
 
@@ -564,7 +579,7 @@ def cmd_quality(args) -> Path:
     settings = dict(device=args.device, preset=args.preset, seeds=args.seeds, archs=args.archs, jobs=args.jobs,
                     sets=QUALITY_SETS_QUICK if args.quick else QUALITY_SETS)
     payload = {"kind": "quality", "command": _command(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-               "machine": machine(args.device), "settings": settings, "quick": args.quick, "runs": results}
+               "machine": machine(args.device, gpu=False), "settings": settings, "quick": args.quick, "runs": results}
     clock = Budget(args.budget_s)
     while pending or running:
         while pending and len(running) < args.jobs:
@@ -605,6 +620,7 @@ def cmd_quality(args) -> Path:
     results.sort(key=lambda r: order[(r["arch"], r["seed"])])
     print_quality(results)
     settings["wall_s"] = time.perf_counter() - t_all
+    payload["machine"] = machine(args.device)
     return _write(payload, args.out, f"quality_{args.device}.json", args.quick)
 
 

@@ -94,7 +94,9 @@ def _num(x: Optional[float], spec: str = ",.0f") -> str:
 
 def _machine(data: Dict[str, Any]) -> str:
     m = data.get("machine", {})
-    parts = [m.get("gpu") or f"{m.get('cpus', '?')}-core CPU", f"torch {m.get('torch', '?')}"]
+    gpu = m.get("gpu") or next((r.get("device_name") for r in data.get("rows", []) if
+                                r.get("device_name") and "cuda" in str(data.get("settings"))), None)
+    parts = [gpu or f"{m.get('cpus', '?')}-core CPU", f"torch {m.get('torch', '?')}"]
     if m.get("cuda"):
         parts.append(f"CUDA {m['cuda']}")
     if m.get("cudnn"):
