@@ -559,6 +559,10 @@ def quality_commands(args, runs_dir: Path) -> List[Dict[str, Any]]:
     return jobs
 
 
+def _terminate(signum, frame):
+    raise SystemExit(f"stopped by signal {signum}")
+
+
 def cmd_quality(args) -> Path:
     if args.quick:
         args.device, args.preset = "cpu", "tiny"
@@ -581,41 +585,47 @@ def cmd_quality(args) -> Path:
     payload = {"kind": "quality", "command": _command(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
                "machine": machine(args.device, gpu=False), "settings": settings, "quick": args.quick, "runs": results}
     clock = Budget(args.budget_s)
-    while pending or running:
-        while pending and len(running) < args.jobs:
-            j = pending.pop(0)
-            if clock.timeout(args.run_timeout) < 30:           # not enough budget left to finish a run
-                results.append({"arch": j["arch"], "seed": j["seed"], "status": "skipped (budget)", "stages": {},
-                                "command": " ".join(shlex.quote(c) for c in j["cmd"])})
-                continue
-            j["run_dir"].mkdir(parents=True, exist_ok=True)
-            j["log"] = open(j["run_dir"].parent / f"{j['run_dir'].name}.log", "w")
-            j["log"].write("$ " + " ".join(shlex.quote(c) for c in j["cmd"]) + "\n")
-            j["log"].flush()
-            j["proc"] = subprocess.Popen(j["cmd"], stdout=j["log"], stderr=subprocess.STDOUT, env=env,
-                                         start_new_session=True)
-            j["t0"] = time.perf_counter()
-            j["timeout"] = clock.timeout(args.run_timeout)
-            print(f"# started {j['arch']} seed {j['seed']}", file=sys.stderr, flush=True)
-            running.append(j)
-        time.sleep(0.2)
-        for j in list(running):
-            rc = j["proc"].poll()
-            wall = time.perf_counter() - j["t0"]
-            if rc is None and wall > j["timeout"]:
-                os.killpg(j["proc"].pid, signal.SIGKILL)
-                j["proc"].wait()
-                rc = "timeout"
-            if rc is None:
-                continue
-            running.remove(j)
-            j["log"].close()
-            r = collect_run(j["run_dir"], j["arch"], j["seed"])
-            r.update(status="ok" if rc == 0 else ("timeout" if rc == "timeout" else f"exit {rc}"), wall_s=wall,
-                     command=" ".join(shlex.quote(c) for c in j["cmd"]), log=str(j["log"].name))
-            results.append(r)
-            print(f"# {j['arch']} seed {j['seed']}: {r['status']} in {wall:.0f} s", file=sys.stderr, flush=True)
-            _write(payload, args.out, f"quality_{args.device}.json", args.quick, quiet=True)
+    previous = signal.signal(signal.SIGTERM, _terminate)    # `timeout` stops us: stop the runs too
+    try:
+        while pending or running:
+            while pending and len(running) < args.jobs:
+                j = pending.pop(0)
+                if clock.timeout(args.run_timeout) < 30:           # not enough budget left to finish a run
+                    results.append({"arch": j["arch"], "seed": j["seed"], "status": "skipped (budget)", "stages": {},
+                                    "command": " ".join(shlex.quote(c) for c in j["cmd"])})
+                    continue
+                j["run_dir"].mkdir(parents=True, exist_ok=True)
+                j["log"] = open(j["run_dir"].parent / f"{j['run_dir'].name}.log", "w")
+                j["log"].write("$ " + " ".join(shlex.quote(c) for c in j["cmd"]) + "\n")
+                j["log"].flush()
+                j["proc"] = subprocess.Popen(j["cmd"], stdout=j["log"], stderr=subprocess.STDOUT, env=env,
+                                             start_new_session=True)
+                j["t0"] = time.perf_counter()
+                j["timeout"] = clock.timeout(args.run_timeout)
+                print(f"# started {j['arch']} seed {j['seed']}", file=sys.stderr, flush=True)
+                running.append(j)
+            time.sleep(0.2)
+            for j in list(running):
+                rc = j["proc"].poll()
+                wall = time.perf_counter() - j["t0"]
+                if rc is None and wall > j["timeout"]:
+                    os.killpg(j["proc"].pid, signal.SIGKILL)
+                    j["proc"].wait()
+                    rc = "timeout"
+                if rc is None:
+                    continue
+                running.remove(j)
+                j["log"].close()
+                r = collect_run(j["run_dir"], j["arch"], j["seed"])
+                r.update(status="ok" if rc == 0 else ("timeout" if rc == "timeout" else f"exit {rc}"), wall_s=wall,
+                         command=" ".join(shlex.quote(c) for c in j["cmd"]), log=str(j["log"].name))
+                results.append(r)
+                print(f"# {j['arch']} seed {j['seed']}: {r['status']} in {wall:.0f} s", file=sys.stderr, flush=True)
+                _write(payload, args.out, f"quality_{args.device}.json", args.quick, quiet=True)
+    finally:
+        for j in running:                                  # their own sessions: not in our process group
+            os.killpg(j["proc"].pid, signal.SIGKILL)
+        signal.signal(signal.SIGTERM, previous)
     order = {(j["arch"], j["seed"]): i for i, j in enumerate(jobs)}
     results.sort(key=lambda r: order[(r["arch"], r["seed"])])
     print_quality(results)
