@@ -565,9 +565,14 @@ def save_final(stage_dir: Path, model, tok: Tokenizer, meta: Dict[str, Any]) -> 
 
 
 def run_stage(stage: str, tcfg: TrainConfig, rt: Runtime, out: Path, tok: Tokenizer, init_dir: Optional[Path],
-              resume: bool, metrics: Metrics, halt_at: Optional[tuple] = None, sources: Optional[tuple] = None):
-    """Trains one stage; returns (final model directory, summary dict)."""
+              resume: bool, metrics: Metrics, halt_at: Optional[tuple] = None, sources: Optional[tuple] = None,
+              model_class=None):
+    """Trains one stage; returns (final model directory, summary dict).
+
+    model_class (benchmarks only, default MMRecLM): another LM class with MMRecLM's interface plus a
+    classmethod from_preset(preset, **overrides), e.g. the baselines of bench/baselines.py."""
     from . import MMRecConfig, MMRecLM
+    model_class = model_class or MMRecLM
     cfg = tcfg.stages[stage]
     stage_dir = out / stage
     max_steps = stage_steps(cfg)
@@ -586,15 +591,18 @@ def run_stage(stage: str, tcfg: TrainConfig, rt: Runtime, out: Path, tok: Tokeni
 
     resume_dir = latest_checkpoint(stage_dir) if resume else None
     if resume_dir is not None:
-        model = MMRecLM.from_pretrained(resume_dir)
+        model = model_class.from_pretrained(resume_dir)
         log(f"{stage}: resuming from {resume_dir}")
     elif init_dir is not None:
-        model = MMRecLM.from_pretrained(init_dir)
+        model = model_class.from_pretrained(init_dir)
         log(f"{stage}: starting from {init_dir}")
     else:
         overrides = dict(tcfg.model)
         overrides["vocab_size"] = tok.vocab_size
-        model = MMRecLM(MMRecConfig.preset(tcfg.preset, **overrides))
+        if model_class is MMRecLM:
+            model = MMRecLM(MMRecConfig.preset(tcfg.preset, **overrides))
+        else:
+            model = model_class.from_preset(tcfg.preset, **overrides)
         if stage != "pretrain":
             log(f"{stage}: no previous stage's checkpoint; starting from random weights")
     if model.config.vocab_size != tok.vocab_size:
@@ -862,7 +870,8 @@ def _default_out(resume: bool) -> Path:
     return runs / time.strftime("run-%Y%m%d-%H%M%S")
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Optional[Sequence[str]] = None, *, model_class=None) -> int:
+    """The CLI. model_class: see run_stage (bench/train_baseline.py trains the baselines through it)."""
     args = build_parser().parse_args(argv)
     out = Path(args.out) if args.out else _default_out(args.resume)
     try:
@@ -914,7 +923,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 halt_stage, _, halt_step = args.halt_at.partition(":")
                 halt_at = (halt_stage, int(halt_step))
             prev, summary = run_stage(stage, tcfg, rt, out, tok, prev, args.resume, metrics, halt_at,
-                                      sources.get(stage))
+                                      sources.get(stage), model_class)
             summaries.append(summary)
             if rt.main:
                 plot_metrics(out / "metrics.jsonl", out / "loss.png")

@@ -1,0 +1,745 @@
+"""Model-level comparison of MM-Rec against a GPT-style Transformer and an LSTM of the same size (issue 8).
+
+    python bench/compare_models.py throughput --device cuda --sizes 1024,4096,16384 --tokens-per-step 65536
+    python bench/compare_models.py generate --device cuda --contexts 1024,4096,16384,65536
+    python bench/compare_models.py quality --device cuda --seeds 1,2
+    python bench/compare_models.py SUBCOMMAND --quick      # tiny shapes on the CPU: checks the script, in seconds
+
+Each writes a JSON (default bench/results/models/<subcommand>_<device>.json; --quick: runs/compare_quick/)
+and prints a table; bench/plot_benchmarks.py turns the JSONs into docs/benchmarks.md.
+
+throughput  training step (forward, backward, grad clip, AdamW: the trainer's step) per arch and sequence
+            length T; batch = tokens-per-step / T rows, run as micro-batches of --micro-tokens tokens with
+            gradient accumulation. Median of timed steps after warm-up (cuda-synchronised). Peak memory:
+            torch.cuda.max_memory_allocated per row (CUDA; one process per arch), the process's peak RSS
+            (CPU; one process per row). Out-of-memory is recorded as a row with status "oom".
+generate    prefill a random context (in chunks of --prefill-chunk, through each model's state: MM-Rec's
+            and the LSTM's constant-size state, the GPT's KV cache), then greedy-decode --new-tokens tokens
+            one at a time; decode tokens/s, the bytes of the state / KV cache, and peak memory.
+quality     the full three-stage pipeline (`python -m mmrec_model.train` via bench/train_baseline.py) per arch
+            and seed at the `small` size with equal tokens, and the held-out losses of every stage.
+
+Archs: mmrec (recurrence=nonlinear, the preset's default), mmrec-linear (recurrence=linear), gpt and lstm
+(bench/baselines.py, matched() to the parameter count of the MM-Rec preset). quality also knows
+mmrec-tbptt: MM-Rec pre-trained with its state carried across segments (the trainer's default for MM-Rec).
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import platform
+import resource
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+RESULTS = HERE / "results" / "models"
+QUICK_RESULTS = ROOT / "runs" / "compare_quick"
+MODEL_ARCHS = ("mmrec", "mmrec-linear", "gpt", "lstm")
+QUALITY_ARCHS = ("mmrec", "mmrec-linear", "mmrec-tbptt", "gpt", "lstm")
+STAGES = ("pretrain", "instruct", "chat")
+
+# The quality runs: the settings of bench/results/gpu_train/README.md (the `small` preset on the H100),
+# with TBPTT off (every arch sees the same random 512-token windows) and the held-out sets read in full
+# (pre-training: 64 windows of 512 tokens per set; instruct/chat: every held-out example).
+QUALITY_SETS = ["vocab_size=8192", "stages.pretrain.max_steps=400", "stages.pretrain.batch_size=32",
+                "stages.pretrain.seq_len=512", "stages.pretrain.eval_every=100", "stages.pretrain.eval_windows=64",
+                "stages.instruct.max_steps=150", "stages.instruct.eval_windows=1000",
+                "stages.chat.max_steps=100", "stages.chat.eval_windows=1000"]
+QUALITY_SETS_QUICK = ["vocab_size=512", "tokenizer_max_chars=60000", "stages.pretrain.max_steps=3",
+                      "stages.pretrain.batch_size=4", "stages.pretrain.seq_len=32", "stages.pretrain.eval_every=0",
+                      "stages.pretrain.eval_windows=4", "stages.pretrain.sample_tokens=4",
+                      "stages.instruct.max_steps=2", "stages.instruct.batch_size=4", "stages.instruct.seq_len=48",
+                      "stages.instruct.eval_every=0", "stages.instruct.eval_windows=4",
+                      "stages.instruct.sample_tokens=4", "stages.chat.max_steps=2", "stages.chat.batch_size=4",
+                      "stages.chat.seq_len=64", "stages.chat.eval_every=0", "stages.chat.eval_windows=4",
+                      "stages.chat.sample_tokens=4"]
+
+
+def _ints(text: str) -> List[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _archs(allowed):
+    def parse(text: str) -> List[str]:
+        values = [x.strip() for x in text.split(",") if x.strip()]
+        bad = [v for v in values if v not in allowed]
+        if not values or bad:
+            raise argparse.ArgumentTypeError(f"archs must be from {allowed}, got {text!r}")
+        return values
+    return parse
+
+
+def machine(device: str, gpu: bool = True) -> Dict[str, Any]:
+    """The machine; gpu=False leaves CUDA uninitialised (the parent must not hold GPU memory while workers run)."""
+    import torch
+    info = {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
+            "python": platform.python_version()}
+    if gpu and device == "cuda" and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+        info["cuda"] = torch.version.cuda
+        info["cudnn"] = torch.backends.cudnn.version()
+    return info
+
+
+# ------------------------------------------------------------------------------------------ models
+def build_model(arch: str, preset: str, vocab_size: Optional[int] = None):
+    """The model of `arch` at MM-Rec preset `preset` (baselines matched to the nonlinear MM-Rec's count)."""
+    from mmrec_model import MMRecConfig, MMRecLM
+    import baselines
+    overrides = {} if vocab_size is None else {"vocab_size": vocab_size}
+    if arch in ("mmrec", "mmrec-linear"):
+        recurrence = "linear" if arch == "mmrec-linear" else "nonlinear"
+        return MMRecLM(MMRecConfig.preset(preset, recurrence=recurrence, **overrides))
+    if arch in baselines.MODELS:
+        return baselines.MODELS[arch](baselines.matched(arch, preset, vocab_size))
+    raise ValueError(f"unknown arch {arch!r}; choose from {MODEL_ARCHS}")
+
+
+def describe(model, device) -> Dict[str, Any]:
+    """Parameter count, shape, and the device a worker row ran on."""
+    import torch
+    cfg = model.config
+    keep = ("vocab_size", "d_model", "n_layers", "n_heads", "d_ffn", "hidden_size", "recurrence", "n_banks",
+            "n_slots", "chunk_len", "positions", "mlp", "tie_embeddings")
+    info = {"params": model.num_parameters(), **{k: getattr(cfg, k) for k in keep if hasattr(cfg, k)}}
+    info["device_name"] = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    return info
+
+
+def state_nbytes(state) -> int:
+    """Bytes of a model state's tensors: MMRecState, KVCache (its allocated capacity), LSTMState; None: 0."""
+    if state is None:
+        return 0
+    if hasattr(state, "nbytes"):
+        return int(state.nbytes())
+    return sum(t.numel() * t.element_size() for layer in state.layers
+               for t in (layer.h, layer.m, layer.slots, layer.chunk_sum))
+
+
+def state_storage_nbytes(state) -> int:
+    """Bytes of the storages a state keeps alive: more than state_nbytes where its tensors are views into
+    bigger buffers (MMRecLM's returned state slices the segment's [B, T, ...] outputs)."""
+    if state is None:
+        return 0
+    tensors = state.k + state.v if hasattr(state, "k") else [state.h, state.c] if hasattr(state, "c") else \
+        [t for layer in state.layers for t in (layer.h, layer.m, layer.slots, layer.chunk_sum)]
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+    return sum(storages.values())
+
+
+def _sync(device) -> None:
+    import torch
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _malloc_trim() -> bool:
+    """glibc's malloc_trim(0): returns freed heap memory to the OS (False where there is no glibc)."""
+    import ctypes
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        return True
+    except (OSError, AttributeError):
+        return False
+
+
+def _maxrss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _is_oom(e: BaseException) -> bool:
+    import torch
+    text = str(e).lower()
+    return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text
+
+
+def _free(device) -> None:
+    import torch
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+# ------------------------------------------------------------------------------------------ throughput
+def throughput_rows(arch: str, sizes: List[int], a: Dict[str, Any]) -> Iterator[Dict[str, Any]]:
+    """Training-step rows of one arch, yielded one by one (run inside a worker process)."""
+    import torch
+    import torch.nn.functional as F
+    from mmrec_model.train import _param_groups
+
+    device = torch.device(a["device"])
+    torch.manual_seed(0)
+    model = build_model(arch, a["preset"], a["vocab"]).to(device).train()
+    info = describe(model, device)
+    V = model.config.vocab_size
+    optimizer = torch.optim.AdamW(_param_groups(model, 0.1), lr=1e-4, betas=(0.9, 0.95), eps=1e-8)
+    params = [p for p in model.parameters() if p.requires_grad]
+    bf16 = a["dtype"] == "bf16"
+
+    def train_step(data, batch: int, micro: int, T: int) -> float:
+        """One optimizer step over `data` [batch, T + 1]; its seconds. Its tensors die with this frame (OOM)."""
+        _sync(device)
+        t0 = time.perf_counter()
+        for i in range(0, batch, micro):
+            x, y = data[i:i + micro, :-1], data[i:i + micro, 1:]
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                logits, _ = model(x)
+            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum")
+            (loss / (batch * T)).backward()
+            del logits, loss
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        _sync(device)
+        return time.perf_counter() - t0
+
+    for T in sizes:
+        batch = max(1, a["tokens_per_step"] // T)
+        micro = max(1, min(batch, a["micro_tokens"] // T))
+        while batch % micro:
+            micro -= 1
+        row = dict(arch=arch, T=T, batch=batch, micro_batch=micro, tokens_per_step=batch * T, **info)
+        times: List[float] = []
+        data = None
+        try:
+            data = torch.randint(0, V, (batch, T + 1), device=device)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            base_rss = _rss_mib()
+            t_row = time.perf_counter()
+            step = 0
+            while True:
+                dt = train_step(data, batch, micro, T)
+                step += 1
+                warm = a["warmup"] if dt < 5.0 else 1          # a slow first step is warm-up enough
+                if step > warm:
+                    times.append(dt)
+                spent = time.perf_counter() - t_row
+                if len(times) >= a["steps"] or (len(times) >= 2 and spent > a["row_seconds"]):
+                    break
+            step_s = statistics.median(times)
+            row.update(status="ok", step_s=step_s, tokens_per_s=batch * T / step_s, timed_steps=len(times),
+                       step_times=times)
+            if device.type == "cuda":
+                row["peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+            else:
+                row.update(peak_mib=_maxrss_mib(), rss_before_mib=base_rss)
+            if hasattr(model, "lstm_dtype"):
+                row["lstm_dtype"] = model.lstm_dtype
+        except Exception as e:  # noqa: BLE001 -- every failure becomes a row, the run goes on
+            row.update(status="oom" if _is_oom(e) else "error", error=f"{type(e).__name__}: {str(e)[:300]}")
+            e = None
+            optimizer.zero_grad(set_to_none=True)
+        del data
+        _free(device)
+        yield row
+
+
+# ------------------------------------------------------------------------------------------ generation
+def generate_rows(arch: str, contexts: List[int], a: Dict[str, Any]) -> Iterator[Dict[str, Any]]:
+    """Prefill + decode rows of one arch, yielded one by one (inside a worker process)."""
+    import torch
+
+    device = torch.device(a["device"])
+    dtype = torch.bfloat16 if a["dtype"] == "bf16" else torch.float32
+    torch.manual_seed(0)
+    model = build_model(arch, a["preset"], a["vocab"]).to(device=device, dtype=dtype).eval()
+    info = describe(model, device)
+    weights_mib = sum(p.numel() * p.element_size() for p in {id(p): p for p in model.parameters()}.values()) / 2**20
+    V, B = model.config.vocab_size, a["batch"]
+    warm, new = a["warmup_tokens"], a["new_tokens"]
+    lstm_dtype = _lstm_dtype_for_generation(model, device) if arch == "lstm" else None
+    with torch.no_grad():                    # warm-up outside the timings: first calls of every kernel
+        state = model.init_state(B, device=device, dtype=dtype, capacity=80) if arch == "gpt" else None
+        logits, state = model(torch.randint(0, V, (B, 64), device=device), state, last_only=True)
+        for _ in range(4):
+            logits, state = model(logits[:, -1].argmax(-1, keepdim=True), state)
+        _sync(device)
+    for ctx in contexts:
+        row = dict(arch=arch, context=ctx, batch=B, new_tokens=new, dtype=a["dtype"], weights_mib=weights_mib,
+                   prefill_chunk=a["prefill_chunk"], **info)
+        if lstm_dtype is not None:
+            row["lstm_dtype"] = lstm_dtype
+        state = None
+        try:
+            _free(device)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            rss0 = _rss_mib()
+            prompt = torch.randint(0, V, (B, ctx), device=device)
+            with torch.no_grad():
+                if arch == "gpt":                                        # the whole KV cache, allocated once
+                    state = model.init_state(B, device=device, dtype=dtype, capacity=ctx + warm + new)
+                _sync(device)
+                t0 = time.perf_counter()
+                for s in range(0, ctx, a["prefill_chunk"]):
+                    logits, state = model(prompt[:, s:s + a["prefill_chunk"]], state, last_only=True)
+                _sync(device)
+                prefill_s = time.perf_counter() - t0
+                row.update(prefill_s=prefill_s, prefill_tokens_per_s=B * ctx / prefill_s,
+                           state_mib=state_nbytes(state) / 2**20,
+                           state_storage_after_prefill_mib=state_storage_nbytes(state) / 2**20)
+                if device.type == "cuda":
+                    row["prefill_peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+                    row["after_prefill_mib"] = torch.cuda.memory_allocated(device) / 2**20
+                else:
+                    row["rss_after_prefill_mib"] = _rss_mib()
+                del prompt
+                token = logits[:, -1].argmax(-1, keepdim=True)          # [B, 1]
+                for _ in range(warm):                                    # (also drops prefill-sized buffers)
+                    logits, state = model(token, state)
+                    token = logits[:, -1].argmax(-1, keepdim=True)
+                _sync(device)
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                    row["decode_start_mib"] = torch.cuda.memory_allocated(device) / 2**20
+                steps = []
+                for _ in range(new):                 # synchronised per step, as a sampler that checks eos is
+                    t0 = time.perf_counter()
+                    logits, state = model(token, state)
+                    token = logits[:, -1].argmax(-1, keepdim=True)
+                    _sync(device)
+                    steps.append(time.perf_counter() - t0)
+            step_s = statistics.median(steps)        # robust to another process taking the CPU for a moment
+            row.update(status="ok", decode_s=sum(steps), token_ms=1e3 * step_s, decode_tokens_per_s=B / step_s,
+                       decode_tokens_per_s_mean=B * new / sum(steps),
+                       state_after_decode_mib=state_nbytes(state) / 2**20)
+            if device.type == "cuda":
+                row["decode_peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+            else:
+                row.update(rss_before_mib=rss0, rss_after_decode_mib=_rss_mib(), peak_mib=_maxrss_mib())
+                if _malloc_trim():              # freed prefill buffers back to the OS: RSS = what decoding holds
+                    row["rss_after_decode_trimmed_mib"] = _rss_mib()
+        except Exception as e:  # noqa: BLE001
+            row.update(status="oom" if _is_oom(e) else "error", error=f"{type(e).__name__}: {str(e)[:300]}")
+        state = logits = token = prompt = None
+        _free(device)
+        yield row
+
+
+def _lstm_dtype_for_generation(model, device) -> str:
+    """Runs the LSTM in the model's dtype if this cuDNN can (bf16 needs cuDNN >= 9.13), else in float32."""
+    import torch
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 2, dtype=torch.long, device=device))
+    except RuntimeError as e:
+        print(f"# lstm: {str(e).splitlines()[0]}; the LSTM layers run in float32", file=sys.stderr)
+        model.lstm.float()
+        with torch.no_grad():
+            model(torch.zeros(1, 2, dtype=torch.long, device=device))
+    return model.lstm_dtype
+
+
+# ------------------------------------------------------------------------------------------ workers
+def _worker(kind: str, arch: str, points: List[int], a: Dict[str, Any], timeout: float) -> List[Dict[str, Any]]:
+    """Runs rows in a fresh process (clean peak memory, and a crash or hang costs only these rows)."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "_worker", kind, arch, ",".join(map(str, points)),
+           json.dumps(a)]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    key = "T" if kind == "throughput" else "context"
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired as e:
+        tail = (e.stderr or b"")
+        tail = tail.decode(errors="replace") if isinstance(tail, bytes) else tail
+        sys.stderr.write(tail)
+        done = [json.loads(line[2:]) for line in tail.splitlines() if line.startswith("@ ")]
+        seen = {r[key] for r in done}
+        return done + [dict(arch=arch, **{key: p}, status="timeout", error=f"worker passed {timeout:.0f} s")
+                       for p in points if p not in seen]
+    sys.stderr.write("\n".join(line for line in proc.stderr.splitlines() if not line.startswith("@ ")) + "\n")
+    rows = [json.loads(line[2:]) for line in proc.stderr.splitlines() if line.startswith("@ ")]
+    seen = {r[key] for r in rows}
+    why = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"
+    return rows + [dict(arch=arch, **{key: p}, status="error", error=f"worker exit {proc.returncode}: {why}")
+                   for p in points if p not in seen]
+
+
+def _worker_main(argv: List[str]) -> int:
+    kind, arch, points, a = argv[0], argv[1], _ints(argv[2]), json.loads(argv[3])
+    import torch
+    if a.get("threads"):
+        torch.set_num_threads(a["threads"])
+    fn = throughput_rows if kind == "throughput" else generate_rows
+    for row in fn(arch, points, a):          # each row streamed as soon as it is done
+        print(f"# {_row_line(kind, row)}", file=sys.stderr)
+        print("@ " + json.dumps(row), file=sys.stderr, flush=True)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ tables
+def _fmt(x, spec: str = ",.0f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def _row_line(kind: str, r: Dict[str, Any]) -> str:
+    if kind == "throughput":
+        head = f"{r['arch']:<13} T={r['T']:<6} B={r.get('batch', '-')!s:<4} micro={r.get('micro_batch', '-')!s:<4}"
+        if r.get("status") != "ok":
+            return f"{head} {r.get('status', '?').upper()}: {r.get('error', '')}"
+        return (f"{head} {r['params']:>12,} params {r['tokens_per_s']:>12,.0f} tok/s  step {r['step_s']:.3f} s  "
+                f"peak {r['peak_mib']:,.0f} MiB")
+    head = f"{r['arch']:<13} ctx={r['context']:<6} B={r.get('batch', '-')!s:<3}"
+    if r.get("status") != "ok":
+        return f"{head} {r.get('status', '?').upper()}: {r.get('error', '')}"
+    peak = r.get("decode_peak_mib", r.get("peak_mib"))
+    return (f"{head} decode {r['decode_tokens_per_s']:>10,.1f} tok/s ({r['token_ms']:.2f} ms/step)  "
+            f"state {r['state_mib']:>9,.2f} MiB  peak {_fmt(peak)} MiB  prefill {r['prefill_tokens_per_s']:>10,.0f} tok/s")
+
+
+def print_table(kind: str, rows: List[Dict[str, Any]]) -> None:
+    print()
+    for r in rows:
+        print(_row_line(kind, r))
+
+
+def _write(payload: Dict[str, Any], out: Optional[str], name: str, quick: bool, quiet: bool = False) -> Path:
+    """Writes the JSON (again after every worker, so a run cut short still leaves its rows)."""
+    path = Path(out) if out else (QUICK_RESULTS if quick else RESULTS) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=1) + "\n")
+    os.replace(tmp, path)
+    if not quiet:
+        print(f"wrote {path}")
+    return path
+
+
+class Budget:
+    """Wall-clock budget of a subcommand: each worker's timeout is cut to what is left (at least 5 s)."""
+
+    def __init__(self, seconds: Optional[float]):
+        self.end = None if not seconds else time.perf_counter() + seconds
+
+    def timeout(self, worker_timeout: float) -> float:
+        if self.end is None:
+            return worker_timeout
+        return max(5.0, min(worker_timeout, self.end - time.perf_counter()))
+
+
+def _command() -> str:
+    return "python bench/compare_models.py " + " ".join(shlex.quote(x) for x in sys.argv[1:])
+
+
+# ------------------------------------------------------------------------------------------ subcommands
+def cmd_throughput(args) -> Path:
+    if args.quick:
+        args.device, args.preset, args.sizes, args.tokens_per_step = "cpu", "tiny", [16, 32], 64
+        args.micro_tokens, args.steps, args.warmup, args.dtype = 32, 2, 1, "fp32"
+    preset = args.preset or ("base" if args.device == "cuda" else "small")
+    a = dict(device=args.device, preset=preset, vocab=args.vocab, dtype=args.dtype, tokens_per_step=args.tokens_per_step,
+             micro_tokens=args.micro_tokens or args.tokens_per_step, steps=args.steps, warmup=args.warmup,
+             row_seconds=args.row_seconds, threads=args.threads)
+    payload = {"kind": "throughput", "command": _command(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+               "machine": machine(args.device, gpu=False), "settings": a, "quick": args.quick, "rows": []}
+    rows, clock = payload["rows"], Budget(args.budget_s)
+    for arch in args.archs:
+        # CPU: one process per row, for a clean peak RSS each; CUDA: one per arch (peak stats reset per row)
+        groups = [[T] for T in args.sizes] if args.device == "cpu" and not args.quick else [args.sizes]
+        for points in groups:
+            rows += _worker("throughput", arch, points, a, clock.timeout(args.worker_timeout))
+            _write(payload, args.out, f"throughput_{args.device}.json", args.quick, quiet=True)
+    print_table("throughput", rows)
+    payload["machine"] = machine(args.device)
+    return _write(payload, args.out, f"throughput_{args.device}.json", args.quick)
+
+
+def cmd_generate(args) -> Path:
+    if args.quick:
+        args.device, args.preset, args.contexts, args.new_tokens = "cpu", "tiny", [16, 64], 4
+        args.prefill_chunk, args.warmup_tokens, args.batches = 32, 1, [1]
+    preset = args.preset or ("base" if args.device == "cuda" else "small")
+    payload = {"kind": "generate", "command": _command(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+               "machine": machine(args.device, gpu=False), "settings": [], "quick": args.quick, "rows": []}
+    rows, clock = payload["rows"], Budget(args.budget_s)
+    for batch in args.batches:
+        a = dict(device=args.device, preset=preset, vocab=args.vocab, dtype=args.dtype, batch=batch,
+                 new_tokens=args.new_tokens, warmup_tokens=args.warmup_tokens, prefill_chunk=args.prefill_chunk,
+                 threads=args.threads)
+        payload["settings"].append(a)
+        for arch in args.archs:
+            groups = [[c] for c in args.contexts] if args.device == "cpu" and not args.quick else [args.contexts]
+            for points in groups:
+                rows += _worker("generate", arch, points, a, clock.timeout(args.worker_timeout))
+                _write(payload, args.out, f"generate_{args.device}.json", args.quick, quiet=True)
+    print_table("generate", rows)
+    payload["machine"] = machine(args.device)
+    return _write(payload, args.out, f"generate_{args.device}.json", args.quick)
+
+
+def _run_params(run_dir: Path, arch: str) -> Optional[int]:
+    """Parameter count of a run's pre-trained model, from its config.json (built on the meta device)."""
+    import torch
+    final = run_dir / "pretrain" / "final" / "config.json"
+    if not final.is_file():
+        return None
+    if arch.startswith("mmrec"):
+        from mmrec_model import MMRecConfig, MMRecLM
+        with torch.device("meta"):
+            return MMRecLM(MMRecConfig.load(str(final))).num_parameters()
+    import baselines
+    return baselines.CONFIGS[arch].load(str(final)).num_parameters()
+
+
+def collect_run(run_dir: Path, arch: str, seed: int) -> Dict[str, Any]:
+    """Held-out results of one finished (or failed) pipeline run, from its stage outputs and metrics.jsonl."""
+    out: Dict[str, Any] = {"arch": arch, "seed": seed, "run_dir": str(run_dir), "stages": {}}
+    for stage in STAGES:
+        meta = run_dir / stage / "final" / "meta.json"
+        if meta.is_file():
+            m = json.loads(meta.read_text())
+            out["stages"][stage] = {k: m.get(k) for k in ("steps", "tokens", "time_s", "loss_first", "loss_last",
+                                                          "held_out")}
+    curves: Dict[str, Dict[str, List]] = {}
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.is_file():
+        for line in metrics.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if r.get("kind") == "eval":
+                curves.setdefault(r["stage"], {}).setdefault(r["set"], []).append([r["step"], r["loss"]])
+    out["eval_curves"] = curves
+    out["params"] = _run_params(run_dir, arch)
+    return out
+
+
+def quality_commands(args, runs_dir: Path) -> List[Dict[str, Any]]:
+    sets = QUALITY_SETS_QUICK if args.quick else QUALITY_SETS
+    jobs = []
+    for seed in args.seeds:
+        for arch in args.archs:
+            base_arch = "mmrec" if arch.startswith("mmrec") else arch
+            extra = []
+            if arch.startswith("mmrec"):
+                extra += ["--set", f"stages.pretrain.tbptt={'true' if arch == 'mmrec-tbptt' else 'false'}"]
+            if arch == "mmrec-linear":
+                extra += ["--set", "model.recurrence=linear"]
+            run_dir = runs_dir / f"{arch}-seed{seed}"
+            cmd = [sys.executable, str(HERE / "train_baseline.py"), "--arch", base_arch, "--stage", "all",
+                   "--preset", args.preset, "--device", args.device, "--seed", str(seed), "--no-progress",
+                   "--out", str(run_dir)]
+            for s in sets:
+                cmd += ["--set", s]
+            cmd += extra
+            if args.data_dir:
+                cmd += ["--data-dir", args.data_dir]
+            if args.threads:
+                cmd += ["--threads", str(args.threads)]
+            jobs.append({"arch": arch, "seed": seed, "run_dir": run_dir, "cmd": cmd})
+    # the MM-Rec variants (tbptt, linear) after the main comparison, so that a cut budget loses them first
+    jobs.sort(key=lambda j: (j["arch"] in ("mmrec-tbptt", "mmrec-linear"), j["seed"], args.archs.index(j["arch"])))
+    return jobs
+
+
+def _terminate(signum, frame):
+    raise SystemExit(f"stopped by signal {signum}")
+
+
+def cmd_quality(args) -> Path:
+    if args.quick:
+        args.device, args.preset = "cpu", "tiny"
+        args.seeds = args.seeds if args.seeds_given else [1]
+    runs_dir = Path(args.runs_dir) if args.runs_dir else \
+        (QUICK_RESULTS if args.quick else ROOT / "runs") / f"quality_{args.device}"
+    if args.quick and not args.runs_dir:
+        shutil.rmtree(runs_dir, ignore_errors=True)                   # scratch runs of an earlier --quick
+    jobs = quality_commands(args, runs_dir)
+    for j in jobs:
+        if j["run_dir"].exists() and any(j["run_dir"].iterdir()):
+            raise SystemExit(f"error: {j['run_dir']} already exists; pass another --runs-dir or remove it")
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, args.jobs))))
+    pending, running, results = list(jobs), [], []
+    t_all = time.perf_counter()
+    settings = dict(device=args.device, preset=args.preset, seeds=args.seeds, archs=args.archs, jobs=args.jobs,
+                    sets=QUALITY_SETS_QUICK if args.quick else QUALITY_SETS)
+    payload = {"kind": "quality", "command": _command(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+               "machine": machine(args.device, gpu=False), "settings": settings, "quick": args.quick, "runs": results}
+    clock = Budget(args.budget_s)
+    previous = signal.signal(signal.SIGTERM, _terminate)    # `timeout` stops us: stop the runs too
+    try:
+        while pending or running:
+            while pending and len(running) < args.jobs:
+                j = pending.pop(0)
+                if clock.timeout(args.run_timeout) < 30:           # not enough budget left to finish a run
+                    results.append({"arch": j["arch"], "seed": j["seed"], "status": "skipped (budget)", "stages": {},
+                                    "command": " ".join(shlex.quote(c) for c in j["cmd"])})
+                    continue
+                j["run_dir"].mkdir(parents=True, exist_ok=True)
+                j["log"] = open(j["run_dir"].parent / f"{j['run_dir'].name}.log", "w")
+                j["log"].write("$ " + " ".join(shlex.quote(c) for c in j["cmd"]) + "\n")
+                j["log"].flush()
+                j["proc"] = subprocess.Popen(j["cmd"], stdout=j["log"], stderr=subprocess.STDOUT, env=env,
+                                             start_new_session=True)
+                j["t0"] = time.perf_counter()
+                j["timeout"] = clock.timeout(args.run_timeout)
+                print(f"# started {j['arch']} seed {j['seed']}", file=sys.stderr, flush=True)
+                running.append(j)
+            time.sleep(0.2)
+            for j in list(running):
+                rc = j["proc"].poll()
+                wall = time.perf_counter() - j["t0"]
+                if rc is None and wall > j["timeout"]:
+                    os.killpg(j["proc"].pid, signal.SIGKILL)
+                    j["proc"].wait()
+                    rc = "timeout"
+                if rc is None:
+                    continue
+                running.remove(j)
+                j["log"].close()
+                r = collect_run(j["run_dir"], j["arch"], j["seed"])
+                r.update(status="ok" if rc == 0 else ("timeout" if rc == "timeout" else f"exit {rc}"), wall_s=wall,
+                         command=" ".join(shlex.quote(c) for c in j["cmd"]), log=str(j["log"].name))
+                results.append(r)
+                print(f"# {j['arch']} seed {j['seed']}: {r['status']} in {wall:.0f} s", file=sys.stderr, flush=True)
+                _write(payload, args.out, f"quality_{args.device}.json", args.quick, quiet=True)
+    finally:
+        for j in running:                                  # their own sessions: not in our process group
+            os.killpg(j["proc"].pid, signal.SIGKILL)
+        signal.signal(signal.SIGTERM, previous)
+    order = {(j["arch"], j["seed"]): i for i, j in enumerate(jobs)}
+    results.sort(key=lambda r: order[(r["arch"], r["seed"])])
+    print_quality(results)
+    settings["wall_s"] = time.perf_counter() - t_all
+    payload["machine"] = machine(args.device)
+    return _write(payload, args.out, f"quality_{args.device}.json", args.quick)
+
+
+def quality_summary(runs: List[Dict[str, Any]]) -> Dict[str, Dict[str, Dict[str, Dict[str, float]]]]:
+    """{arch: {stage: {set: {mean, std, min, max, ppl_mean, n}}}} of the held-out losses over the seeds."""
+    acc: Dict[str, Dict[str, Dict[str, List[float]]]] = {}
+    for r in runs:
+        if r.get("status") != "ok":
+            continue
+        for stage, s in r["stages"].items():
+            for name, h in (s.get("held_out") or {}).items():
+                acc.setdefault(r["arch"], {}).setdefault(stage, {}).setdefault(name, []).append(h["loss"])
+    out: Dict[str, Any] = {}
+    for arch, stages in acc.items():
+        for stage, sets in stages.items():
+            for name, losses in sets.items():
+                mean = statistics.fmean(losses)
+                out.setdefault(arch, {}).setdefault(stage, {})[name] = {
+                    "mean": mean, "std": statistics.stdev(losses) if len(losses) > 1 else 0.0,
+                    "min": min(losses), "max": max(losses), "ppl_mean": math.exp(mean), "n": len(losses),
+                    "ppl_min": math.exp(min(losses)), "ppl_max": math.exp(max(losses))}
+    return out
+
+
+def print_quality(runs: List[Dict[str, Any]]) -> None:
+    print()
+    for r in runs:
+        cells = []
+        for stage, s in r["stages"].items():
+            for name, h in (s.get("held_out") or {}).items():
+                cells.append(f"{stage}/{name} {h['loss']:.3f} (ppl {h['ppl']:.1f})")
+        print(f"{r['arch']:<12} seed {r['seed']:<3} {r['status']:<8} {_fmt(r.get('params'), ',')} params  "
+              + "; ".join(cells))
+    for arch, stages in quality_summary(runs).items():
+        for stage, sets in stages.items():
+            for name, s in sets.items():
+                print(f"  mean {arch:<12} {stage:<9} {name:<24} loss {s['mean']:.4f} +- {s['std']:.4f} "
+                      f"ppl {s['ppl_mean']:.1f} (n={s['n']})")
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python bench/compare_models.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def common(q, archs_allowed, archs_default):
+        q.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+        q.add_argument("--preset", default=None, choices=("tiny", "small", "base"),
+                       help="MM-Rec preset the models are sized to (default: base on cuda, small on cpu)")
+        q.add_argument("--archs", type=_archs(archs_allowed), default=list(archs_default))
+        q.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+        q.add_argument("--quick", action="store_true", help="tiny shapes on the CPU, in seconds")
+        q.add_argument("--out", default=None, help="JSON path")
+        q.add_argument("--budget-s", type=float, default=None,
+                       help="wall-clock budget: worker timeouts are cut so that the subcommand ends in time")
+
+    t = sub.add_parser("throughput", help="training tokens/s and peak memory")
+    common(t, MODEL_ARCHS, MODEL_ARCHS)
+    t.add_argument("--sizes", type=_ints, default=[1024, 4096, 16384], help="sequence lengths T")
+    t.add_argument("--tokens-per-step", type=int, default=65536, help="tokens per optimizer step (batch = this / T)")
+    t.add_argument("--micro-tokens", type=int, default=16384,
+                   help="tokens per forward/backward (gradient accumulation above); 0 = the whole step at once")
+    t.add_argument("--vocab", type=int, default=None, help="vocabulary (default: the preset's)")
+    t.add_argument("--dtype", choices=("bf16", "fp32"), default=None,
+                   help="bf16: autocast, as the trainer on GPU (default: bf16 on cuda, fp32 on cpu)")
+    t.add_argument("--steps", type=int, default=5, help="timed steps (median)")
+    t.add_argument("--warmup", type=int, default=2)
+    t.add_argument("--row-seconds", type=float, default=30.0, help="stop timing a row after this (min 2 steps)")
+    t.add_argument("--worker-timeout", type=float, default=300.0)
+
+    g = sub.add_parser("generate", help="decode tokens/s and memory against context length")
+    common(g, MODEL_ARCHS, MODEL_ARCHS)
+    g.add_argument("--contexts", type=_ints, default=[1024, 4096, 16384, 65536])
+    g.add_argument("--batches", type=_ints, default=[1], help="batch sizes (rows decoded together)")
+    g.add_argument("--new-tokens", type=int, default=64, help="timed decode steps")
+    g.add_argument("--warmup-tokens", type=int, default=8, help="decode steps before timing")
+    g.add_argument("--prefill-chunk", type=int, default=16384, help="tokens per prefill call")
+    g.add_argument("--vocab", type=int, default=None)
+    g.add_argument("--dtype", choices=("bf16", "fp32"), default=None,
+                   help="weights and state dtype (default: bf16 on cuda, fp32 on cpu)")
+    g.add_argument("--worker-timeout", type=float, default=300.0)
+
+    q = sub.add_parser("quality", help="three-stage pipeline per arch and seed; held-out losses")
+    common(q, QUALITY_ARCHS, ("mmrec", "gpt", "lstm"))
+    q.add_argument("--seeds", type=_ints, default=None, help="trainer seeds (default 1,2)")
+    q.add_argument("--jobs", type=int, default=1, help="pipelines run at once (quality only; not a speed measure)")
+    q.add_argument("--run-timeout", type=float, default=600.0, help="seconds per pipeline run")
+    q.add_argument("--runs-dir", default=None, help="where the runs go (default runs/quality_<device>)")
+    q.add_argument("--data-dir", default=None, help="trainer --data-dir (default: the bundled data)")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "_worker":
+        return _worker_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    if args.cmd in ("throughput", "generate"):
+        if args.dtype is None:
+            args.dtype = "bf16" if args.device == "cuda" and not args.quick else "fp32"
+        (cmd_throughput if args.cmd == "throughput" else cmd_generate)(args)
+    else:
+        args.seeds_given = args.seeds is not None
+        args.seeds = args.seeds or [1, 2]
+        args.preset = args.preset or "small"
+        cmd_quality(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
