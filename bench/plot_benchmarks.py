@@ -43,11 +43,9 @@ NOTES = [
     "- The LSTM runs on cuDNN. In bf16 it needs a cuDNN RNN with bfloat16 support (cuDNN >= 9.13); where that is "
     "missing the LSTM layers fall back to float32 (training: under autocast; generation: layers in float32) and "
     "the tables say so.",
-    "- MM-Rec's state is constant in size, but the state `MMRecLM.forward` returns holds views into the last "
-    "segment's outputs (h [B, T, D], the banks [B, T, N, D], the slot history), so until the next call replaces it "
-    "the memory of a T-token segment stays alive (the *kept alive after prefill* column). During a chunked "
-    "prefill that is one chunk's worth on top of the next chunk's working memory. Cloning the last-step slices in "
-    "`MMRecBlock.forward` would make the retained memory match the state's size.",
+    "- MM-Rec's state is constant in size and, since the comparison's first run, holds copies of the last step "
+    "(it held views into the whole segment's outputs before, keeping a T-token segment's memory alive); the "
+    "*kept alive after prefill* column measures what the returned state keeps.",
     "- CPU numbers come from a shared 2-core VM: training with 2 threads (step times within a row vary by about "
     "15%), generation with 1 thread (2 threads on 2 shared cores gave outlier rows). Each CPU row runs in its "
     "own process.",
