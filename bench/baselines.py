@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import copy
 import os
 import warnings
 from dataclasses import dataclass
@@ -380,7 +381,12 @@ class _LMBase(nn.Module):
         from safetensors.torch import save_model
         os.makedirs(directory, exist_ok=True)
         self.config.save(os.path.join(directory, CONFIG_NAME))
-        save_model(self, os.path.join(directory, WEIGHTS_NAME), metadata={"format": "pt"})
+        model = self
+        if any(p.is_cuda for p in self.parameters()):
+            # cuDNN keeps an LSTM's weights as views of one flat buffer, which safetensors refuses to save (seen on
+            # the H100); a CPU copy has one storage per weight and keeps the tied embedding tied
+            model = copy.deepcopy(self).cpu()
+        save_model(model, os.path.join(directory, WEIGHTS_NAME), metadata={"format": "pt"})
 
     @classmethod
     def from_pretrained(cls, directory: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu",
