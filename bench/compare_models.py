@@ -138,7 +138,7 @@ def state_nbytes(state) -> int:
 
 def state_storage_nbytes(state) -> int:
     """Bytes of the storages a state keeps alive: more than state_nbytes where its tensors are views into
-    bigger buffers (MMRecLM's returned state slices the segment's [B, T, ...] outputs)."""
+    bigger buffers (as MMRecLM's returned state did before it held copies of the last step)."""
     if state is None:
         return 0
     tensors = state.k + state.v if hasattr(state, "k") else [state.h, state.c] if hasattr(state, "c") else \

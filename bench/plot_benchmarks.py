@@ -46,6 +46,11 @@ NOTES = [
     "- MM-Rec's state is constant in size and, since the comparison's first run, holds copies of the last step "
     "(it held views into the whole segment's outputs before, keeping a T-token segment's memory alive); the "
     "*kept alive after prefill* column measures what the returned state keeps.",
+    "- Training throughput on the H100: MM-Rec loses to the GPT at every T (nonlinear recurrence 0.33x at "
+    "T = 1,024 and 0.14x at 16,384; linear 0.42x and 0.55x). No per-op profile of the model step was taken in "
+    "this session; the first suspects are the nonlinear recurrence, sequential over T with batch-tile x head "
+    "parallelism only (its rate falls 3.4x from T = 1,024 to 16,384 as the micro-batch shrinks from 16 rows to "
+    "1, while the linear variant's parallel scan falls 1.1x), and the [B, T, N, D] bank tensors of mdi.",
     "- CPU numbers come from a shared 2-core VM: training with 2 threads (step times within a row vary by about "
     "15%), generation with 1 thread (2 threads on 2 shared cores gave outlier rows). Each CPU row runs in its "
     "own process.",
@@ -159,10 +164,10 @@ def _throughput_axes(ax, ax_mem, data) -> None:
 
 def _generate_axes(ax_speed, ax_mem, data) -> None:
     rows = _ok(data["rows"])
-    batches = sorted({r["batch"] for r in rows})
+    batches = sorted({r["batch"] for r in rows if "batch" in r})
     for arch in _arch_sorted(r["arch"] for r in rows):
         for b in batches:
-            pts = sorted((r["context"], r) for r in rows if r["arch"] == arch and r["batch"] == b)
+            pts = sorted((r["context"], r) for r in rows if r["arch"] == arch and r.get("batch") == b)
             if not pts:
                 continue
             style = "-" if b == batches[0] else "--"
@@ -312,7 +317,7 @@ def table_generate(data) -> List[str]:
     out = [f"| arch | batch | context | decode tokens/s | ms/step | state / KV (MiB) | kept alive after prefill (MiB) "
            f"| {mem} | prefill tokens/s | vs GPT |",
            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for b in sorted({r["batch"] for r in rows}):
+    for b in sorted({r["batch"] for r in rows if "batch" in r}):
         for ctx in sorted({r["context"] for r in rows}):
             gpt = _find(_ok(rows), arch="gpt", context=ctx, batch=b)
             for arch in _arch_sorted(r["arch"] for r in rows):
@@ -329,6 +334,11 @@ def table_generate(data) -> List[str]:
                            f"{r['token_ms']:.2f} | {r['state_mib']:,.2f} | "
                            f"{_num(r.get('state_storage_after_prefill_mib'), ',.1f')} | {_num(peak)} | "
                            f"{r['prefill_tokens_per_s']:,.0f} | {ratio} |")
+    unrun = [r for r in rows if "batch" not in r]  # workers stopped before their batch started (time budget)
+    if unrun:
+        out.append("")
+        out.append("Not run: " + "; ".join(f"{LABELS.get(r['arch'], r['arch'])} at context {r.get('context', '?'):,} "
+                                          f"({r.get('status', '?')})" for r in unrun) + ".")
     return out
 
 
@@ -405,8 +415,8 @@ def goals(results) -> List[Tuple[str, str, str]]:
         out.append((goal_speed, "–", missing.format("throughput")))
         return out
     rows = _ok(gen["rows"])
-    b = min(r["batch"] for r in rows) if rows else 1
-    mm = sorted((r["context"], r) for r in rows if r["arch"] == "mmrec" and r["batch"] == b)
+    b = min((r["batch"] for r in rows if "batch" in r), default=1)
+    mm = sorted((r["context"], r) for r in rows if r["arch"] == "mmrec" and r.get("batch") == b)
     if len(mm) >= 2:
         (c0, r0), (c1, r1) = mm[0], mm[-1]
         state_ratio = r1["state_mib"] / r0["state_mib"]
@@ -421,7 +431,7 @@ def goals(results) -> List[Tuple[str, str, str]]:
                     f"**NOT MET**: state x{state_ratio:.2f}, decode peak x{peak_ratio:.2f} from {c0:,} to {c1:,}"))
     else:
         out.append((goal_mem, "–", "not measured (fewer than two MM-Rec contexts ran)"))
-    for batch in sorted({r["batch"] for r in gen["rows"]}):
+    for batch in sorted({r["batch"] for r in gen["rows"] if "batch" in r}):
         r = _find(gen["rows"], arch="mmrec", context=65536, batch=batch)
         g = _find(gen["rows"], arch="gpt", context=65536, batch=batch)
         label = goal_speed + f" (B={batch})"
@@ -487,8 +497,8 @@ def cpu_summary(results) -> List[str]:
             out.append(f"- decode tokens/s at {top:,} context, MM-Rec / GPT: "
                        f"{m['decode_tokens_per_s'] / g['decode_tokens_per_s']:.2f}x "
                        f"({m['decode_tokens_per_s']:,.1f} vs {g['decode_tokens_per_s']:,.1f})")
-        mm = [r for r in rows if r["arch"] == "mmrec" and r["batch"] == 1]
-        gp = sorted((r["context"], r["state_mib"]) for r in rows if r["arch"] == "gpt" and r["batch"] == 1)
+        mm = [r for r in rows if r["arch"] == "mmrec" and r.get("batch") == 1]
+        gp = sorted((r["context"], r["state_mib"]) for r in rows if r["arch"] == "gpt" and r.get("batch") == 1)
         if mm and gp:
             out.append(f"- state held for generation: MM-Rec {min(r['state_mib'] for r in mm):.3f}–"
                        f"{max(r['state_mib'] for r in mm):.3f} MiB at every context; GPT KV cache "
@@ -622,8 +632,11 @@ def write_doc(results, md: Path, img: Path) -> str:
                 f"plus the generated tokens), then {s['warmup_tokens']} + {s['new_tokens']} tokens are decoded "
                 f"greedily one at a time, the last {s['new_tokens']} timed one by one (synchronised; the median step). "
                 f"*state / KV* is the bytes of the state tensors; *kept alive after prefill* is the bytes of the "
-                f"buffers those tensors are views of, right after the prefill (MM-Rec's returned state slices the "
-                f"last segment's outputs, so it holds that segment's h and m until the next call replaces it); " +
+                f"buffers those tensors are views of, right after the prefill (equal to the state once MM-Rec's state "
+                f"holds copies; the CPU rows were measured before that fix). " +
+                ("At batch 1 every arch's ms/step is nearly flat in context, the GPT's too: the decode step is "
+                 "bound by host time per launched kernel (eager PyTorch, Python per layer), not by reading the KV "
+                 "cache, so the speed ratios there compare per-step overheads. " if dev == "cuda" else "") +
                 ("*decode peak* is `torch.cuda.max_memory_allocated` while decoding (weights included)."
                  if dev == "cuda" else "*process RSS while decoding* is the whole process (one per row, torch "
                                        "libraries included) after the decode steps, once `malloc_trim` has "
