@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmrec_model import MMRecConfig, MMRecLM
-from mmrec_model.model import RMSNorm, SwiGLU, _sample
+from mmrec_model.model import RMSNorm, SwiGLU, check_generate_args, generate_tokens
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -328,53 +328,15 @@ class _LMBase(nn.Module):
                  top_p: Optional[float] = None, eos: Optional[Union[int, Iterable[int]]] = None, *,
                  generator: Optional[torch.Generator] = None, seed: Optional[int] = None, state=None,
                  return_logits: bool = False):
-        """As MMRecLM.generate: prefill the prompt in one call, then one token at a time from the state."""
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-            raise ValueError(f"generate: max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
-        if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
-            raise ValueError(f"generate: temperature must be a finite number >= 0, got {temperature!r}")
-        if generator is not None and seed is not None:
-            raise ValueError("generate: pass generator or seed, not both")
-        squeeze = isinstance(ids, Tensor) and ids.dim() == 1
-        if squeeze:
-            ids = ids.unsqueeze(0)
-        self._check(ids)
-        device = self.embed.weight.device
-        ids = ids.to(device)
-        if seed is not None:
-            generator = torch.Generator(device=device).manual_seed(seed)
-        eos_ids = None
-        if eos is not None:
-            eos_ids = torch.tensor([eos] if isinstance(eos, int) else list(eos), device=device, dtype=torch.long)
+        """As MMRecLM.generate (the same sampling loop), with the KV cache sized for prompt + new tokens."""
+        check_generate_args(max_new_tokens, temperature, top_k, top_p, generator, seed)
         if state is None:
-            state = self.init_state(ids.shape[0], device=device, capacity=ids.shape[1] + max_new_tokens)
-        was_training = self.training
-        self.eval()
-        try:
-            logits, state = self(ids, state, last_only=True)                 # prefill: one call
-            out, drawn = [ids], []
-            done = torch.zeros(ids.shape[0], dtype=torch.bool, device=device)
-            for step in range(max_new_tokens):
-                step_logits = logits[:, -1].float()                          # [B, V]
-                if return_logits:
-                    drawn.append(step_logits)
-                token = _sample(step_logits, temperature, top_k, top_p, generator)  # [B]
-                if eos_ids is not None:
-                    token = torch.where(done, out[-1][:, -1], token)
-                    done = done | torch.isin(token, eos_ids)
-                out.append(token[:, None].to(ids.dtype))
-                if (eos_ids is not None and bool(done.all())) or step == max_new_tokens - 1:
-                    break
-                logits, state = self(out[-1], state)
-        finally:
-            self.train(was_training)
-        result = torch.cat(out, 1)
-        if squeeze:
-            result = result[0]
-        if return_logits:
-            V = self.config.vocab_size
-            return result, (torch.stack(drawn, 1) if drawn else torch.empty(ids.shape[0], 0, V, device=device))
-        return result
+            rows = ids.unsqueeze(0) if isinstance(ids, Tensor) and ids.dim() == 1 else ids
+            self._check(rows)
+            state = self.init_state(rows.shape[0], device=self.embed.weight.device,
+                                    capacity=rows.shape[1] + max_new_tokens)
+        return generate_tokens(self, ids, max_new_tokens, temperature, top_k, top_p, eos, generator=generator,
+                               seed=seed, state=state, return_logits=return_logits)
 
     def save_pretrained(self, directory: Union[str, os.PathLike]) -> None:
         """Writes config.json (with its arch) and model.safetensors (tied weights stored once)."""

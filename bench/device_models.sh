@@ -19,16 +19,7 @@ mkdir -p "$OUT"
 PY=${PYTHON:-python3}
 : > "$OUT/summary.log"
 
-step() {  # step NAME TIMEOUT_S CMD...: runs CMD with a timeout, tees its output, records rc and time
-  local name=$1 limit=$2
-  shift 2
-  local t0=$SECONDS
-  echo "=== $name: $*" | tee "$OUT/$name.log"
-  timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$OUT/$name.log"
-  local rc=${PIPESTATUS[0]}
-  printf '%-12s rc=%-4s %4ss\n' "$name" "$rc" "$((SECONDS - t0))" | tee -a "$OUT/summary.log"
-  return "$rc"
-}
+source bench/device_step.sh
 
 case "$MODE" in
   throughput)

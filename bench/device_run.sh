@@ -17,16 +17,7 @@ if ls .whl/*.whl >/dev/null 2>&1; then  # the peers' wheels, for the peers step 
 fi
 : > "$OUT/summary.log"
 
-step() {  # step NAME TIMEOUT_S CMD...: runs CMD with a timeout, tees its output, records rc and time
-  local name=$1 limit=$2
-  shift 2
-  local t0=$SECONDS
-  echo "=== $name: $*" | tee "$OUT/$name.log"
-  timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$OUT/$name.log"
-  local rc=${PIPESTATUS[0]}
-  printf '%-12s rc=%-4s %4ss\n' "$name" "$rc" "$((SECONDS - t0))" | tee -a "$OUT/summary.log"
-  return "$rc"
-}
+source bench/device_step.sh
 
 step env 30 bash -c "nvidia-smi; nvcc --version; $PY -c 'import torch; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name())'"
 # sm_90 only here (the H100): halves the nvcc time; the sm_80 + sm_90 build is the default elsewhere.

@@ -330,54 +330,8 @@ class MMRecLM(nn.Module):
         A row that emits an eos token is padded with that token afterwards; generation stops when every
         row has. Runs in eval mode (no dropout) and restores the mode afterwards.
         Returns ids [B, T + n] (and, with return_logits, the logits [B, n, V] the n tokens were drawn from)."""
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-            raise ValueError(f"generate: max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
-        if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
-            raise ValueError(f"generate: temperature must be a finite number >= 0, got {temperature!r}")
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-            raise ValueError(f"generate: top_k must be None or an int >= 1, got {top_k!r}")
-        if top_p is not None and not (isinstance(top_p, (int, float)) and 0.0 < top_p <= 1.0):
-            raise ValueError(f"generate: top_p must be None or in (0, 1], got {top_p!r}")
-        if generator is not None and seed is not None:
-            raise ValueError("generate: pass generator or seed, not both")
-        squeeze = isinstance(ids, Tensor) and ids.dim() == 1
-        if squeeze:
-            ids = ids.unsqueeze(0)
-        device = self.embed.weight.device
-        ids = ids.to(device)
-        if seed is not None:
-            generator = torch.Generator(device=device).manual_seed(seed)
-        eos_ids = None
-        if eos is not None:
-            eos_ids = torch.tensor([eos] if isinstance(eos, int) else list(eos), device=device, dtype=torch.long)
-
-        was_training = self.training
-        self.eval()                               # no dropout while sampling
-        try:
-            logits, state = self(ids, state, last_only=True)                 # prefill: one call
-            out, drawn = [ids], []
-            done = torch.zeros(ids.shape[0], dtype=torch.bool, device=device)
-            for step in range(max_new_tokens):
-                step_logits = logits[:, -1].float()                          # [B, V]
-                if return_logits:
-                    drawn.append(step_logits)
-                token = _sample(step_logits, temperature, top_k, top_p, generator)  # [B]
-                if eos_ids is not None:
-                    token = torch.where(done, out[-1][:, -1], token)
-                    done = done | torch.isin(token, eos_ids)
-                out.append(token[:, None].to(ids.dtype))
-                if (eos_ids is not None and bool(done.all())) or step == max_new_tokens - 1:
-                    break
-                logits, state = self(out[-1], state)
-        finally:
-            self.train(was_training)
-        result = torch.cat(out, 1)
-        if squeeze:
-            result = result[0]
-        if return_logits:
-            V = self.config.vocab_size
-            return result, (torch.stack(drawn, 1) if drawn else torch.empty(ids.shape[0], 0, V, device=device))
-        return result
+        return generate_tokens(self, ids, max_new_tokens, temperature, top_k, top_p, eos, generator=generator,
+                               seed=seed, state=state, return_logits=return_logits)
 
     # ---------------------------------------------------------------------------------- checkpoints
     def save_pretrained(self, directory: Union[str, os.PathLike]) -> None:
@@ -402,6 +356,69 @@ class MMRecLM(nn.Module):
         if dtype is not None:
             model.to(dtype)
         return model.eval()
+
+
+
+def check_generate_args(max_new_tokens, temperature, top_k, top_p, generator, seed) -> None:
+    """The argument checks of generate_tokens, for callers that need them before preparing a state."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"generate: max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"generate: temperature must be a finite number >= 0, got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"generate: top_k must be None or an int >= 1, got {top_k!r}")
+    if top_p is not None and not (isinstance(top_p, (int, float)) and 0.0 < top_p <= 1.0):
+        raise ValueError(f"generate: top_p must be None or in (0, 1], got {top_p!r}")
+    if generator is not None and seed is not None:
+        raise ValueError("generate: pass generator or seed, not both")
+
+
+@torch.no_grad()
+def generate_tokens(model: nn.Module, ids: Tensor, max_new_tokens: int, temperature: float = 1.0,
+                    top_k: Optional[int] = None, top_p: Optional[float] = None,
+                    eos: Optional[Union[int, Iterable[int]]] = None, *, generator: Optional[torch.Generator] = None,
+                    seed: Optional[int] = None, state=None, return_logits: bool = False):
+    """The sampling loop of MMRecLM.generate, for any model called as model(ids, state, last_only=True) ->
+    (logits [B, T', V], state) (the benchmark baselines use it too)."""
+    check_generate_args(max_new_tokens, temperature, top_k, top_p, generator, seed)
+    squeeze = isinstance(ids, Tensor) and ids.dim() == 1
+    if squeeze:
+        ids = ids.unsqueeze(0)
+    device = next(model.parameters()).device
+    ids = ids.to(device)
+    if seed is not None:
+        generator = torch.Generator(device=device).manual_seed(seed)
+    eos_ids = None
+    if eos is not None:
+        eos_ids = torch.tensor([eos] if isinstance(eos, int) else list(eos), device=device, dtype=torch.long)
+
+    was_training = model.training
+    model.eval()                                   # no dropout while sampling
+    try:
+        logits, state = model(ids, state, last_only=True)                   # prefill: one call
+        out, drawn = [ids], []
+        done = torch.zeros(ids.shape[0], dtype=torch.bool, device=device)
+        for step in range(max_new_tokens):
+            step_logits = logits[:, -1].float()                          # [B, V]
+            if return_logits:
+                drawn.append(step_logits)
+            token = _sample(step_logits, temperature, top_k, top_p, generator)  # [B]
+            if eos_ids is not None:
+                token = torch.where(done, out[-1][:, -1], token)
+                done = done | torch.isin(token, eos_ids)
+            out.append(token[:, None].to(ids.dtype))
+            if (eos_ids is not None and bool(done.all())) or step == max_new_tokens - 1:
+                break
+            logits, state = model(out[-1], state)
+    finally:
+        model.train(was_training)
+    result = torch.cat(out, 1)
+    if squeeze:
+        result = result[0]
+    if return_logits:
+        V = logits.shape[-1]
+        return result, (torch.stack(drawn, 1) if drawn else torch.empty(ids.shape[0], 0, V, device=device))
+    return result
 
 
 def _sample(logits: Tensor, temperature: float, top_k: Optional[int], top_p: Optional[float],
