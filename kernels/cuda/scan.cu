@@ -25,7 +25,7 @@ constexpr int kThreads = 32 * kWarps;
 constexpr int kGroup = 32;                // chunks per group (a multiple of kWarps: each warp folds kGroup / kWarps)
 
 template <class T, int VEC>
-struct alignas(sizeof(T) * VEC < 16 ? sizeof(T) * VEC : 16) Pack {
+struct alignas(sizeof(T) * VEC) Pack {
   T v[VEC];
 };
 
@@ -54,11 +54,14 @@ __device__ __forceinline__ void wait_flag(const int* flag) {
 }
 __device__ __forceinline__ void set_flag(int* flag) { *reinterpret_cast<volatile int*>(flag) = 1; }
 
-// VEC channels and STEPS steps per thread, MINB blocks per multiprocessor (__launch_bounds__).
-template <class T, int VEC, int STEPS, int MINB, bool BWD>
-__global__ void __launch_bounds__(kThreads, MINB) scan_kernel(const ScanArgs<T> p) {
+// Steps per thread: 8. A sweep of 4/8/16 steps, 4/8 channels and 2-4 blocks per multiprocessor found nothing
+// faster on the H100 (bench/results/peers/variants.log); 16 steps of 16-bit types spill at two blocks per SM.
+constexpr int kChunkSteps = 8;
+
+template <class T, int VEC, bool BWD>
+__global__ void __launch_bounds__(kThreads, 2) scan_kernel(const ScanArgs<T> p) {
   using P = Pack<T, VEC>;
-  constexpr int kSteps = STEPS, kChunk = kWarps * kSteps;
+  constexpr int kSteps = kChunkSteps, kChunk = kWarps * kSteps;
   constexpr int kTile = 32 * VEC;
   __shared__ float sA[kWarps][kTile], sH[kWarps][kTile], sFA[kWarps][kTile], sFH[kWarps][kTile], sCarry[kTile];
   __shared__ int sBlock;
@@ -272,9 +275,9 @@ __global__ void __launch_bounds__(kThreads, MINB) scan_kernel(const ScanArgs<T> 
   }
 }
 
-template <class T, int VEC, int STEPS, int MINB, bool BWD>
+template <class T, int VEC, bool BWD>
 int launch_scan(ScanArgs<T> p, cudaStream_t stream) {
-  constexpr int64_t kTile = 32 * VEC, kChunk = kWarps * STEPS;
+  constexpr int64_t kTile = 32 * VEC, kChunk = kWarps * kChunkSteps;
   const int64_t ntiles = (p.B * p.D + kTile - 1) / kTile, nchunks = (p.len + kChunk - 1) / kChunk;
   const int64_t ngroups = (nchunks + kGroup - 1) / kGroup;
   if (ntiles * nchunks > INT_MAX) return int(cudaErrorInvalidConfiguration);
@@ -293,7 +296,7 @@ int launch_scan(ScanArgs<T> p, cudaStream_t stream) {
     p.ticket = flags + nflags - 1;
     MMREC_CHECK(cudaMemsetAsync(flags, 0, nflags * sizeof(int), stream));
   }
-  scan_kernel<T, VEC, STEPS, MINB, BWD><<<unsigned(ntiles * nchunks), kThreads, 0, stream>>>(p);
+  scan_kernel<T, VEC, BWD><<<unsigned(ntiles * nchunks), kThreads, 0, stream>>>(p);
   MMREC_CHECK_LAUNCH();
   return 0;
 }
@@ -385,8 +388,8 @@ int launch_scan_any(const ScanArgs<T>& p, bool all_aligned, cudaStream_t stream)
     MMREC_CHECK_LAUNCH();
     return 0;
   }
-  if (all_aligned && p.D % 4 == 0) return launch_scan<T, 4, 8, 2, BWD>(p, stream);
-  return launch_scan<T, 1, 8, 2, BWD>(p, stream);
+  if (all_aligned && p.D % 4 == 0) return launch_scan<T, 4, BWD>(p, stream);
+  return launch_scan<T, 1, BWD>(p, stream);
 }
 
 // float64: one thread per channel, sequential over t.
