@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmrec_model import MMRecConfig, MMRecLM
-from mmrec_model.model import RMSNorm, SwiGLU, check_generate_args, generate_tokens
+from mmrec_model.generate import check_generate_args, generate_tokens
+from mmrec_model.model import RMSNorm, SwiGLU
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -64,6 +65,7 @@ class _ConfigIO:
     def from_dict(cls, values: Dict[str, Any]):
         values = dict(values)
         arch = values.pop("arch", cls.arch)
+        values.pop("chunk_len", None)    # configs saved by earlier versions carry the trainer's padding; unused
         if arch != cls.arch:
             raise ValueError(f"{cls.__name__}.from_dict: config is for arch {arch!r}, not {cls.arch!r}")
         unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
@@ -96,7 +98,6 @@ class GPTConfig(_ConfigIO):
     positions: str = "rope"            # "rope" (no parameters) or "learned" (max_seq_len x D table)
     max_seq_len: int = 2048            # learned positions only: table size (counted in the parameters)
     rope_base: float = 10000.0
-    chunk_len: int = 64                # the trainer pads instruct/chat rows to a multiple of this; no effect here
     tie_embeddings: bool = True
     norm_eps: float = 1e-6
     init_std: float = 0.02
@@ -106,7 +107,7 @@ class GPTConfig(_ConfigIO):
         self.validate()
 
     def validate(self) -> None:
-        _check_ints(self, ("vocab_size", "d_model", "n_layers", "n_heads", "d_ffn", "max_seq_len", "chunk_len"))
+        _check_ints(self, ("vocab_size", "d_model", "n_layers", "n_heads", "d_ffn", "max_seq_len"))
         _need(self.d_model % self.n_heads == 0,
               f"GPTConfig: d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
         _need(self.head_dim % 2 == 0 or self.positions != "rope",
@@ -136,7 +137,6 @@ class LSTMConfig(_ConfigIO):
     d_model: int = 768                 # D: embedding width (and the tied head's)
     hidden_size: int = 2048            # H: LSTM width
     n_layers: int = 2
-    chunk_len: int = 64                # the trainer pads instruct/chat rows to a multiple of this; no effect here
     tie_embeddings: bool = True
     norm_eps: float = 1e-6
     init_std: float = 0.02
@@ -146,7 +146,7 @@ class LSTMConfig(_ConfigIO):
         self.validate()
 
     def validate(self) -> None:
-        _check_ints(self, ("vocab_size", "d_model", "hidden_size", "n_layers", "chunk_len"))
+        _check_ints(self, ("vocab_size", "d_model", "hidden_size", "n_layers"))
         _need(0.0 < self.norm_eps < 1.0, f"LSTMConfig: norm_eps must be in (0, 1), got {self.norm_eps}")
 
     def num_parameters(self) -> int:
@@ -170,7 +170,7 @@ def matched(arch: str, preset: str, vocab_size: Optional[int] = None, multiple: 
             **fixed: Any) -> Union[GPTConfig, LSTMConfig]:
     """A GPT/LSTM config whose parameter count is the closest to MM-Rec preset `preset` at `vocab_size`.
 
-    The preset's D (and for GPT its L and heads) are kept, chunk_len is copied (the trainer's padding), and
+    The preset's D (and for GPT its L and heads) are kept, and
     the free width -- GPT: d_ffn, LSTM: hidden_size -- is the multiple of `multiple` that comes closest.
     `fixed` overrides any other field first (e.g. n_layers=3); passing the free width itself skips the match.
     """
@@ -181,7 +181,7 @@ def matched(arch: str, preset: str, vocab_size: Optional[int] = None, multiple: 
     if unknown:
         raise TypeError(f"matched: unknown {cls.__name__} fields {sorted(unknown)}")
     ref = MMRecConfig.preset(preset, **({} if vocab_size is None else {"vocab_size": vocab_size}))
-    values: Dict[str, Any] = dict(vocab_size=ref.vocab_size, d_model=ref.d_model, chunk_len=ref.chunk_len,
+    values: Dict[str, Any] = dict(vocab_size=ref.vocab_size, d_model=ref.d_model,
                                   tie_embeddings=ref.tie_embeddings)
     if arch == "gpt":
         values.update(n_layers=ref.n_layers, n_heads=ref.n_heads)

@@ -23,7 +23,8 @@ from baselines import model_class  # noqa: E402
 ARCHS = ("mmrec", "gpt", "lstm")
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Optional[Sequence[str]] = None, stop=None) -> int:
+    """stop(stage, step): see mmrec_model.train.main."""
     argv = list(sys.argv[1:] if argv is None else argv)
     arch = None
     for i, a in enumerate(argv):
@@ -49,7 +50,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 print(f"error: --arch {arch} cannot train with TBPTT (see --help)", file=sys.stderr)
                 return 2
         argv += ["--set", "stages.pretrain.tbptt=false"]
-    return train.main(argv, model_class=model_class(arch))
+    return train.main(argv, model_class=model_class(arch), stop=stop)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,15 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
+from .errors import CheckpointError
+from .model import MMRecLM
+from .tokenizer import Tokenizer
+
+__all__ = ["CheckpointError", "save_checkpoint", "latest_checkpoint", "list_checkpoints", "resume_candidates",
+           "load_trainer_state", "resolve_checkpoint", "load_for_inference", "rng_state", "set_rng_state",
+           "atomic_write_text"]
+
+STAGE_ORDER = ("chat", "instruct", "pretrain")     # a run's newest stage output first
 LATEST = "LATEST"
 META = "meta.json"
 TRAINER_STATE = "trainer_state.pt"
@@ -131,8 +140,56 @@ def latest_checkpoint(stage_dir) -> Optional[Path]:
     return found[-1] if found else None
 
 
+def resume_candidates(stage_dir) -> List[Path]:
+    """Checkpoints to resume from, best first: the one LATEST names, then the other complete ones newest first
+    (a damaged newest checkpoint falls back to the previous intact one)."""
+    latest = latest_checkpoint(stage_dir)
+    if latest is None:
+        return []
+    return [latest] + [p for p in reversed(list_checkpoints(stage_dir)) if p != latest]
+
+
 def load_trainer_state(checkpoint_dir, map_location="cpu") -> Dict[str, Any]:
-    return torch.load(Path(checkpoint_dir) / TRAINER_STATE, map_location=map_location, weights_only=True)
+    path = Path(checkpoint_dir) / TRAINER_STATE
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path}: cannot read the trainer state ({type(e).__name__}: {e})") from None
+
+
+def resolve_checkpoint(path) -> Path:
+    """A directory with config.json + model.safetensors: `path` itself, or the newest stage output of a run."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist")
+    if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
+        return path
+    for stage in STAGE_ORDER:
+        if (path / stage / "final" / "config.json").is_file():
+            return path / stage / "final"
+    for stage in STAGE_ORDER:
+        latest = latest_checkpoint(path / stage)
+        if latest is not None:
+            return latest
+    raise CheckpointError(f"no model checkpoint in {path} (expected a run directory or a directory with "
+                          f"config.json and model.safetensors)")
+
+
+def load_for_inference(path, device="cpu", dtype: Optional[torch.dtype] = None):
+    """(model in eval mode, tokenizer, checkpoint directory) for a run or checkpoint directory. The tokenizer is
+    the checkpoint's own tokenizer.json, else the run's; its vocabulary must be the model's."""
+    ckpt = resolve_checkpoint(path)
+    tokenizer_path = ckpt / "tokenizer.json"
+    if not tokenizer_path.is_file():
+        tokenizer_path = ckpt.parent.parent / "tokenizer.json"
+    if not tokenizer_path.is_file():
+        raise CheckpointError(f"no tokenizer.json in {ckpt} or {ckpt.parent.parent}")
+    tok = Tokenizer.load(tokenizer_path)
+    model = MMRecLM.from_pretrained(ckpt, device=device, dtype=dtype)
+    if tok.vocab_size != model.config.vocab_size:
+        raise CheckpointError(f"{tokenizer_path} has {tok.vocab_size} tokens but the model in {ckpt} has a "
+                              f"vocabulary of {model.config.vocab_size}: they are not from the same run")
+    return model, tok, ckpt
 
 
 def _prune(stage_dir: Path, keep: int, protect: str) -> None:

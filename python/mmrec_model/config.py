@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -14,6 +15,8 @@ RECURRENCES = ("nonlinear", "linear")
 def _ffn_default(d_model: int) -> int:
     """SwiGLU width 8/3 * D rounded up to a multiple of 64 (the same parameter count as a 4 * D GELU MLP)."""
     return 64 * math.ceil(8 * d_model / 3 / 64)
+
+from .errors import CheckpointError
 
 
 @dataclass
@@ -123,8 +126,20 @@ class MMRecConfig:
     def load(cls, path: str) -> "MMRecConfig":
         if os.path.isdir(path):
             path = os.path.join(path, "config.json")
-        with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
+        try:
+            with open(path, encoding="utf-8") as f:
+                values = json.load(f)
+            if not isinstance(values, dict):
+                raise ValueError(f"the top level is a {type(values).__name__}, not a mapping")
+            return cls.from_dict(values)
+        except (ValueError, TypeError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{path}: not a usable MM-Rec config ({e})") from None
+
+    def fingerprint(self) -> str:
+        """sha256 of the canonical JSON of the config (stored with the weights: an edited config.json is caught
+        on load even where the weights' shapes cannot tell, e.g. chunk_len)."""
+        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
 
 
 PRESETS: Dict[str, Dict[str, Any]] = {

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
-from typing import Iterable, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
 import mmrec_ops
 import torch
@@ -18,22 +17,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import MMRecConfig
+from .errors import CheckpointError
+from .generate import generate_tokens
+from .state import LayerState, MMRecState, acc_dtype
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
+CONFIG_FINGERPRINT = "mmrec_config_sha256"
 
 
 def _logit(p: float) -> float:
     return math.log(p / (1.0 - p))
 
 
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _rms(x: Tensor, eps: float) -> Tensor:
     """x / rms(x) over the last dim, computed in float32 (float64 for float64 input)."""
-    xf = x.to(_acc_dtype(x.dtype))
+    xf = x.to(acc_dtype(x.dtype))
     return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
@@ -56,48 +55,6 @@ class SwiGLU(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         gate, value = self.up(x).chunk(2, dim=-1)
         return self.down(F.silu(gate) * value)
-
-
-# ------------------------------------------------------------------------------------------ state
-@dataclass
-class LayerState:
-    """What one block carries between segments; constant size whatever the context length."""
-    h: Tensor          # [B, D]     last output of the core recurrence
-    m: Tensor          # [B, N, D]  the N bank memories
-    slots: Tensor      # [B, S, D]  long-term slots after the last complete chunk
-    chunk_sum: Tensor  # [B, D]     sum of h over the open chunk (float32; float64 for a float64 model)
-
-    def map(self, fn) -> "LayerState":
-        return LayerState(fn(self.h), fn(self.m), fn(self.slots), fn(self.chunk_sum))
-
-
-@dataclass
-class MMRecState:
-    layers: List[LayerState]
-    position: int      # tokens consumed so far; the open chunk holds position % chunk_len of them
-
-    @property
-    def batch_size(self) -> int:
-        return self.layers[0].h.shape[0]
-
-    def detach(self) -> "MMRecState":
-        """The same state cut from the autograd graph (truncated BPTT between training segments)."""
-        return MMRecState([s.map(Tensor.detach) for s in self.layers], self.position)
-
-    def to(self, *args, **kwargs) -> "MMRecState":
-        """Tensor.to on every tensor; chunk sums keep their float32/float64 accumulation dtype."""
-        def move(x: Tensor) -> Tensor:
-            return x.to(*args, **kwargs)
-        layers = []
-        for s in self.layers:
-            moved = s.map(move)
-            moved.chunk_sum = s.chunk_sum.to(device=moved.h.device, dtype=_acc_dtype(moved.h.dtype))
-            layers.append(moved)
-        return MMRecState(layers, self.position)
-
-    def select(self, index: Union[Tensor, List[int]]) -> "MMRecState":
-        """The state of a subset (or reordering) of the batch rows."""
-        return MMRecState([s.map(lambda x: x[index]) for s in self.layers], self.position)
 
 
 # ------------------------------------------------------------------------------------------ block
@@ -161,7 +118,7 @@ class MMRecBlock(nn.Module):
             h=torch.zeros(B, D, device=device, dtype=dtype),
             m=torch.zeros(B, cfg.n_banks, D, device=device, dtype=dtype),
             slots=self.M0.to(device=device, dtype=dtype).unsqueeze(0).expand(B, -1, -1),
-            chunk_sum=torch.zeros(B, D, device=device, dtype=_acc_dtype(dtype)),
+            chunk_sum=torch.zeros(B, D, device=device, dtype=acc_dtype(dtype)),
         )
 
     def forward(self, x: Tensor, state: Optional[LayerState], position: int) -> Tuple[Tensor, LayerState]:
@@ -186,7 +143,7 @@ class MMRecBlock(nn.Module):
         # chunk summaries, aligned to absolute stream positions: local chunk 0 completes the open chunk
         n_complete = (k0 + T) // C                # chunks completed inside this segment
         n_local = -(-(k0 + T) // C)               # chunks this segment touches
-        acc = _acc_dtype(dt)
+        acc = acc_dtype(dt)
         sums = _to_chunks(h.to(acc), k0, n_local, C).sum(2)                  # [B, n_local, D]
         if state is not None:
             sums = torch.cat([sums[:, :1] + state.chunk_sum.unsqueeze(1), sums[:, 1:]], 1)
@@ -273,6 +230,24 @@ class MMRecLM(nn.Module):
         else:
             nn.init.normal_(self.lm_head.weight, std=config.init_std)
 
+    @classmethod
+    def from_preset(cls, preset: str, **overrides: Any) -> "MMRecLM":
+        """A fresh model of a preset (``tiny``, ``small``, ``base``) with field overrides."""
+        return cls(MMRecConfig.preset(preset, **overrides))
+
+    @property
+    def length_multiple(self) -> int:
+        """Rows padded to a multiple of chunk_len fill whole chunks of the slot memory."""
+        return self.config.chunk_len
+
+    def param_groups(self, weight_decay: float) -> List[Dict[str, Any]]:
+        """AdamW groups: weight decay on the matrices, none on vectors and on the initial slots M0."""
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if p.requires_grad:
+                (decay if p.dim() >= 2 and not name.endswith("M0") else no_decay).append(p)
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         params = {id(p): p for p in self.parameters()}         # tied weights once
         if exclude_embeddings:
@@ -335,106 +310,38 @@ class MMRecLM(nn.Module):
 
     # ---------------------------------------------------------------------------------- checkpoints
     def save_pretrained(self, directory: Union[str, os.PathLike]) -> None:
-        """Writes config.json and model.safetensors (tied weights stored once)."""
+        """Writes config.json and model.safetensors (tied weights stored once, the config's fingerprint in the
+        weights' metadata)."""
         from safetensors.torch import save_model
         os.makedirs(directory, exist_ok=True)
         self.config.save(os.path.join(directory, CONFIG_NAME))
-        save_model(self, os.path.join(directory, WEIGHTS_NAME), metadata={"format": "pt"})
+        save_model(self, os.path.join(directory, WEIGHTS_NAME),
+                   metadata={"format": "pt", CONFIG_FINGERPRINT: self.config.fingerprint()})
 
     @classmethod
     def from_pretrained(cls, directory: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu",
                         dtype: Optional[torch.dtype] = None) -> "MMRecLM":
-        """Loads a save_pretrained directory; the model comes back in eval mode."""
+        """Loads a save_pretrained directory; the model comes back in eval mode. A config that does not match
+        the weights (shapes, or the fingerprint saved with them) raises CheckpointError naming the file."""
+        from safetensors import SafetensorError, safe_open
         from safetensors.torch import load_model
         config_path, weights_path = os.path.join(directory, CONFIG_NAME), os.path.join(directory, WEIGHTS_NAME)
         for path in (config_path, weights_path):
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"MMRecLM.from_pretrained: {path} does not exist")
-        model = cls(MMRecConfig.load(config_path))
-        load_model(model, weights_path, strict=True, device=str(device))
+        config = MMRecConfig.load(config_path)
+        try:
+            with safe_open(weights_path, framework="pt") as f:
+                saved = (f.metadata() or {}).get(CONFIG_FINGERPRINT)
+            model = cls(config)
+            load_model(model, weights_path, strict=True, device=str(device))
+        except (SafetensorError, RuntimeError, OSError) as e:
+            raise CheckpointError(f"{weights_path}: cannot load the weights with {config_path} "
+                                  f"({str(e).strip().splitlines()[0]})") from None
+        if saved is not None and saved != config.fingerprint():
+            raise CheckpointError(f"{config_path} does not match the config the weights in {weights_path} were "
+                                  f"saved with (was it edited?)")
         model.to(device)
         if dtype is not None:
             model.to(dtype)
         return model.eval()
-
-
-
-def check_generate_args(max_new_tokens, temperature, top_k, top_p, generator, seed) -> None:
-    """The argument checks of generate_tokens, for callers that need them before preparing a state."""
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"generate: max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
-        raise ValueError(f"generate: temperature must be a finite number >= 0, got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"generate: top_k must be None or an int >= 1, got {top_k!r}")
-    if top_p is not None and not (isinstance(top_p, (int, float)) and 0.0 < top_p <= 1.0):
-        raise ValueError(f"generate: top_p must be None or in (0, 1], got {top_p!r}")
-    if generator is not None and seed is not None:
-        raise ValueError("generate: pass generator or seed, not both")
-
-
-@torch.no_grad()
-def generate_tokens(model: nn.Module, ids: Tensor, max_new_tokens: int, temperature: float = 1.0,
-                    top_k: Optional[int] = None, top_p: Optional[float] = None,
-                    eos: Optional[Union[int, Iterable[int]]] = None, *, generator: Optional[torch.Generator] = None,
-                    seed: Optional[int] = None, state=None, return_logits: bool = False):
-    """The sampling loop of MMRecLM.generate, for any model called as model(ids, state, last_only=True) ->
-    (logits [B, T', V], state) (the benchmark baselines use it too)."""
-    check_generate_args(max_new_tokens, temperature, top_k, top_p, generator, seed)
-    squeeze = isinstance(ids, Tensor) and ids.dim() == 1
-    if squeeze:
-        ids = ids.unsqueeze(0)
-    device = next(model.parameters()).device
-    ids = ids.to(device)
-    if seed is not None:
-        generator = torch.Generator(device=device).manual_seed(seed)
-    eos_ids = None
-    if eos is not None:
-        eos_ids = torch.tensor([eos] if isinstance(eos, int) else list(eos), device=device, dtype=torch.long)
-
-    was_training = model.training
-    model.eval()                                   # no dropout while sampling
-    try:
-        logits, state = model(ids, state, last_only=True)                   # prefill: one call
-        out, drawn = [ids], []
-        done = torch.zeros(ids.shape[0], dtype=torch.bool, device=device)
-        for step in range(max_new_tokens):
-            step_logits = logits[:, -1].float()                          # [B, V]
-            if return_logits:
-                drawn.append(step_logits)
-            token = _sample(step_logits, temperature, top_k, top_p, generator)  # [B]
-            if eos_ids is not None:
-                token = torch.where(done, out[-1][:, -1], token)
-                done = done | torch.isin(token, eos_ids)
-            out.append(token[:, None].to(ids.dtype))
-            if (eos_ids is not None and bool(done.all())) or step == max_new_tokens - 1:
-                break
-            logits, state = model(out[-1], state)
-    finally:
-        model.train(was_training)
-    result = torch.cat(out, 1)
-    if squeeze:
-        result = result[0]
-    if return_logits:
-        V = logits.shape[-1]
-        return result, (torch.stack(drawn, 1) if drawn else torch.empty(ids.shape[0], 0, V, device=device))
-    return result
-
-
-def _sample(logits: Tensor, temperature: float, top_k: Optional[int], top_p: Optional[float],
-            generator: Optional[torch.Generator]) -> Tensor:
-    """One token per row of logits [B, V]."""
-    if temperature == 0:
-        return logits.argmax(-1)
-    logits = logits / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = torch.softmax(sorted_logits, dim=-1)
-        outside = (probs.cumsum(-1) - probs) > top_p                        # the top token always stays
-        sorted_logits = sorted_logits.masked_fill(outside, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

@@ -19,6 +19,8 @@ import os
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
+from .errors import CheckpointError
+
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
 SYSTEM = "<|system|>"
@@ -37,6 +39,21 @@ def _tokenizers():
     except ImportError as e:  # pragma: no cover - a declared dependency
         raise ImportError("mmrec_model.tokenizer needs the `tokenizers` package (pip install tokenizers)") from e
     return tokenizers
+
+
+def clean_text(text: str) -> Tuple[str, bool]:
+    """(text as valid Unicode, whether anything was replaced): bytes that were not UTF-8 (read with Python's
+    surrogateescape, as stdin does) and lone surrogates become U+FFFD."""
+    try:
+        text.encode("utf-8")
+        return text, False
+    except UnicodeEncodeError:
+        pass
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raw = text.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "replace"), True
 
 
 class Tokenizer:
@@ -78,7 +95,11 @@ class Tokenizer:
             path = path / "tokenizer.json"
         if not path.is_file():
             raise FileNotFoundError(f"no tokenizer at {path}")
-        return cls(_tokenizers().Tokenizer.from_file(str(path)))
+        try:
+            backend = _tokenizers().Tokenizer.from_file(str(path))
+            return cls(backend)
+        except Exception as e:
+            raise CheckpointError(f"{path}: not a usable tokenizer ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
 
     def save(self, path: PathLike) -> Path:
         """Writes tokenizer.json to `path` (a file name, or a directory)."""

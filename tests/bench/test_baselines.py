@@ -159,7 +159,7 @@ def test_trainer_trains_a_baseline_through_all_stages(arch, tmp_path, bench_data
 def test_baseline_resume_is_exact_and_tbptt_is_refused(tmp_path, bench_data):
     base = ["--arch", "gpt", "--stage", "pretrain", "--data-dir", str(bench_data), "--max-steps", "4", *TINY]
     assert train_baseline.main(base + ["--out", str(tmp_path / "full")]) == 0
-    assert train_baseline.main(base + ["--out", str(tmp_path / "cut"), "--halt-at", "pretrain:2"]) == 130
+    assert train_baseline.main(base + ["--out", str(tmp_path / "cut")], stop=lambda stage, step: (stage, step) == ("pretrain", 2)) == 130
     assert train_baseline.main(base + ["--out", str(tmp_path / "cut"), "--resume"]) == 0    # via GPTLM.from_pretrained
     losses = lambda run: [(r["step"], r["loss"]) for r in _records(run, "train")]
     assert losses(tmp_path / "cut") == losses(tmp_path / "full")

@@ -9,7 +9,8 @@ from mmrec_model import MMRecConfig, MMRecLM
 from mmrec_model.checkpoint import (latest_checkpoint, list_checkpoints, load_trainer_state, rng_state,
                                     save_checkpoint, set_rng_state)
 from mmrec_model.tokenizer import Tokenizer
-from mmrec_model.train import StageConfig, lr_at, stage_steps
+from mmrec_model.training.config import StageConfig
+from mmrec_model.training.schedule import lr_at, stage_steps
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from mmrec_model import MMRecLM, train
+from mmrec_model.data import STAGES
 from mmrec_model.checkpoint import latest_checkpoint, load_trainer_state
 from mmrec_model.tokenizer import Tokenizer
 
@@ -24,8 +25,10 @@ def _env():
     return env
 
 
-def _train(args):
-    return train.main([str(a) for a in args])
+def _train(args, stop_at=None):
+    """The CLI in-process; stop_at=(stage, step) ends the run there as SIGINT would."""
+    stop = None if stop_at is None else (lambda stage, step: (stage, step) == stop_at)
+    return train.main([str(a) for a in args], stop=stop)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +40,7 @@ def full_run(tmp_path_factory, small_data, tiny_config):
 
 def test_all_stages_smoke(full_run, capsys):
     out = full_run
-    for stage in train.STAGES:
+    for stage in STAGES:
         final = out / stage / "final"
         model = MMRecLM.from_pretrained(final)
         assert model.config.vocab_size == Tokenizer.load(final / "tokenizer.json").vocab_size == 512
@@ -61,9 +64,9 @@ def _losses(out):
 def test_resume_gives_identical_losses(full_run, tmp_path, small_data, tiny_config):
     out = tmp_path / "resumed"
     base = ["--config", tiny_config, "--data-dir", small_data, "--max-steps", STEPS, "--out", out]
-    assert _train(base + ["--halt-at", "pretrain:4"]) == 130     # TBPTT state carried through the checkpoint
+    assert _train(base, stop_at=("pretrain", 4)) == 130     # TBPTT state carried through the checkpoint
     assert latest_checkpoint(out / "pretrain").name == "ckpt-00000004"
-    assert _train(base + ["--resume", "--halt-at", "instruct:2"]) == 130
+    assert _train(base + ["--resume"], stop_at=("instruct", 2)) == 130
     assert _train(base + ["--resume"]) == 0
     assert _losses(out) == _losses(full_run)                     # bit-identical, every stage
     evals = lambda o: [(r["stage"], r["step"], r["set"], r["loss"]) for r in read_metrics(o, "eval")]

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from mmrec_model import MMRecConfig, MMRecLM
-from mmrec_model.chat import ChatSession, TextStream, continue_stream
+from mmrec_model.generate import TextStream, continue_stream
+from mmrec_model.session import ChatSession
 from mmrec_model.tokenizer import Tokenizer
 
 
