@@ -157,7 +157,7 @@ def test_chat_cli(full_run):
     assert repl.stdout.count("mmrec> ") == 2 and "(conversation reset)" in repl.stdout
     bad = subprocess.run([sys.executable, "-m", "mmrec_model.chat", "--checkpoint", str(full_run / "nope")],
                          env=_env(), capture_output=True, text=True, timeout=60)
-    assert bad.returncode == 2 and "no model checkpoint" in bad.stderr
+    assert bad.returncode == 2 and f"{full_run / 'nope'} does not exist" in bad.stderr
 
 
 def test_config_file_overrides_and_bad_input(tmp_path, small_data, tiny_config, capsys):

@@ -143,7 +143,7 @@ def _model_field(key: str, value: Any) -> Any:
 
 
 def _describe(error: Dict[str, Any]) -> str:
-    key = ".".join(str(p) for p in error["loc"] if not str(p).startswith("function-"))
+    key = ".".join(str(p) for p in error["loc"] if not str(p).startswith("function-") and str(p) != "[key]")
     value = error.get("input")
     if error["type"] == "extra_forbidden":
         return f"unknown key {key!r}"
