@@ -20,7 +20,6 @@ These are benchmark baselines, not part of the mmrec API.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import copy
 import os
@@ -33,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmrec_model import MMRecConfig, MMRecLM
+from mmrec_model.config import checked_fields, load_json, save_json
 from mmrec_model.generate import check_generate_args, generate_tokens
 from mmrec_model.model import RMSNorm, SwiGLU
 
@@ -68,22 +68,14 @@ class _ConfigIO:
         values.pop("chunk_len", None)    # configs saved by earlier versions carry the trainer's padding; unused
         if arch != cls.arch:
             raise ValueError(f"{cls.__name__}.from_dict: config is for arch {arch!r}, not {cls.arch!r}")
-        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"{cls.__name__}.from_dict: unknown fields {sorted(unknown)}")
-        return cls(**values)
+        return cls(**checked_fields(cls, values))
 
     def save(self, path: str) -> None:
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
-            f.write("\n")
+        save_json(self.to_dict(), path)
 
     @classmethod
     def load(cls, path: str):
-        if os.path.isdir(path):
-            path = os.path.join(path, CONFIG_NAME)
-        with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
+        return cls.from_dict(load_json(path))
 
 
 # ------------------------------------------------------------------------------------------ configs
@@ -303,12 +295,7 @@ class _LMBase(nn.Module):
     """What GPTLM and LSTMLM share: the interface MMRecLM offers to the trainer and the benchmarks."""
     config_class: type = None
 
-    def num_parameters(self, exclude_embeddings: bool = False) -> int:
-        params = {id(p): p for p in self.parameters()}         # tied weights once
-        if exclude_embeddings:
-            params.pop(id(self.embed.weight), None)
-            params.pop(id(self.lm_head.weight), None)
-        return sum(p.numel() for p in params.values())
+    num_parameters = MMRecLM.num_parameters
 
     def _check(self, ids: Tensor) -> None:
         name = type(self).__name__

@@ -19,6 +19,35 @@ def _ffn_default(d_model: int) -> int:
 from .errors import CheckpointError
 
 
+def checked_fields(cls, values: Dict[str, Any]) -> Dict[str, Any]:
+    """`values` if every key is a field of dataclass `cls`, else ValueError naming the unknown keys."""
+    unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise ValueError(f"{cls.__name__}.from_dict: unknown fields {sorted(unknown)}")
+    return dict(values)
+
+
+def save_json(values: Dict[str, Any], path: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(values, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+def load_json(path: str) -> Dict[str, Any]:
+    """The mapping in a config.json (`path` or `path`/config.json); CheckpointError names a bad file."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not a usable config ({e})") from None
+    if not isinstance(values, dict):
+        raise CheckpointError(f"{path}: not a usable config (the top level is a {type(values).__name__}, "
+                              f"not a mapping)")
+    return values
+
+
 @dataclass
 class MMRecConfig:
     vocab_size: int = 32000
@@ -111,28 +140,17 @@ class MMRecConfig:
 
     @classmethod
     def from_dict(cls, values: Dict[str, Any]) -> "MMRecConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"MMRecConfig.from_dict: unknown fields {sorted(unknown)}")
-        return cls(**values)
+        return cls(**checked_fields(cls, values))
 
     def save(self, path: str) -> None:
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
-            f.write("\n")
+        save_json(self.to_dict(), path)
 
     @classmethod
     def load(cls, path: str) -> "MMRecConfig":
-        if os.path.isdir(path):
-            path = os.path.join(path, "config.json")
+        values = load_json(path)
         try:
-            with open(path, encoding="utf-8") as f:
-                values = json.load(f)
-            if not isinstance(values, dict):
-                raise ValueError(f"the top level is a {type(values).__name__}, not a mapping")
             return cls.from_dict(values)
-        except (ValueError, TypeError, UnicodeDecodeError) as e:
+        except (ValueError, TypeError) as e:
             raise CheckpointError(f"{path}: not a usable MM-Rec config ({e})") from None
 
     def fingerprint(self) -> str:
