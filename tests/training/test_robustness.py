@@ -153,3 +153,22 @@ def test_loss_summary_and_plan_survive_resumes(tmp_path, capsys, tiny_config, sm
     assert meta(cut)["loss_first"] == meta(once)["loss_first"] == pytest.approx(sum(losses) / len(losses))
     assert meta(cut)["loss_last"] == meta(once)["loss_last"]
     assert math.isfinite(meta(cut)["loss_first"])
+
+
+def test_compile_failure_falls_back_to_eager_with_a_message(tmp_path, capsys, monkeypatch, tiny_config, small_data):
+    import torch
+
+    class Broken(torch.nn.Module):
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, *args, **kwargs):
+            raise RuntimeError("backend compiler failed: no C compiler")
+
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: Broken(module))
+    out = tmp_path / "run"
+    assert _run(["--config", tiny_config, "--data-dir", small_data, "--max-steps", 2, "--out", out,
+                 "--compile", "on"] + PRETRAIN) == 0
+    assert "torch.compile failed (RuntimeError: backend compiler failed" in capsys.readouterr().out
+    assert [r["step"] for r in read_metrics(out)] == [1, 2]
