@@ -10,6 +10,11 @@ from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
 RECURRENCES = ("nonlinear", "linear")
+MODEL_TYPE = "mmrec"
+# keys a Hugging Face config.json (mmrec_model.hf) holds around the MMRecConfig fields: bookkeeping of the hub, and
+# tie_word_embeddings, which must repeat tie_embeddings
+HUB_KEYS = frozenset({"model_type", "architectures", "auto_map", "transformers_version", "dtype", "torch_dtype",
+                      "tie_word_embeddings"})
 
 
 def _ffn_default(d_model: int) -> int:
@@ -149,7 +154,7 @@ class MMRecConfig:
     def load(cls, path: str) -> "MMRecConfig":
         values = load_json(path)
         try:
-            return cls.from_dict(values)
+            return cls.from_dict(_strip_hub_keys(values))
         except (ValueError, TypeError) as e:
             raise CheckpointError(f"{path}: not a usable MM-Rec config ({e})") from None
 
@@ -158,6 +163,21 @@ class MMRecConfig:
         on load even where the weights' shapes cannot tell, e.g. chunk_len)."""
         text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _strip_hub_keys(values: Dict[str, Any]) -> Dict[str, Any]:
+    """The MMRecConfig fields of a config.json, which may be a Hugging Face one of model_type "mmrec"; a config of
+    another model_type is refused."""
+    if "model_type" not in values:
+        return values
+    if values["model_type"] != MODEL_TYPE:
+        raise ValueError(f"model_type is {values['model_type']!r}, not {MODEL_TYPE!r}: a config of another "
+                         f"architecture")
+    fields = {k: v for k, v in values.items() if k not in HUB_KEYS}
+    tie = values.get("tie_word_embeddings", fields.get("tie_embeddings", True))
+    if tie != fields.get("tie_embeddings", True):
+        raise ValueError(f"tie_word_embeddings={tie} contradicts tie_embeddings={fields.get('tie_embeddings', True)}")
+    return fields
 
 
 PRESETS: Dict[str, Dict[str, Any]] = {
