@@ -52,10 +52,15 @@ def get_tokenizer(tcfg: TrainConfig, rt: Runtime, out: Path, init_dir: Optional[
                 pretrain_sources = load_stage_sources("pretrain", cfg.train, cfg.valid, tcfg.data_dir,
                                                       tcfg.on_bad_record, log)
             sources = pretrain_sources[0]
-            tok = Tokenizer.train(D.tokenizer_corpus(sources, tcfg.tokenizer_max_chars), tcfg.vocab_size)
+            used = [0]
+
+            def corpus():
+                for piece in D.tokenizer_corpus(sources, tcfg.tokenizer_max_chars):
+                    used[0] += len(piece)
+                    yield piece
+            tok = Tokenizer.train(corpus(), tcfg.vocab_size)
             tok.save(path)
-            log(f"tokenizer: byte-level BPE with {tok.vocab_size} tokens trained on "
-                f"{min(tcfg.tokenizer_max_chars, sum(len(r) for s in sources for r in s.records)):,} characters "
+            log(f"tokenizer: byte-level BPE with {tok.vocab_size} tokens trained on {used[0]:,} characters "
                 f"in {time.perf_counter() - t0:.1f} s")
     rt.barrier()
     tok = Tokenizer.load(path)
