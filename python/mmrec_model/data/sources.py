@@ -28,6 +28,7 @@ STAGES = ("pretrain", "instruct", "chat")
 STAGE_KIND = {"pretrain": "text", "instruct": "instruct", "chat": "chat"}
 KIND_SUFFIXES = {"text": (".txt",), "instruct": (".jsonl", ".json"), "chat": (".jsonl", ".json")}
 PIECE_CHARS = 1 << 16       # text is encoded in pieces of about this many characters, cut at line ends
+BLOCK_BYTES = 1 << 24       # text files are read in blocks of whole lines of about this many bytes
 
 
 class DataError(ValueError):
@@ -196,9 +197,10 @@ def _decode_block(raw: bytes, path: str, first_line: int, problems: List[Problem
     return "\n".join(lines)
 
 
-def read_text_blocks(path: str, problems: List[Problem], block_bytes: int = 1 << 24) -> Iterator[str]:
-    """The text of `path` as blocks of whole lines of about `block_bytes` (memory bounded by one block);
-    their concatenation is the file's text with non-UTF-8 lines left out."""
+def read_text_blocks(path: str, problems: List[Problem], block_bytes: Optional[int] = None) -> Iterator[str]:
+    """The text of `path` as blocks of whole lines of about `block_bytes` (default BLOCK_BYTES; memory bounded
+    by one block); their concatenation is the file's text with non-UTF-8 lines left out."""
+    block_bytes = block_bytes or BLOCK_BYTES
     line = 1
     with open(path, "rb") as f:
         carry = b""
