@@ -6,19 +6,20 @@
 Text files, directories, globs and `hf:NAME[:CONFIG][@SPLIT]` datasets (streamed) are encoded in parallel
 batches into memory-mapped token shards keyed by (tokenizer, sources); `python -m mmrec_model.train` with the
 same tokenizer and files finds them and starts without tokenising (it prepares them itself when missing).
-Without --tokenizer, the BPE is trained as the trainer trains it (vocab_size, tokenizer_max_chars) and saved to
---save-tokenizer (default: tokenizer.json in the cache folder's parent), so prepare can run first.
+Without --tokenizer, the BPE is trained as the trainer trains it (vocab_size, tokenizer_max_chars) and cached
+beside the shards, where the trainer finds it, so prepare can run first.
 """
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Optional, Sequence
 
 from . import data as D
-from .data.prepare import DEFAULT_SHARD_TOKENS, default_cache_dir, describe_set
+from .data.prepare import DEFAULT_SHARD_TOKENS, cached_tokenizer, default_cache_dir, describe_set
 from .data.stage import load_stage_sources, prepare_stage_tokens
 from .errors import CheckpointError
 from .tokenizer import Tokenizer
@@ -28,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m mmrec_model.prepare", allow_abbrev=False,
                                 description="Tokenise pre-training text into memory-mapped token shards.")
     p.add_argument("--tokenizer", default=None, help="tokenizer.json (or a run/checkpoint folder holding one)")
-    p.add_argument("--save-tokenizer", default=None, help="without --tokenizer: where the trained BPE is saved")
+    p.add_argument("--save-tokenizer", default=None, help="without --tokenizer: also copy the BPE here")
     p.add_argument("--vocab-size", type=int, default=2048, help="without --tokenizer: BPE size (trainer default)")
     p.add_argument("--tokenizer-max-chars", type=int, default=4_000_000,
                    help="without --tokenizer: characters the BPE is trained on (trainer default)")
@@ -50,13 +51,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.tokenizer:
             tok = Tokenizer.load(args.tokenizer)
         else:
-            t0 = time.perf_counter()
-            tok = Tokenizer.train(D.tokenizer_corpus(sources[0], args.tokenizer_max_chars), args.vocab_size)
-            path = Path(args.save_tokenizer) if args.save_tokenizer else \
-                Path(args.cache_dir or default_cache_dir()).parent / "tokenizer.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tok.save(path)
-            log(f"tokenizer: {tok.vocab_size} tokens trained in {time.perf_counter() - t0:.1f} s, saved to {path}")
+            tok, cached = cached_tokenizer(sources[0], args.vocab_size, args.tokenizer_max_chars, args.cache_dir, log)
+            if args.save_tokenizer:
+                Path(args.save_tokenizer).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(cached, args.save_tokenizer)
         t0 = time.perf_counter()
         train, valid = prepare_stage_tokens(tok, sources, args.cache_dir, args.on_bad_record, log,
                                             args.shard_tokens)

@@ -13,7 +13,7 @@ import torch
 
 from mmrec_model import data as D
 from mmrec_model.data import sources as DS
-from mmrec_model.data.prepare import prepare_tokens
+from mmrec_model.data.prepare import cached_tokenizer, prepare_tokens
 from mmrec_model.data.shards import ShardError, ShardWriter, TokenStream
 from mmrec_model.data.stage import load_stage_sources
 from mmrec_model.tokenizer import Tokenizer
@@ -194,7 +194,7 @@ def test_training_resumes_bit_identically_across_shard_boundaries(tmp_path, smal
               "--set", "shard_tokens=97", "--set", f"cache_dir={tmp_path / 'cache'}"]
     common = [str(a) for a in common]
     assert train.main(common + ["--out", str(tmp_path / "full")]) == 0
-    shard_sets = [p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]
+    shard_sets = [p for p in (tmp_path / "cache").iterdir() if (p / "index.json").is_file()]
     assert len(shard_sets) == 2 and all(len(list(p.glob("shard-*.bin"))) > 10 for p in shard_sets)
     out = str(tmp_path / "resumed")
     assert train.main(common + ["--out", out], stop=lambda stage, step: step == 3) == 130
@@ -266,3 +266,20 @@ def test_ddp_ranks_read_disjoint_windows(tmp_path, small_data, tok, tbptt):
         all1.update(r1)
     if not tbptt:
         assert not all0 & all1                                         # and over the whole run (one epoch)
+
+
+def test_tokenizer_is_cached_per_sources(tmp_path):
+    texts, paths = _docs(tmp_path)
+    sources = [DS.Source(str(p), None) for p in paths]
+    logged = []
+    a, path = cached_tokenizer(sources, 300, 50_000, tmp_path / "cache", log=logged.append)
+    assert "trained on 50,000 characters" in logged[-1]
+    b, again = cached_tokenizer(sources, 300, 50_000, tmp_path / "cache", log=logged.append)
+    assert again == path and "cached BPE" in logged[-1] and b.to_str() == a.to_str()
+    fresh = Tokenizer.train(DS.tokenizer_corpus(sources, 50_000), 300)
+    assert fresh.to_str() == a.to_str()                     # training is deterministic: caching changes nothing
+    _, other = cached_tokenizer(sources, 280, 50_000, tmp_path / "cache", log=logged.append)
+    assert other != path
+    paths[1].write_text("changed\n", encoding="utf-8")
+    _, changed = cached_tokenizer(sources, 300, 50_000, tmp_path / "cache", log=logged.append)
+    assert changed != path and "trained on" in logged[-1]

@@ -42,6 +42,11 @@ def cache_key(tok: Tokenizer, sources: Sequence[Source]) -> str:
     h = hashlib.sha256()
     h.update(hashlib.sha256(tok.to_str().encode()).digest())
     h.update(SCHEME.encode())
+    _source_key(h, sources)
+    return h.hexdigest()[:24]
+
+
+def _source_key(h, sources: Sequence[Source]) -> None:
     for s in sources:
         if s.records is not None:          # records in memory (tests, small inputs): keyed by content
             doc_hash = hashlib.sha256()
@@ -53,7 +58,41 @@ def cache_key(tok: Tokenizer, sources: Sequence[Source]) -> str:
         else:
             st = os.stat(s.name)
             h.update(f"file|{os.path.abspath(s.name)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:24]
+
+
+def cached_tokenizer(sources: Sequence[Source], vocab_size: int, max_chars: int, cache_dir=None,
+                     log: Callable[[str], None] = print) -> Tuple[Tokenizer, Path]:
+    """(the BPE trained on the first `max_chars` characters of `sources`, its file in the cache). Training is
+    deterministic, so the BPE is cached per (sources, vocab_size, max_chars, tokenizers version) beside the
+    token shards: a later run on the same corpus loads it instead of training it again."""
+    import tokenizers
+    from .sources import tokenizer_corpus
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    h = hashlib.sha256(f"bpe|{vocab_size}|{max_chars}|{tokenizers.__version__}|{SCHEME}\n".encode())
+    _source_key(h, sources)
+    path = cache_dir / "tokenizers" / f"{h.hexdigest()[:24]}.json"
+    if path.is_file():
+        try:
+            tok = Tokenizer.load(path)
+            log(f"tokenizer: the cached BPE of these sources, {path}")
+            return tok, path
+        except Exception as e:               # a damaged file: said so, trained again
+            log(f"warning: {path}: unusable cached tokenizer ({e}); training it again")
+    t0 = time.perf_counter()
+    used = [0]
+
+    def corpus():
+        for piece in tokenizer_corpus(sources, max_chars):
+            used[0] += len(piece)
+            yield piece
+    tok = Tokenizer.train(corpus(), vocab_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tok.save(tmp)
+    os.replace(tmp, path)
+    log(f"tokenizer: byte-level BPE with {tok.vocab_size} tokens trained on {used[0]:,} characters in "
+        f"{time.perf_counter() - t0:.1f} s (cached in {path})")
+    return tok, path
 
 
 def _describe(sources: Sequence[Source]) -> List[str]:
