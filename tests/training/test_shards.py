@@ -283,3 +283,19 @@ def test_tokenizer_is_cached_per_sources(tmp_path):
     paths[1].write_text("changed\n", encoding="utf-8")
     _, changed = cached_tokenizer(sources, 300, 50_000, tmp_path / "cache", log=logged.append)
     assert changed != path and "trained on" in logged[-1]
+
+
+def test_prepare_cli_then_training_finds_the_shards(tmp_path, small_data, tiny_config, capsys):
+    from mmrec_model import prepare, train
+    cache = tmp_path / "cache"
+    assert prepare.main(["--data-dir", str(small_data), "--vocab-size", "512", "--tokenizer-max-chars", "120000",
+                         "--cache-dir", str(cache)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("prepared") == 2 and "train: " in printed and "held-out shakespeare_valid" in printed
+    args = ["--config", str(tiny_config), "--data-dir", str(small_data), "--stage", "pretrain", "--max-steps", "1",
+            "--set", f"cache_dir={cache}", "--out", str(tmp_path / "run")]
+    assert train.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "cached BPE" in printed and "prepared" not in printed       # neither BPE nor shards built again
+    assert prepare.main(["--train-data", str(tmp_path / "missing.txt"), "--cache-dir", str(cache)]) == 2
+    assert "missing.txt" in capsys.readouterr().err
