@@ -1,5 +1,6 @@
 """Shared fixtures: a small data directory cut from the bundled data, and tiny run settings."""
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,20 @@ def _head_lines(src: Path, dst: Path, n: int) -> None:
     with open(src, encoding="utf-8") as f:
         lines = [next(f) for _ in range(n)]
     dst.write_text("".join(lines), encoding="utf-8")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def token_cache(tmp_path_factory):
+    """Token shards of the tests go to a temporary cache (also for training subprocesses, which inherit the
+    environment), never to the user's ~/.cache/mmrec."""
+    path = tmp_path_factory.mktemp("mmrec-cache")
+    old = os.environ.get("MMREC_CACHE")
+    os.environ["MMREC_CACHE"] = str(path)
+    yield path / "tokens"
+    if old is None:
+        os.environ.pop("MMREC_CACHE", None)
+    else:
+        os.environ["MMREC_CACHE"] = old
 
 
 @pytest.fixture(scope="session")

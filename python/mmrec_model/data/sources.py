@@ -6,7 +6,8 @@ Formats (one loader each):
   `instruction`, `output` and an optional `input`;
 - chat: JSONL/JSON of `{"messages": [{"role": "system"|"user"|"assistant", "content": ...}, ...]}`.
 A data spec is a file, a directory (its *.txt / *.jsonl / *.json files), a glob, or
-`hf:NAME[:CONFIG][@SPLIT]` for a Hugging Face dataset (needs the `datasets` package and a network).
+`hf:NAME[:CONFIG][@SPLIT]` for a Hugging Face dataset (needs the `datasets` package and a network; text
+datasets are streamed, each row one document).
 
 Malformed records are collected as `path:line: reason` problems while loading, before any training
 step runs: with ``on_bad="skip"`` they are reported and left out, with ``on_bad="error"`` loading
@@ -18,7 +19,7 @@ import glob
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from ..tokenizer import ROLES
 
@@ -26,6 +27,8 @@ DATA_DIR = Path(__file__).resolve().parent.parent / "corpus"
 STAGES = ("pretrain", "instruct", "chat")
 STAGE_KIND = {"pretrain": "text", "instruct": "instruct", "chat": "chat"}
 KIND_SUFFIXES = {"text": (".txt",), "instruct": (".jsonl", ".json"), "chat": (".jsonl", ".json")}
+PIECE_CHARS = 1 << 16       # text is encoded in pieces of about this many characters, cut at line ends
+BLOCK_BYTES = 1 << 24       # text files are read in blocks of whole lines of about this many bytes
 
 
 class DataError(ValueError):
@@ -44,9 +47,10 @@ class Problem:
 
 @dataclass
 class Source:
-    """Records of one data spec (a file or a dataset)."""
+    """Records of one data spec (a file or a dataset). records None: a text file or text dataset that is
+    streamed when it is tokenised (data.prepare), never held in memory."""
     name: str
-    records: list
+    records: Optional[list]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -177,15 +181,15 @@ def _json_items(path: str) -> Iterator[Tuple[int, object, Optional[str]]]:
             yield lineno, None, f"invalid JSON: {e.msg} (column {e.colno})"
 
 
-def _read_text(path: str, problems: List[Problem]) -> str:
-    with open(path, "rb") as f:
-        raw = f.read()
+def _decode_block(raw: bytes, path: str, first_line: int, problems: List[Problem]) -> str:
+    """UTF-8 text of `raw` (whole lines of `path` from line `first_line`); lines that are not UTF-8 are
+    reported and left out."""
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         pass
     lines = []
-    for lineno, line in enumerate(raw.split(b"\n"), start=1):
+    for lineno, line in enumerate(raw.split(b"\n"), start=first_line):
         try:
             lines.append(line.decode("utf-8"))
         except UnicodeDecodeError as e:
@@ -193,28 +197,83 @@ def _read_text(path: str, problems: List[Problem]) -> str:
     return "\n".join(lines)
 
 
-def _load_hf(spec: str, kind: str, problems: List[Problem]) -> Source:
-    """`hf:NAME[:CONFIG][@SPLIT]`: a Hugging Face dataset, converted to this stage's record kind."""
+def read_text_blocks(path: str, problems: List[Problem], block_bytes: Optional[int] = None) -> Iterator[str]:
+    """The text of `path` as blocks of whole lines of about `block_bytes` (default BLOCK_BYTES; memory bounded
+    by one block); their concatenation is the file's text with non-UTF-8 lines left out."""
+    block_bytes = block_bytes or BLOCK_BYTES
+    line = 1
+    with open(path, "rb") as f:
+        carry = b""
+        while True:
+            chunk = f.read(block_bytes)
+            raw = carry + chunk
+            if not chunk:
+                if raw:
+                    yield _decode_block(raw, path, line, problems)
+                return
+            cut = raw.rfind(b"\n") + 1         # blocks end at a line end (a line longer than a block grows it)
+            if cut == 0:
+                carry = raw
+                continue
+            block, carry = raw[:cut], raw[cut:]
+            yield _decode_block(block, path, line, problems)
+            line += block.count(b"\n")
+
+
+def _read_text(path: str, problems: List[Problem]) -> str:
+    return "".join(read_text_blocks(path, problems))
+
+
+def _datasets(spec: str):
     try:
         import datasets
     except ImportError as e:
         raise DataError(f"{spec}: Hugging Face datasets need the `datasets` package (pip install datasets)") from e
-    body = spec[3:]
-    body, _, split = body.partition("@")
+    return datasets
+
+
+def _hf_args(spec: str) -> Tuple[str, Optional[str], str]:
+    """(name, config, split) of `hf:NAME[:CONFIG][@SPLIT]`."""
+    body, _, split = spec[3:].partition("@")
     name, _, config = body.partition(":")
+    return name, config or None, split or "train"
+
+
+def hf_text_documents(spec: str, problems: List[Problem]) -> Iterator[str]:
+    """The `text` column of a Hugging Face dataset, row by row (streaming=True: rows are fetched as they are
+    read, the dataset is never held whole); each row is one document. Rows without a string `text` are
+    reported as problems and left out."""
+    datasets = _datasets(spec)
+    name, config, split = _hf_args(spec)
     try:
-        ds = datasets.load_dataset(name, config or None, split=split or "train")
+        rows = datasets.load_dataset(name, config, split=split, streaming=True)
+        for i, row in enumerate(rows):
+            text = row.get("text")
+            if not isinstance(text, str):
+                problems.append(Problem(spec, i + 1, "no string column 'text'"))
+                continue
+            yield text
+    except DataError:
+        raise
+    except Exception as e:  # network, unknown name, ...: report it as a data problem
+        raise DataError(f"{spec}: could not read the dataset: {e}") from e
+
+
+def _load_hf(spec: str, kind: str, problems: List[Problem]) -> Source:
+    """`hf:NAME[:CONFIG][@SPLIT]`: a Hugging Face dataset, converted to this stage's record kind (text is
+    streamed when it is tokenised, see hf_text_documents)."""
+    datasets = _datasets(spec)
+    if kind == "text":
+        return Source(spec, None)
+    name, config, split = _hf_args(spec)
+    try:
+        ds = datasets.load_dataset(name, config, split=split)
     except Exception as e:  # network, unknown name, ...: report it as a data problem
         raise DataError(f"{spec}: could not load the dataset: {e}") from e
     records = []
     for i, row in enumerate(ds):
         try:
-            if kind == "text":
-                text = row.get("text")
-                if not isinstance(text, str):
-                    raise ValueError("no string column 'text'")
-                records.append(text)
-            elif kind == "chat" and "messages" not in row and "conversations" in row:
+            if kind == "chat" and "messages" not in row and "conversations" in row:
                 roles = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                          "system": "system"}
                 msgs = [{"role": roles.get(m.get("from"), m.get("from")), "content": m.get("value")}
@@ -224,14 +283,13 @@ def _load_hf(spec: str, kind: str, problems: List[Problem]) -> Source:
                 records.append(PARSERS[kind](dict(row)))
         except ValueError as e:
             problems.append(Problem(spec, i + 1, str(e)))
-    if kind == "text":
-        records = ["\n".join(records)]
     return Source(spec, records)
 
 
 def load_sources(specs: Sequence[str], kind: str, on_bad: str = "skip", data_dir=None,
-                 log: Callable[[str], None] = print) -> List[Source]:
-    """Loads and checks every record named by `specs` (see the module docstring)."""
+                 log: Callable[[str], None] = print, stream_text: bool = False) -> List[Source]:
+    """Loads and checks every record named by `specs` (see the module docstring). stream_text: text files are
+    only located here (records None); they are read, and their problems reported, when tokenised."""
     if on_bad not in ("skip", "error"):
         raise ValueError(f"on_bad must be 'skip' or 'error', got {on_bad!r}")
     if kind not in KIND_SUFFIXES:
@@ -243,7 +301,7 @@ def load_sources(specs: Sequence[str], kind: str, on_bad: str = "skip", data_dir
             sources.append(_load_hf(path, kind, problems))
             continue
         if kind == "text":
-            sources.append(Source(path, [_read_text(path, problems)]))
+            sources.append(Source(path, None if stream_text else [_read_text(path, problems)]))
             continue
         records = []
         for lineno, obj, error in _json_items(path):
@@ -255,19 +313,26 @@ def load_sources(specs: Sequence[str], kind: str, on_bad: str = "skip", data_dir
                     error = str(e)
             problems.append(Problem(path, lineno, error))
         sources.append(Source(path, records))
-    if problems:
-        listing = "\n  ".join(str(p) for p in problems[:20])
-        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        if on_bad == "error":
-            raise DataError(f"{len(problems)} malformed record(s):\n  {listing}{more}")
-        log(f"warning: skipped {len(problems)} malformed record(s):\n  {listing}{more}")
-    if not any(s.records for s in sources):
+    report_problems(problems, on_bad, log)
+    if not any(s.records is None or s.records for s in sources):
         raise DataError(f"no usable {kind} records in {list(specs)}")
     return sources
 
 
-def text_pieces(text: str, piece_chars: int = 1 << 16) -> Iterator[str]:
-    """`text` cut at line ends into pieces of about `piece_chars` (for batched encoding/training)."""
+def report_problems(problems: Sequence[Problem], on_bad: str, log: Callable[[str], None]) -> None:
+    """Logs malformed records (on_bad='skip') or raises DataError listing them (on_bad='error')."""
+    if not problems:
+        return
+    listing = "\n  ".join(str(p) for p in problems[:20])
+    more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+    if on_bad == "error":
+        raise DataError(f"{len(problems)} malformed record(s):\n  {listing}{more}")
+    log(f"warning: skipped {len(problems)} malformed record(s):\n  {listing}{more}")
+
+
+def text_pieces(text: str, piece_chars: int = PIECE_CHARS) -> Iterator[str]:
+    """`text` cut at line ends into pieces of about `piece_chars` (for batched encoding/training): each piece
+    ends at the first line end at least `piece_chars` characters after its start, or at the end."""
     start = 0
     while start < len(text):
         end = text.find("\n", start + piece_chars)
@@ -276,16 +341,48 @@ def text_pieces(text: str, piece_chars: int = 1 << 16) -> Iterator[str]:
         start = end
 
 
-def tokenizer_corpus(sources: Sequence[Source], max_chars: int) -> Iterator[str]:
-    """Text for BPE training: the pre-training documents, at most `max_chars` characters in all."""
+def stream_pieces(blocks: Iterable[str], piece_chars: int = PIECE_CHARS) -> Iterator[str]:
+    """text_pieces("".join(blocks)) without joining the blocks: the same pieces, memory bounded by a block."""
+    carry = ""
+    for block in blocks:
+        text = carry + block
+        start = 0
+        while True:
+            end = text.find("\n", start + piece_chars)
+            if end < 0:                      # the piece may end in a later block
+                break
+            yield text[start:end + 1]
+            start = end + 1
+        carry = text[start:]
+    yield from text_pieces(carry, piece_chars)
+
+
+def document_pieces(source: "Source", problems: List[Problem]) -> Iterator[Iterator[str]]:
+    """Each document of a text source as an iterator of its text_pieces (files are streamed from disk)."""
+    if source.records is not None:
+        for doc in source.records:
+            yield text_pieces(doc)
+    elif source.name.startswith("hf:"):
+        for doc in hf_text_documents(source.name, problems):
+            yield text_pieces(doc)
+    else:
+        yield stream_pieces(read_text_blocks(source.name, problems))
+
+
+def tokenizer_corpus(sources: Sequence[Source], max_chars: int, problems: Optional[List[Problem]] = None,
+                     ) -> Iterator[str]:
+    """Text for BPE training: the pre-training documents' pieces, at most `max_chars` characters in all
+    (the piece that crosses the budget is cut there). Files are read only as far as the budget."""
+    problems = [] if problems is None else problems
     budget = max_chars
     for s in sources:
-        for doc in s.records:
-            for piece in text_pieces(doc[:budget]):
+        for pieces in document_pieces(s, problems):
+            for piece in pieces:
+                piece = piece[:budget]
                 yield piece
-            budget -= min(len(doc), budget)
-            if budget <= 0:
-                return
+                budget -= len(piece)
+                if budget <= 0:
+                    return
 
 
 def stage_files(stage: str, split: str, specs: Optional[Sequence[str]], data_dir) -> List[str]:

@@ -75,6 +75,8 @@ class TrainConfig(BaseModel):
     vocab_size: int = Field(2048, ge=262)                  # 256 bytes + 6 control tokens at least
     tokenizer_max_chars: int = Field(4_000_000, ge=1)      # pre-training text used to train the BPE
     data_dir: Optional[str] = None                         # None = the bundled corpus
+    cache_dir: Optional[str] = None                        # token shards; None = $MMREC_CACHE/tokens or ~/.cache/mmrec/tokens
+    shard_tokens: int = Field(1 << 26, ge=1)               # tokens per shard file of a newly prepared stream
     on_bad_record: Literal["skip", "error"] = "skip"       # malformed records: skip (reported) or refuse
     seed: int = Field(1234, ge=0)
     device: str = "auto"                                   # auto, cpu, cuda, cuda:N

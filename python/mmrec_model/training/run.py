@@ -13,6 +13,7 @@ import torch
 
 from .. import data as D
 from ..checkpoint import atomic_write_text
+from ..data.prepare import cached_tokenizer
 from ..data.stage import load_stage_sources
 from ..tokenizer import Tokenizer
 from .config import ConfigError, TrainConfig
@@ -46,17 +47,13 @@ def get_tokenizer(tcfg: TrainConfig, rt: Runtime, out: Path, init_dir: Optional[
         if init_dir is not None and (init_dir / "tokenizer.json").is_file():
             shutil.copyfile(init_dir / "tokenizer.json", path)
         else:
-            t0 = time.perf_counter()
             if pretrain_sources is None:
                 cfg = tcfg.stages["pretrain"]
                 pretrain_sources = load_stage_sources("pretrain", cfg.train, cfg.valid, tcfg.data_dir,
                                                       tcfg.on_bad_record, log)
-            sources = pretrain_sources[0]
-            tok = Tokenizer.train(D.tokenizer_corpus(sources, tcfg.tokenizer_max_chars), tcfg.vocab_size)
-            tok.save(path)
-            log(f"tokenizer: byte-level BPE with {tok.vocab_size} tokens trained on "
-                f"{min(tcfg.tokenizer_max_chars, sum(len(r) for s in sources for r in s.records)):,} characters "
-                f"in {time.perf_counter() - t0:.1f} s")
+            _, cached = cached_tokenizer(pretrain_sources[0], tcfg.vocab_size, tcfg.tokenizer_max_chars,
+                                         tcfg.cache_dir, log)
+            shutil.copyfile(cached, path)
     rt.barrier()
     tok = Tokenizer.load(path)
     if trained_with and init_dir is None and tok.vocab_size > tcfg.vocab_size:

@@ -114,7 +114,7 @@ def run_stage(stage: str, tcfg: TrainConfig, rt: Runtime, out: Path, tok: Tokeni
     if sources is None:
         sources = load_stage_sources(stage, cfg.train, cfg.valid, tcfg.data_dir, tcfg.on_bad_record, log)
     data = StageData(stage, cfg.model_copy(update={"tbptt": tbptt}), sources, tok, rt.rank, rt.world, micro, seed,
-                     out / "cache", length_multiple, log)
+                     tcfg.cache_dir, length_multiple, log, tcfg.on_bad_record, tcfg.shard_tokens, rt.barrier)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
                                   betas=(cfg.beta1, cfg.beta2), eps=1e-8)
     step, tokens_seen, elapsed = 0, 0, 0.0
