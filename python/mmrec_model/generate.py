@@ -303,12 +303,34 @@ def continue_stream(model, prompt: Sequence[int], state, max_new_tokens: int, st
     if len(prompt) == 0:
         raise ValueError("continue_stream: the prompt is empty")
     ids = _check_ids(list(prompt), getattr(getattr(model, "config", None), "vocab_size", None))
+    if not callable(getattr(model, "decode_state", None)):
+        return _continue_forward(model, ids, state, max_new_tokens, stop, temperature, top_k, top_p, generator,
+                                 on_token)
     rows = _Rows(1, [int(t) for t in stop], (), None, None if on_token is None else (lambda r, t: on_token(t)))
     ds, logits = prefill(model, [ids], state)
     prev = ids[-1:].to(ds.device)
     decode_rows(model, ds, logits, prev, max_new_tokens, temperature, top_k, top_p, generator, rows,
                 feed_last=True, cuda_graph=cuda_graph, check_every=1)
     return rows.tokens[0], ds.export()
+
+
+def _continue_forward(model, ids: Tensor, state, max_new_tokens, stop, temperature, top_k, top_p, generator,
+                      on_token) -> Tuple[List[int], object]:
+    """continue_stream for models without a one-token step (the benchmark baselines)."""
+    device = next(model.parameters()).device
+    if state is None:
+        state = model.init_state(1, device=device)
+    logits, state = model(ids[None].to(device), state, last_only=True)
+    out: List[int] = []
+    for _ in range(max_new_tokens):
+        token = int(sample(logits[:, -1], temperature, top_k, top_p, generator)[0])
+        out.append(token)
+        logits, state = model(torch.tensor([[token]], device=device), state)
+        if token in stop:
+            break
+        if on_token is not None:
+            on_token(token)
+    return out, state
 
 
 class TextStream:
