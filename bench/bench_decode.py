@@ -1,5 +1,6 @@
 """Decode speed against context and batch (issue 18): MM-Rec (both variants) through its one-token step
-(decode.py; a CUDA graph on GPU), the project's GPT baseline (bench/baselines.py, KV cache, eager), and on
+(decode.py; a CUDA graph on GPU), MM-Rec through ``model(token[:, None], state)`` per token (the path
+generation took before the step: custom ops per token), the project's GPT baseline (bench/baselines.py, KV cache, eager), and on
 a GPU the Hugging Face GPT-2 `generate()` eager and with a static cache + torch.compile.
 
     python bench/bench_decode.py                                # CPU defaults (contexts 256, 1024, 4096)
@@ -29,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-MODELS = ("mmrec-nonlinear", "mmrec-linear", "gpt", "hf-gpt2", "hf-gpt2-static-compile")
+MODELS = ("mmrec-nonlinear", "mmrec-linear", "mmrec-nonlinear-forward", "gpt", "hf-gpt2", "hf-gpt2-static-compile")
 
 
 def _sync(device: torch.device) -> None:
@@ -61,7 +62,7 @@ def _fwd_share_ms(model, V: int, device, repeat: int = 3) -> float:
 
 
 # ------------------------------------------------------------------------------------------ MM-Rec
-def bench_mmrec(recurrence: str, args, device, contexts, batches) -> List[Dict]:
+def bench_mmrec(recurrence: str, args, device, contexts, batches, forward: bool = False) -> List[Dict]:
     from mmrec_model import MMRecConfig, MMRecLM
     from mmrec_model.generate import prefill, sample
 
@@ -81,7 +82,19 @@ def bench_mmrec(recurrence: str, args, device, contexts, batches) -> List[Dict]:
                     _, state = model(ids[:, s:min(s + args.prefill_chunk, ctx - 1)], state, last_only=True)
                 ds, logits = prefill(model, list(ids[:, -1:]), state)                  # the last token per row
             state_mib = sum(t.numel() * t.element_size() for t in ds.mem + ds.chunk_sum) / 2**20
-            if device.type == "cuda":
+            if forward:
+                def loop(n):
+                    nonlocal state
+                    lg = logits
+                    with torch.no_grad():
+                        for _ in range(n):
+                            token = sample(lg, 0.0, None, None, None)
+                            out, state = model(token[:, None], state)
+                            lg = out[:, -1]
+                _, state = model(ids[:, -1:], state)
+                loop(4)
+                secs = _timed(lambda: loop(args.tokens), device)
+            elif device.type == "cuda":
                 from mmrec_model.decode_cuda import GraphDecoder
                 dec = GraphDecoder(ds, logits, ids[:, -1], args.tokens + 8,
                                    lambda lg, g: sample(lg, 0.0, None, None, g), None, None)
@@ -98,7 +111,8 @@ def bench_mmrec(recurrence: str, args, device, contexts, batches) -> List[Dict]:
                 with torch.no_grad():
                     loop(4)
                     secs = _timed(lambda: loop(args.tokens), device)
-            rows.append(_row(f"mmrec-{recurrence}", ctx, B, secs, args.tokens, share, state_mib, device))
+            name = f"mmrec-{recurrence}" + ("-forward" if forward else "")
+            rows.append(_row(name, ctx, B, secs, args.tokens, share, state_mib, device))
     return rows
 
 
@@ -258,7 +272,7 @@ def main() -> None:
     for name in models:
         print(f"- {name}")
         if name.startswith("mmrec-"):
-            rows += bench_mmrec(name.split("-", 1)[1], args, device, contexts, batches)
+            rows += bench_mmrec(name.split("-")[1], args, device, contexts, batches, name.endswith("-forward"))
         elif name == "gpt":
             rows += bench_gpt(args, device, contexts, batches)
         else:

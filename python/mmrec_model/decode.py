@@ -47,6 +47,8 @@ class _BlockWeights:
             self.w_g_t = block.w_g.transpose(1, 2)                                     # [H, d, d]: h @ w^T
             self.b_g = block.b_g.view(self.H, 1, d)                                    # [H, 1, d]
         self.sig_base = torch.sigmoid(block.base)                                      # [N, D]
+        self.one = torch.ones((), device=block.base.device, dtype=block.base.dtype)
+        self.scale = 1.0 / math.sqrt(self.dh)
         self.w_key_t = block.key_proj.weight.t()                                       # [D, D]
         self.w_a_t, self.b_a = block.strength_proj.weight.t(), block.strength_proj.bias  # [D, 1], [1]
         self.w_o_t = block.out_proj.weight.t()                                          # [D, D]
@@ -125,38 +127,59 @@ class DecodeState:
 
 
 # ------------------------------------------------------------------------------------------- the step
-def _rms(x: Tensor, weight: Optional[Tensor], eps: float) -> Tensor:
-    return F.rms_norm(x, (x.shape[-1],), weight, eps)
+def _inv_rms(x: Tensor, eps: float) -> Tensor:
+    """rsqrt(mean(x^2) + eps) over the last dim of a contiguous x [..., n] -> [..., 1], as one batched dot
+    (baddbmm: eps + x.x / n) and one rsqrt: 2 kernels where F.rms_norm dispatches ~10 on CPU."""
+    n = x.shape[-1]
+    flat = x.reshape(-1, 1, n)                                                         # [R, 1, n]
+    return torch.baddbmm(_eps(eps, x), flat, flat.transpose(1, 2), alpha=1.0 / n).rsqrt_().view(*x.shape[:-1], 1)
+
+
+_EPS = {}
+
+
+def _eps(eps: float, like: Tensor) -> Tensor:
+    """A cached [1, 1, 1] tensor holding eps (no allocation per call)."""
+    key = (eps, like.dtype, like.device)
+    if key not in _EPS:
+        _EPS[key] = torch.full((1, 1, 1), eps, dtype=like.dtype, device=like.device)
+    return _EPS[key]
+
+
+def _rms(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """RMSNorm of x [B, D] with its weight (model.RMSNorm)."""
+    return (x * _inv_rms(x, eps)).mul_(weight)
 
 
 def block_step(w: _BlockWeights, x: Tensor, mem: Tensor, chunk_sum: Tensor, update) -> Tensor:
     """One token through one block. x: [B, D] -> [B, D]; mem [B, 1 + N + S, D] and chunk_sum [B, D] are
     updated in place. update: None, True or a [B, 1] float mask of the rows whose chunk completes now."""
     B, D, N = x.shape[0], w.D, w.N
-    u = _rms(x, w.norm_in, w.eps)                                                     # [B, D]
-    proj = torch.addmm(w.b_in, u, w.w_in_t)                                           # [B, 4D (+D) + N]
+    proj = torch.addmm(w.b_in, _rms(x, w.norm_in, w.eps), w.w_in_t)                  # [B, 4D (+D) + N]
     z, f, q, v = proj[:, :D], proj[:, D:2 * D], proj[:, 2 * D:3 * D], proj[:, 3 * D:4 * D]
-    c = proj[:, -N:]                                                                  # [B, N]
     gamma = torch.sigmoid(f)
     h = mem[:, 0]                                                                     # [B, D] view
     if w.linear:
-        gate = torch.sigmoid(proj[:, 4 * D:5 * D])
-        h.mul_(gamma).addcmul_(z, gate)                                               # gamma * h + z * sigma(g)
+        h.mul_(gamma).addcmul_(z, torch.sigmoid(proj[:, 4 * D:5 * D]))                # gamma * h + z * sigma(g)
     else:
         p = torch.baddbmm(w.b_g, h.view(B, w.H, -1).transpose(0, 1), w.w_g_t)        # [H, B, d] = W h + b
-        s = torch.sigmoid(p).transpose(0, 1).reshape(B, D)
-        h.mul_(gamma).addcmul_(z, s)                                                  # z * sigma(p) + gamma * h
-    m = mem[:, 1:1 + N]                                                               # [B, N, D] view
-    g = (w.sig_base * torch.sigmoid(c)[:, :, None]).clamp_(w.mdi_eps, 1 - w.mdi_eps)  # [B, N, D]
-    m.mul_(g).addcmul_(1 - g, v[:, None])                                             # g * m + (1 - g) * v
+        h.mul_(gamma).addcmul_(z, torch.sigmoid_(p).transpose(0, 1).reshape(B, D))  # gamma * h + z * sigma(p)
+    # banks: m = g m + (1 - g) v = lerp(m, v, 1 - g), 1 - g = clamp(1 - sigma(base) sigma(c), eps, 1 - eps)
+    one_minus_g = torch.addcmul(w.one, w.sig_base, torch.sigmoid(proj[:, -N:])[:, :, None], value=-1.0)
+    mem[:, 1:1 + N].lerp_(v[:, None], one_minus_g.clamp_(w.mdi_eps, 1 - w.mdi_eps))  # [B, N, D]
     chunk_sum.add_(h)
 
-    # read: per read head, softmax over the 1 + N + S normalised items (the slots before this token's update)
-    items = _rms(mem.view(B, -1, w.Hr, w.dh), None, w.eps).transpose(1, 2)           # [B, Hr, I, dh]
-    r = F.scaled_dot_product_attention(q.view(B, 1, w.Hr, w.dh).transpose(1, 2), items, items)  # [B, Hr, 1, dh]
-    y = torch.addmm(x, r.reshape(B, D), w.w_o_t)                                     # x + r @ W_o^T
+    # read: per read head, softmax_i(<q, n(item_i)> / sqrt(dh)) over the items {h, m^1..N, slots (before this
+    # token's update)}, r = sum_i w_i n(item_i); n(item) = item * rho(item), so the normalised items are never
+    # formed: scores = <q, item> * rho / sqrt(dh), r = sum_i (w_i rho_i) item_i
+    items = mem.view(B, -1, w.Hr, w.dh).transpose(1, 2)                               # [B, Hr, I, dh] view
+    rho = _inv_rms(mem.view(B, -1, w.Hr, w.dh), w.eps).view(B, -1, w.Hr).transpose(1, 2)  # [B, Hr, I]
+    raw = torch.matmul(items, q.reshape(B, w.Hr, w.dh, 1)).squeeze(-1)               # [B, Hr, I]
+    weights = torch.softmax(raw.mul_(rho).mul_(w.scale), dim=-1).mul_(rho)            # [B, Hr, I]
+    r = torch.matmul(weights.unsqueeze(-2), items).reshape(B, D)                      # [B, D]
+    y = torch.addmm(x, r, w.w_o_t)                                                    # x + r @ W_o^T
     gv = _rms(y, w.norm_ffn, w.eps) @ w.w_up_t                                        # [B, 2F]
-    out = torch.addmm(y, F.silu(gv[:, :w.F]) * gv[:, w.F:], w.w_down_t)             # y + SwiGLU
+    out = torch.addmm(y, F.silu(gv[:, :w.F]).mul_(gv[:, w.F:]), w.w_down_t)         # y + SwiGLU
 
     if update is not None:                                                            # a chunk completes: one
         s_mean = (chunk_sum / w.C).to(x.dtype)                                        # memory_update step [B, D]
@@ -186,7 +209,7 @@ def step_tensors(state: DecodeState, tokens: Tensor, update) -> Tensor:
     for w, mem, csum in zip(state.weights, state.mem, state.chunk_sum):
         x = block_step(w, x, mem, csum, update)
     state.pos.add_(1)
-    return _rms(x, state.norm_w, state.config.norm_eps) @ state.lm_head_t            # [B, V]
+    return _rms(x, state.norm_w, state.config.norm_eps) @ state.lm_head_t             # [B, V]
 
 
 @torch.no_grad()
