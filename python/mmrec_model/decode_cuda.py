@@ -31,6 +31,7 @@ class GraphDecoder:
         self.done = torch.zeros(B, dtype=torch.bool, device=ds.device)               # [B] finished rows
         self.hist = torch.zeros(B, max(capacity, 1), dtype=torch.long, device=ds.device)  # [B, n] tokens
         self.counter = torch.zeros(1, 1, dtype=torch.long, device=ds.device)          # next column of hist
+        self.read = 0                                                                  # columns handed out
         self.pool = torch.cuda.graph_pool_handle()
         self.graphs: Dict[bool, torch.cuda.CUDAGraph] = {}
         for masked in (False, True):
@@ -78,6 +79,8 @@ class GraphDecoder:
         """Replays up to n steps. Every `check_every` steps the new token columns go to push(column) (which
         returns True when every row is finished); rows stop_rows() names (stop strings) are marked done on
         the device. Returns the number of steps run (the state advanced by as many positions)."""
+        if self.read + n > self.hist.shape[1]:
+            raise ValueError(f"GraphDecoder.run: {self.read} + {n} steps exceed the capacity {self.hist.shape[1]}")
         C = self.ds.config.chunk_len
         phases = {p % C for p in self.ds.positions}                                   # row completes at step i
         checked = steps = 0                                                            # iff (phase + i) % C == C - 1
@@ -86,7 +89,7 @@ class GraphDecoder:
             self.graphs[((C - 1 - i) % C) in phases].replay()
             steps = i + 1
             if steps - checked >= check_every or steps == n:
-                columns = self.hist[:, checked:steps].T.tolist()                     # the host's one sync
+                columns = self.hist[:, self.read + checked:self.read + steps].T.tolist()  # the one sync
                 checked = steps
                 for column in columns:
                     finished = push(column) or finished
@@ -95,4 +98,5 @@ class GraphDecoder:
                 if finished:
                     break
         self.ds.positions = [p + steps for p in self.ds.positions]
+        self.read += steps
         return steps

@@ -58,7 +58,11 @@ def sample(logits: Tensor, temperature: float, top_k: Optional[int], top_p: Opti
         sorted_logits = sorted_logits.masked_fill(outside, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    # an exponential race, argmax(p / E) with E ~ Exp(1), draws from p like torch.multinomial, without
+    # multinomial's device-to-host synchronisation (so it runs inside a CUDA graph); tokens of probability 0
+    # stay out even where E is 0
+    race = probs / torch.empty_like(probs).exponential_(generator=generator)
+    return torch.where(probs > 0, race, torch.zeros_like(race)).argmax(-1)
 
 
 def _check_ids(ids, vocab_size: Optional[int]) -> Tensor:
