@@ -21,13 +21,34 @@ it, so generate.py can use it.
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence
+import weakref
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from .state import LayerState, MMRecState, acc_dtype
+
+
+_TRANSPOSED: Dict[int, tuple] = {}      # id(weight) -> (version key, weakref to the weight, transposed copy)
+
+
+def _t(weight: Tensor) -> Tensor:
+    """weight [N, K] -> [K, N] for x @ W^T. On CPU a contiguous copy, cached until the weight changes (its version
+    counter or storage) or dies: a [1, K] @ [K, N] GEMM streams the matrix 1.3-3x faster than against the [N, K]
+    layout on the 2-core EPYC (small's 25 matrices: 5.3-5.9 ms against 6.8-8.9 ms, 1 thread, loaded machine), at
+    the price of a second copy of the matrices. On CUDA the transposed view (cuBLAS reads either layout)."""
+    if weight.device.type != "cpu":
+        return weight.detach().transpose(-2, -1)
+    key = (weight._version, weight.data_ptr(), weight.dtype)
+    hit = _TRANSPOSED.get(id(weight))
+    if hit is None or hit[0] != key or hit[1]() is not weight:
+        ident = id(weight)
+        ref = weakref.ref(weight, lambda _: _TRANSPOSED.pop(ident, None))
+        hit = (key, ref, weight.detach().transpose(-2, -1).contiguous())
+        _TRANSPOSED[ident] = hit
+    return hit[2]
 
 
 class _BlockWeights:
@@ -41,18 +62,18 @@ class _BlockWeights:
         self.Hr, self.dh, self.C = cfg.n_read_heads, cfg.read_head_dim, cfg.chunk_len
         self.eps, self.mdi_eps = cfg.norm_eps, cfg.mdi_eps
         self.norm_in, self.norm_ffn = block.norm_in.weight, block.norm_ffn.weight
-        self.w_in_t, self.b_in = block.in_proj.weight.t(), block.in_proj.bias          # [D, W], [W]
+        self.w_in_t, self.b_in = _t(block.in_proj.weight), block.in_proj.bias          # [D, W], [W]
         if not self.linear:
             d = cfg.head_dim
-            self.w_g_t = block.w_g.transpose(1, 2)                                     # [H, d, d]: h @ w^T
+            self.w_g_t = _t(block.w_g)                                                 # [H, d, d]: h @ w^T
             self.b_g = block.b_g.view(self.H, 1, d)                                    # [H, 1, d]
         self.sig_base = torch.sigmoid(block.base)                                      # [N, D]
         self.one = torch.ones((), device=block.base.device, dtype=block.base.dtype)
         self.scale = 1.0 / math.sqrt(self.dh)
-        self.w_key_t = block.key_proj.weight.t()                                       # [D, D]
-        self.w_a_t, self.b_a = block.strength_proj.weight.t(), block.strength_proj.bias  # [D, 1], [1]
-        self.w_o_t = block.out_proj.weight.t()                                          # [D, D]
-        self.w_up_t, self.w_down_t = block.ffn.up.weight.t(), block.ffn.down.weight.t()  # [D, 2F], [F, D]
+        self.w_key_t = _t(block.key_proj.weight)                                       # [D, D]
+        self.w_a_t, self.b_a = _t(block.strength_proj.weight), block.strength_proj.bias  # [D, 1], [1]
+        self.w_o_t = _t(block.out_proj.weight)                                         # [D, D]
+        self.w_up_t, self.w_down_t = _t(block.ffn.up.weight), _t(block.ffn.down.weight)  # [D, 2F], [F, D]
         self.F = block.ffn.down.weight.shape[1]
 
 
@@ -71,7 +92,7 @@ class DecodeState:
         self.dtype = ref.dtype if dtype is None else dtype
         self.config = cfg
         self.weights = [_BlockWeights(b) for b in model.blocks]
-        self.embed, self.norm_w, self.lm_head_t = model.embed.weight, model.norm.weight, model.lm_head.weight.t()
+        self.embed, self.norm_w, self.lm_head_t = model.embed.weight, model.norm.weight, _t(model.lm_head.weight)
         B, D, N, S = batch_size, cfg.d_model, cfg.n_banks, cfg.n_slots
         self.batch_size = B
         kw = dict(device=self.device, dtype=self.dtype)

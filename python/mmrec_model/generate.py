@@ -161,7 +161,7 @@ def prefill(model, prompts: Sequence[Tensor], state=None) -> Tuple[DecodeState, 
     return ds, logits
 
 
-def decode_rows(model, ds: DecodeState, logits: Tensor, prev: Tensor, max_new_tokens: int, temperature: float,
+def decode_rows(ds: DecodeState, logits: Tensor, prev: Tensor, max_new_tokens: int, temperature: float,
                 top_k: Optional[int], top_p: Optional[float], generator: Optional[torch.Generator], rows: _Rows,
                 *, feed_last: bool = False, return_logits: bool = False, cuda_graph: Optional[bool] = None,
                 check_every: int = 8) -> List[Tensor]:
@@ -245,7 +245,7 @@ def generate_tokens(model: nn.Module, ids, max_new_tokens: int, temperature: flo
         rows = _Rows(len(prompts), eos_ids, stop_strings or (), decode, on_token)
         ds, logits = prefill(model, prompts, state)
         prev = torch.stack([p[-1] for p in prompts]).to(device=device, dtype=torch.long)
-        drawn = decode_rows(model, ds, logits, prev, max_new_tokens, temperature, top_k, top_p, generator, rows,
+        drawn = decode_rows(ds, logits, prev, max_new_tokens, temperature, top_k, top_p, generator, rows,
                             return_logits=return_logits, cuda_graph=cuda_graph)
     finally:
         model.train(was_training)
@@ -313,7 +313,7 @@ def continue_stream(model, prompt: Sequence[int], state, max_new_tokens: int, st
     rows = _Rows(1, [int(t) for t in stop], (), None, None if on_token is None else (lambda r, t: on_token(t)))
     ds, logits = prefill(model, [ids], state)
     prev = ids[-1:].to(ds.device)
-    decode_rows(model, ds, logits, prev, max_new_tokens, temperature, top_k, top_p, generator, rows,
+    decode_rows(ds, logits, prev, max_new_tokens, temperature, top_k, top_p, generator, rows,
                 feed_last=True, cuda_graph=cuda_graph, check_every=1)
     return rows.tokens[0], ds.export()
 

@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import MMRecConfig
-from .errors import CheckpointError
 from .decode import DecodeState
 from .decode import step as decode_step
+from .errors import CheckpointError
 from .generate import generate_tokens
 from .state import LayerState, MMRecState, acc_dtype
 
@@ -327,7 +327,8 @@ class MMRecLM(nn.Module):
     def step(self, token_ids: Tensor, state: DecodeState) -> Tensor:
         """One token per row, token_ids [B] -> logits [B, V] (float of the model's dtype), the same logits as
         ``self(token_ids[:, None], state)``; `state` (a DecodeState) advances in place. Plain torch ops on
-        preallocated buffers, no custom-op dispatch (decode.py). Eval-mode semantics: no dropout."""
+        preallocated buffers, no custom-op dispatch (decode.py). Eval-mode semantics: no dropout. Ids are checked
+        against the vocabulary on CPU (on CUDA the check would cost a device sync per token)."""
         if not isinstance(state, DecodeState):
             raise TypeError(f"MMRecLM.step: state must be a DecodeState (model.decode_state(...)), got "
                             f"{type(state).__name__}")

@@ -155,3 +155,16 @@ def test_cuda_graph_decode_equals_eager_decode(variant, kwargs):
     ref, ref_state = continue_stream(model, prompts[1], None, 20, generator=torch.Generator("cuda").manual_seed(1),
                                      cuda_graph=False, **{k: kwargs.get(k) for k in ("temperature", "top_k", "top_p")})
     assert tokens == ref and state.position == ref_state.position
+
+
+def test_step_follows_weights_changed_in_place():
+    """The step's cached weight layouts are rebuilt when a parameter changes (an optimizer step, a load)."""
+    model = tiny_model(dtype=torch.float64)
+    ids = torch.randint(0, V, (2, 3))
+    model.decode_state(batch_size=2)                                         # builds the cached layouts
+    for p in model.parameters():
+        p.mul_(1.1)
+    ds = model.decode_state(batch_size=2)
+    got = torch.stack([model.step(ids[:, t], ds) for t in range(3)], 1)
+    full, _ = model(ids)
+    assert rel_err(got, full) < 1e-10
