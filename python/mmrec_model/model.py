@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import MMRecConfig
+from .decode import DecodeState
+from .decode import step as decode_step
 from .errors import CheckpointError
 from .generate import generate_tokens
 from .state import LayerState, MMRecState, acc_dtype
@@ -296,17 +298,48 @@ class MMRecLM(nn.Module):
 
     # ----------------------------------------------------------------------------------- generation
     @torch.no_grad()
-    def generate(self, ids: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: Optional[int] = None,
+    def generate(self, ids, max_new_tokens: int, temperature: float = 1.0, top_k: Optional[int] = None,
                  top_p: Optional[float] = None, eos: Optional[Union[int, Iterable[int]]] = None, *,
                  generator: Optional[torch.Generator] = None, seed: Optional[int] = None,
-                 state: Optional[MMRecState] = None, return_logits: bool = False):
-        """Prefill the prompt in one forward call, then sample one token at a time from the carried state
-        (constant time and memory per token). ids: [B, T] or [T]. temperature 0 = greedy.
-        A row that emits an eos token is padded with that token afterwards; generation stops when every
-        row has. Runs in eval mode (no dropout) and restores the mode afterwards.
-        Returns ids [B, T + n] (and, with return_logits, the logits [B, n, V] the n tokens were drawn from)."""
+                 state: Optional[MMRecState] = None, return_logits: bool = False, stop_strings=None, decode=None,
+                 on_token=None, cuda_graph: Optional[bool] = None):
+        """Prefill each prompt in one forward call, then sample one token at a time through the one-token step
+        (constant time and memory per token; a CUDA graph on GPU). ids: [B, T], [T], or a list of B id lists
+        of different lengths (each row prefilled from its own prompt). temperature 0 = greedy. A row finishes on
+        an eos token or a stop string (decode: tokenizer or ids -> str); a finished row of a [B, T] batch is
+        padded with its last token; generation stops when every row has. on_token(row, token) streams.
+        Runs in eval mode (no dropout) and restores the mode afterwards.
+        Returns ids [B, T + n] (and, with return_logits, the logits [B, n, V] the n tokens were drawn from);
+        for ragged prompts a list of 1-D tensors."""
         return generate_tokens(self, ids, max_new_tokens, temperature, top_k, top_p, eos, generator=generator,
-                               seed=seed, state=state, return_logits=return_logits)
+                               seed=seed, state=state, return_logits=return_logits, stop_strings=stop_strings,
+                               decode=decode, on_token=on_token, cuda_graph=cuda_graph)
+
+    def decode_state(self, state: Optional[MMRecState] = None, batch_size: Optional[int] = None) -> DecodeState:
+        """Preallocated buffers for `step`: a copy of `state` (None: fresh streams of batch_size rows)."""
+        if state is None:
+            return DecodeState(self, 1 if batch_size is None else batch_size)
+        self._check(torch.zeros(state.batch_size, 1, dtype=torch.long), state)
+        out = DecodeState(self, state.batch_size)
+        out.load(state)
+        return out
+
+    def step(self, token_ids: Tensor, state: DecodeState) -> Tensor:
+        """One token per row, token_ids [B] -> logits [B, V] (float of the model's dtype), the same logits as
+        ``self(token_ids[:, None], state)``; `state` (a DecodeState) advances in place. Plain torch ops on
+        preallocated buffers, no custom-op dispatch (decode.py). Eval-mode semantics: no dropout. Ids are checked
+        against the vocabulary on CPU (on CUDA the check would cost a device sync per token)."""
+        if not isinstance(state, DecodeState):
+            raise TypeError(f"MMRecLM.step: state must be a DecodeState (model.decode_state(...)), got "
+                            f"{type(state).__name__}")
+        if not isinstance(token_ids, Tensor) or token_ids.dim() != 1 or token_ids.dtype.is_floating_point \
+                or token_ids.dtype == torch.bool or token_ids.shape[0] != state.batch_size:
+            raise ValueError(f"MMRecLM.step: token_ids must be an integer tensor [{state.batch_size}], got "
+                             f"{tuple(token_ids.shape) if isinstance(token_ids, Tensor) else type(token_ids).__name__}")
+        V = self.config.vocab_size
+        if token_ids.device.type == "cpu" and (int(token_ids.min()) < 0 or int(token_ids.max()) >= V):
+            raise ValueError(f"MMRecLM.step: token ids must be in [0, {V}), got {token_ids.tolist()}")
+        return decode_step(state, token_ids.to(state.device))
 
     # ---------------------------------------------------------------------------------- checkpoints
     def save_pretrained(self, directory: Union[str, os.PathLike]) -> None:
