@@ -120,8 +120,10 @@ def test_generate_checks_ids(checkpoint):
         model.generate(torch.tensor([[1, 2, VOCAB]]), 2)
     with pytest.raises(ValueError, match=r"token ids must be in \[0, 300\)"):
         model.generate(torch.tensor([[-1, 2]]), 2)
-    with pytest.raises(ValueError, match="rectangular"):
-        model.generate([[1, 2], [3]], 2)
+    ragged = model.generate([[1, 2], [3]], 2, temperature=0)         # each row prefilled from its own prompt
+    assert [len(r) for r in ragged] == [4, 3]
+    with pytest.raises((TypeError, ValueError)):
+        model.generate([[1, 2], ["a"]], 2)
     with pytest.raises(TypeError, match="integers"):
         model.generate(torch.zeros(1, 3), 2)
     assert model.generate([[1, 2], [3, 4]], 2, temperature=0).shape == (2, 4)
