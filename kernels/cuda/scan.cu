@@ -453,7 +453,7 @@ int scan_fwd(DType dt, const void* a, const void* b, const void* h0, void* h, in
   });
 }
 
-int scan_bwd(DType dt, const void* a, const void* h, const void* h0, const void* grad, void* da, void* db, void* dh0,
+int scan_bwd(DType dt, const void* grad, const void* a, const void* h, const void* h0, void* da, void* db, void* dh0,
              int64_t B, int64_t T_, int64_t D, bool reverse, void* stream) {
   const cudaStream_t s = cudaStream_t(stream);
   return dispatch(dt, [&](auto tag) -> int {
