@@ -49,15 +49,24 @@ _VALIDATE = {"scan": validate.scan, "recurrence": validate.recurrence, "mdi": va
              "memory_update": validate.memory_update}
 
 
-def _define(schema: str, kernel, fake, validating: bool = False):
-    """Defines op mmrec::<name> from its schema with `kernel` for every device and `fake` for tracing; returns its
-    OpOverload."""
+def _define(schema: str, fake):
+    """Defines op mmrec::<name> from its schema: its kernel for every device runs the wrappers dispatch picks
+    (<op>_backward: the backend named by its last argument), `fake` serves tracing. Returns its OpOverload."""
     name = schema.split("(", 1)[0]
+    op_name, backward = name.removesuffix("_backward"), name.endswith("_backward")
     _lib.define(schema)
+    defaults = tuple(arg.default_value for arg in torch._C.parse_schema(f"mmrec::{schema}").arguments)
+
+    def kernel(*args):
+        if backward:  # grad, saved..., backend
+            return dispatch.wrappers(op_name, args[0].device, args[-1]).backward(*args[:-1])
+        args = args + defaults[len(args):]  # the dispatcher leaves out trailing arguments equal to their default
+        return dispatch.wrappers(op_name, args[0].device).forward(*args)
+
     _lib.impl(name, kernel, "CompositeExplicitAutograd")
     torch.library.register_fake(f"mmrec::{name}", fake, lib=_lib)
     packet = getattr(torch.ops.mmrec, name)
-    if validating:
+    if not backward:
         packet.__class__ = _ValidatingPacket
         packet.default.__class__ = _ValidatingOverload
     return packet.default
@@ -87,7 +96,7 @@ def _autograd(op, setup_context, backward) -> None:
     Node.__name__ = Node.__qualname__ = f"{op._opname}_autograd"
 
     def autograd_kernel(keyset, *args):
-        args = args + defaults[len(args):]  # the dispatcher leaves out trailing arguments equal to their default
+        args = args + defaults[len(args):]
         if torch.is_grad_enabled() and torch._C._any_requires_grad(*args):
             with enable_single_level_autograd_function():
                 return Node.apply(keyset, *args)
@@ -96,12 +105,18 @@ def _autograd(op, setup_context, backward) -> None:
     _lib.impl(op._opname, autograd_kernel, "Autograd", with_keyset=True)
 
 
-def _not_differentiable(op):
-    def backward(ctx, *grads):
-        raise RuntimeError(f"mmrec.{op._opname} is not differentiable: double backward (a gradient of a gradient) is "
-                           "supported for mmrec.scan only")
+def _refuse_double_backward(ctx, *grads):
+    raise RuntimeError(f"mmrec.{ctx.op} is not differentiable: double backward (a gradient of a gradient) is "
+                       "supported for mmrec.scan only")
 
-    _autograd(op, lambda ctx, inputs, output: None, backward)
+
+def _op(schema: str, fake, backward_schema: str, backward_fake, setup_context, backward):
+    """Defines op mmrec::<name> and its fused backward op mmrec::<name>_backward (the backward op itself is not
+    differentiable) with autograd from setup_context and backward; returns both OpOverloads."""
+    op, op_backward = _define(schema, fake), _define(backward_schema, backward_fake)
+    _autograd(op, setup_context, backward)
+    _autograd(op_backward, lambda ctx, inputs, output: setattr(ctx, "op", op_backward._opname), _refuse_double_backward)
+    return op, op_backward
 
 
 def _given(grad: Tensor, x: Optional[Tensor]) -> Optional[Tensor]:
@@ -110,26 +125,13 @@ def _given(grad: Tensor, x: Optional[Tensor]) -> Optional[Tensor]:
 
 
 # --------------------------------------------------------------------------------------- scan
-def _scan(a: Tensor, b: Tensor, h0: Optional[Tensor] = None, reverse: bool = False) -> Tensor:
-    return dispatch.wrappers("scan", a.device).forward(a, b, h0, reverse)
-
-
 def _scan_fake(a, b, h0=None, reverse=False):
     validate.scan(a, b, h0, reverse)
     return a.new_empty(a.shape)  # h: [B, T, D]
 
 
-def _scan_backward(grad, a, h, h0, reverse, backend):
-    return dispatch.wrappers("scan", a.device, backend).backward(grad, a, h, h0, reverse)
-
-
 def _scan_backward_fake(grad, a, h, h0, reverse, backend):
     return a.new_empty(a.shape), a.new_empty(a.shape), a.new_empty(a.shape[0], a.shape[2])  # da, db, dh0
-
-
-_SCAN = _define("scan(Tensor a, Tensor b, Tensor? h0=None, bool reverse=False) -> Tensor", _scan, _scan_fake, True)
-_SCAN_BACKWARD = _define("scan_backward(Tensor grad, Tensor a, Tensor h, Tensor? h0, bool reverse, str backend) "
-                         "-> (Tensor, Tensor, Tensor)", _scan_backward, _scan_backward_fake)
 
 
 def _scan_setup(ctx, inputs, h):
@@ -147,35 +149,21 @@ def _scan_grad(ctx, grad):
     return da, db, _given(dh0, h0), None
 
 
-_autograd(_SCAN, _scan_setup, _scan_grad)
-_not_differentiable(_SCAN_BACKWARD)
+_SCAN, _SCAN_BACKWARD = _op(
+    "scan(Tensor a, Tensor b, Tensor? h0=None, bool reverse=False) -> Tensor", _scan_fake,
+    "scan_backward(Tensor grad, Tensor a, Tensor h, Tensor? h0, bool reverse, str backend) -> (Tensor, Tensor, Tensor)",
+    _scan_backward_fake, _scan_setup, _scan_grad)
 
 
 # --------------------------------------------------------------------------------- recurrence
-def _recurrence(z: Tensor, gamma: Tensor, w: Tensor, bias: Optional[Tensor] = None,
-                h0: Optional[Tensor] = None) -> Tensor:
-    return dispatch.wrappers("recurrence", z.device).forward(z, gamma, w, bias, h0)
-
-
 def _recurrence_fake(z, gamma, w, bias=None, h0=None):
     validate.recurrence(z, gamma, w, bias, h0)
     return z.new_empty(z.shape)  # h: [B, T, D]
 
 
-def _recurrence_backward(grad, z, gamma, w, bias, h0, h, backend):
-    return dispatch.wrappers("recurrence", z.device, backend).backward(grad, z, gamma, w, bias, h0, h)
-
-
 def _recurrence_backward_fake(grad, z, gamma, w, bias, h0, h, backend):
     B, _, D = z.shape  # dz, dgamma, dw, dbias, dh0
     return z.new_empty(z.shape), z.new_empty(z.shape), w.new_empty(w.shape), z.new_empty(D), z.new_empty(B, D)
-
-
-_RECURRENCE = _define("recurrence(Tensor z, Tensor gamma, Tensor w, Tensor? bias=None, Tensor? h0=None) -> Tensor",
-                      _recurrence, _recurrence_fake, True)
-_RECURRENCE_BACKWARD = _define(
-    "recurrence_backward(Tensor grad, Tensor z, Tensor gamma, Tensor w, Tensor? bias, Tensor? h0, Tensor h, "
-    "str backend) -> (Tensor, Tensor, Tensor, Tensor, Tensor)", _recurrence_backward, _recurrence_backward_fake)
 
 
 def _recurrence_setup(ctx, inputs, h):
@@ -188,34 +176,23 @@ def _recurrence_grad(ctx, grad):
     return dz, dgamma, dw, _given(dbias, bias), _given(dh0, h0)
 
 
-_autograd(_RECURRENCE, _recurrence_setup, _recurrence_grad)
-_not_differentiable(_RECURRENCE_BACKWARD)
+_RECURRENCE, _RECURRENCE_BACKWARD = _op(
+    "recurrence(Tensor z, Tensor gamma, Tensor w, Tensor? bias=None, Tensor? h0=None) -> Tensor", _recurrence_fake,
+    "recurrence_backward(Tensor grad, Tensor z, Tensor gamma, Tensor w, Tensor? bias, Tensor? h0, Tensor h, "
+    "str backend) -> (Tensor, Tensor, Tensor, Tensor, Tensor)", _recurrence_backward_fake, _recurrence_setup,
+    _recurrence_grad)
 
 
 # ---------------------------------------------------------------------------------------- mdi
-def _mdi(v: Tensor, mod: Tensor, base: Tensor, m0: Optional[Tensor] = None, eps: float = 1e-6) -> Tensor:
-    return dispatch.wrappers("mdi", v.device).forward(v, mod, base, m0, eps)
-
-
 def _mdi_fake(v, mod, base, m0=None, eps=1e-6):
     validate.mdi(v, mod, base, m0, eps)
     B, T, D = v.shape
     return v.new_empty(B, T, base.shape[0], D)  # m: [B, T, N, D]
 
 
-def _mdi_backward(grad, v, mod, base, m0, m, eps, backend):
-    return dispatch.wrappers("mdi", v.device, backend).backward(grad, v, mod, base, m0, m, eps)
-
-
 def _mdi_backward_fake(grad, v, mod, base, m0, m, eps, backend):
     B, _, D = v.shape  # dv, dmod, dbase, dm0
     return v.new_empty(v.shape), mod.new_empty(mod.shape), base.new_empty(base.shape), v.new_empty(B, base.shape[0], D)
-
-
-_MDI = _define("mdi(Tensor v, Tensor mod, Tensor base, Tensor? m0=None, float eps=1e-06) -> Tensor", _mdi, _mdi_fake,
-               True)
-_MDI_BACKWARD = _define("mdi_backward(Tensor grad, Tensor v, Tensor mod, Tensor base, Tensor? m0, Tensor m, "
-                        "float eps, str backend) -> (Tensor, Tensor, Tensor, Tensor)", _mdi_backward, _mdi_backward_fake)
 
 
 def _mdi_setup(ctx, inputs, m):
@@ -229,35 +206,21 @@ def _mdi_grad(ctx, grad):
     return dv, dmod, dbase, _given(dm0, m0), None
 
 
-_autograd(_MDI, _mdi_setup, _mdi_grad)
-_not_differentiable(_MDI_BACKWARD)
+_MDI, _MDI_BACKWARD = _op(
+    "mdi(Tensor v, Tensor mod, Tensor base, Tensor? m0=None, float eps=1e-06) -> Tensor", _mdi_fake,
+    "mdi_backward(Tensor grad, Tensor v, Tensor mod, Tensor base, Tensor? m0, Tensor m, float eps, str backend) "
+    "-> (Tensor, Tensor, Tensor, Tensor)", _mdi_backward_fake, _mdi_setup, _mdi_grad)
 
 
 # ------------------------------------------------------------------------------ memory_update
-def _memory_update(M0: Tensor, key: Tensor, value: Tensor, strength: Tensor) -> Tensor:
-    return dispatch.wrappers("memory_update", M0.device).forward(M0, key, value, strength)
-
-
 def _memory_update_fake(M0, key, value, strength):
     validate.memory_update(M0, key, value, strength)
     B, S, D = M0.shape
     return M0.new_empty(B, key.shape[1] + 1, S, D)  # Ms: [B, NC + 1, S, D]
 
 
-def _memory_update_backward(grad, M0, key, value, strength, Ms, backend):
-    return dispatch.wrappers("memory_update", M0.device, backend).backward(grad, M0, key, value, strength, Ms)
-
-
 def _memory_update_backward_fake(grad, M0, key, value, strength, Ms, backend):
-    return M0.new_empty(M0.shape), key.new_empty(key.shape), value.new_empty(value.shape), \
-        strength.new_empty(strength.shape)  # dM0, dkey, dvalue, dstrength
-
-
-_MEMORY_UPDATE = _define("memory_update(Tensor M0, Tensor key, Tensor value, Tensor strength) -> Tensor",
-                         _memory_update, _memory_update_fake, True)
-_MEMORY_UPDATE_BACKWARD = _define(
-    "memory_update_backward(Tensor grad, Tensor M0, Tensor key, Tensor value, Tensor strength, Tensor Ms, "
-    "str backend) -> (Tensor, Tensor, Tensor, Tensor)", _memory_update_backward, _memory_update_backward_fake)
+    return tuple(x.new_empty(x.shape) for x in (M0, key, value, strength))  # dM0, dkey, dvalue, dstrength
 
 
 def _memory_update_setup(ctx, inputs, Ms):
@@ -268,8 +231,11 @@ def _memory_update_grad(ctx, grad):
     return _MEMORY_UPDATE_BACKWARD(grad, *ctx.saved_tensors, ctx.backend)
 
 
-_autograd(_MEMORY_UPDATE, _memory_update_setup, _memory_update_grad)
-_not_differentiable(_MEMORY_UPDATE_BACKWARD)
+_MEMORY_UPDATE, _MEMORY_UPDATE_BACKWARD = _op(
+    "memory_update(Tensor M0, Tensor key, Tensor value, Tensor strength) -> Tensor", _memory_update_fake,
+    "memory_update_backward(Tensor grad, Tensor M0, Tensor key, Tensor value, Tensor strength, Tensor Ms, "
+    "str backend) -> (Tensor, Tensor, Tensor, Tensor)", _memory_update_backward_fake, _memory_update_setup,
+    _memory_update_grad)
 
 
 # ------------------------------------------------------------------------------ public API

@@ -2,6 +2,11 @@
 gradients (tests/ops/spec_gradients.py, never the code under test)."""
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Callable, List, Sequence
 
 import pytest
@@ -83,3 +88,14 @@ def assert_bad_calls_raise(backend: str, fn: Callable, bad_calls) -> None:
     for args, exc, message in bad_calls:
         with pytest.raises(exc, match=message):
             run(backend, fn, *args)
+
+
+def in_three_threads(module: str, function: str, *args):
+    """tests.ops.<module>.<function>(*args), JSON-encoded, from a fresh process with OMP_NUM_THREADS=3 (uneven work
+    per thread; the OpenMP team size is fixed when a process starts)."""
+    code = f"import json, tests.ops.{module} as t; print(json.dumps(t.{function}(*{args!r})))"
+    env = dict(os.environ, OMP_NUM_THREADS="3", OMP_WAIT_POLICY="passive")  # 3 threads may share 2 cores
+    res = subprocess.run([sys.executable, "-c", code], env=env, cwd=Path(__file__).resolve().parents[2],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return json.loads(res.stdout.strip().splitlines()[-1])

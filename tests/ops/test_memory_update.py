@@ -3,11 +3,6 @@ S = 1, layouts, sharp and flat addressing, strength 0 and 1), exact identities a
 multi-threaded slot splits, and named errors for bad calls."""
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 from hypothesis import given, settings
@@ -16,11 +11,12 @@ from hypothesis import strategies as st
 import mmrec_ops
 from mmrec_ops import reference
 
-from .common import assert_bad_calls_raise, assert_close, backend_cases, grads, layout, leaf, run, spec_grads, tol_for
+from .common import (assert_bad_calls_raise, assert_close, backend_cases, grads, in_three_threads, layout, leaf, run,
+                     spec_grads, tol_for)
 from .spec_gradients import cotangent
 
 CASES = backend_cases("memory_update")
-# Threading, streaming-store and binding checks of the C++ CPU kernel itself.
+# Threading and streaming-store checks of the C++ CPU kernel itself.
 CPU_KERNEL = [c for c in CASES if c.values[0] == "cpu"]
 LAYOUTS = ["contig", "noncontig", "expanded"]
 NAMES = ("M0", "key", "value", "strength")
@@ -159,14 +155,7 @@ def test_threaded_splits_match_reference(backend, device):
 @pytest.mark.parametrize("backend,device", CPU_KERNEL)
 def test_three_threads_match_reference(backend, device):
     """Uneven units per thread and three slot blocks per batch: a fresh process with OMP_NUM_THREADS=3."""
-    code = ("import json, tests.ops.test_memory_update as t; "
-            f"print(json.dumps(t._threaded_errors({THREADED!r})))")
-    env = dict(os.environ, OMP_NUM_THREADS="3", OMP_WAIT_POLICY="passive")  # 3 threads may share 2 cores
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    res = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True,
-                         timeout=120)
-    assert res.returncode == 0, res.stderr[-2000:]
-    for shape, (errs, same) in zip(THREADED, json.loads(res.stdout.strip().splitlines()[-1])):
+    for shape, (errs, same) in zip(THREADED, in_three_threads("test_memory_update", "_threaded_errors", THREADED)):
         assert max(errs) < 1e-10, f"{shape}: {errs}"
         assert same, f"{shape}: two runs differ"
 
