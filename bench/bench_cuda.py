@@ -20,7 +20,7 @@ from typing import Callable, Dict, List
 import torch
 
 import mmrec_ops
-from mmrec_ops import backends, reference
+from mmrec_ops import dispatch, outputs, reference
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -122,17 +122,17 @@ def make_pass(fn: Callable, args, which: str, backend: str):
     """A closure running one pass: fwd (no autograd) or fwd+bwd (autograd to every tensor input)."""
     if which == "fwd":
         def run():
-            with backends.backend(backend), torch.no_grad():
+            with dispatch.backend(backend), torch.no_grad():
                 return fn(*args)
         return run
     leaves = [a.detach().clone().requires_grad_(True) if isinstance(a, torch.Tensor) else a for a in args]
-    with backends.backend(backend), torch.no_grad():
+    with dispatch.backend(backend), torch.no_grad():
         out_shape, out_dtype = fn(*args).shape, args[0].dtype
     g = rand(out_shape, out_dtype)
     tensors = [x for x in leaves if isinstance(x, torch.Tensor)]
 
     def run():
-        with backends.backend(backend):
+        with dispatch.backend(backend):
             out = fn(*leaves)
             return torch.autograd.grad(out, tensors, g)
     return run
@@ -168,7 +168,7 @@ def main() -> int:
     torch.manual_seed(0)
     if args.profile:
         return profile_kernels(args.ops.split(","))
-    backends.set_poison(False)
+    outputs.set_poison(False)
     copy_gbs = copy_bandwidth_gbs()
     print(f"device: {torch.cuda.get_device_name()}  copy bandwidth (read + write): {copy_gbs:.0f} GB/s", flush=True)
     rows: List[Dict] = []
@@ -180,7 +180,7 @@ def main() -> int:
                 t0 = time.perf_counter()
                 op_args, floor_bytes = make(*dims, DTYPES[dtype_name])
                 if dtype_name == "float32":  # correctness at the benchmark shape before any timing
-                    with backends.backend("cuda"), torch.no_grad():
+                    with dispatch.backend("cuda"), torch.no_grad():
                         out = OPS[op](*op_args)
                     ref = getattr(reference, op)(*[a.double() if isinstance(a, torch.Tensor) else a for a in op_args])
                     err = ((out.double() - ref).abs().max() / ref.abs().max()).item()

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_cuda import copy_bandwidth_gbs, make_pass, rand, recurrence_case, scan_case, time_ms  # noqa: E402
 
 import mmrec_ops  # noqa: E402
-from mmrec_ops import backends  # noqa: E402
+from mmrec_ops import outputs  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -156,7 +156,7 @@ def main() -> int:
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     torch.manual_seed(0)
-    backends.set_poison(False)
+    outputs.set_poison(False)
     copy_gbs = copy_bandwidth_gbs()
     print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  copy (read + write): {copy_gbs:.0f} GB/s",
           flush=True)

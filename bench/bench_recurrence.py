@@ -19,7 +19,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 import mmrec_ops
-from mmrec_ops import backends, reference
+from mmrec_ops import dispatch, reference
 
 SHAPES = [dict(B=1, T=256, D=512, H=4), dict(B=8, T=1024, D=512, H=8)]
 QUICK_SHAPES = [dict(B=1, T=64, D=512, H=4), dict(B=8, T=128, D=512, H=8)]
@@ -42,7 +42,7 @@ def torch_loop(z, gamma, w, bias=None, h0=None):
 
 
 def cpu_kernel(*args):
-    with backends.backend("cpu"):
+    with dispatch.backend("cpu"):
         return mmrec_ops.recurrence(*args)
 
 

@@ -46,7 +46,7 @@ def associative_scan(a, b):
 def implementations(device: str) -> Dict[str, Callable]:
     impls = {}
     for name in ("cpu", "cuda", "triton"):
-        if mmrec_ops.backends.serves(name, "scan", device):
+        if mmrec_ops.dispatch.serves(name, "scan", device):
             impls[f"mmrec-{name}"] = (lambda n: lambda a, b: _forced(n, a, b))(name)
     impls["reference (per-step loop)"] = lambda a, b: _forced("ref", a, b)
     impls["torch cumprod/cumsum"] = cumsum_scan

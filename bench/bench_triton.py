@@ -18,7 +18,7 @@ import triton
 import triton.testing
 
 import mmrec_ops
-from mmrec_ops import backends
+from mmrec_ops import dispatch
 
 # (op, dtype, sizes); the scan float32 row has a goal: forward <= 0.170 ms on an H100.
 CASES = [
@@ -60,7 +60,7 @@ def make_args(op: str, dtype: torch.dtype, sz: dict, device: str):
 
 
 def bench_one(backend: str, op: str, args) -> dict:
-    """Forces `backend` through MMREC_BACKEND: `with backends.backend()` is a context variable, which autograd's
+    """Forces `backend` through MMREC_BACKEND: `with mmrec_ops.backend()` is a context variable, which autograd's
     CUDA worker thread (where backward runs) does not see."""
     fn = getattr(mmrec_ops, op)
     tensors = [x for x in args if isinstance(x, torch.Tensor)]
@@ -89,7 +89,7 @@ def _time(fn, args, tensors) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ops", default=",".join(backends.OPS))
+    parser.add_argument("--ops", default=",".join(dispatch.OPS))
     parser.add_argument("--backends", default="triton,cuda")
     parser.add_argument("--out", default=None, help="JSON path (default: $OUT/bench_triton.json or bench/results/)")
     opts = parser.parse_args()
@@ -102,8 +102,8 @@ def main() -> None:
             continue
         args = make_args(op, dtype, sz, "cuda")
         for name in opts.backends.split(","):
-            if not backends.serves(name, op, "cuda"):
-                print(f"{op:14s} {name:7s} not served here ({backends.why_not_built(name) or 'no kernel'})")
+            if not dispatch.serves(name, op, "cuda"):
+                print(f"{op:14s} {name:7s} not served here ({dispatch.why_not_built(name) or 'no kernel'})")
                 continue
             try:
                 res = bench_one(name, op, args)

@@ -16,7 +16,7 @@ import time
 import torch
 
 import mmrec_ops
-from mmrec_ops import backends, reference
+from mmrec_ops import dispatch, outputs, reference
 
 TOL = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 1e-2, torch.float64: 1e-9}
 
@@ -38,7 +38,7 @@ def run_case(name, fn, ref_fn, args, dtype, grads=True, failures=None):
     t0 = time.perf_counter()
     tensors = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
     leaves = [a.detach().clone().requires_grad_(grads) if isinstance(a, torch.Tensor) else a for a in args]
-    with backends.backend("cuda"):
+    with dispatch.backend("cuda"):
         out = fn(*leaves)
         g = torch.randn(out.shape, device="cuda", dtype=torch.float64).to(dtype)
         got = torch.autograd.grad(out, [leaves[i] for i in tensors], g) if grads else []
@@ -147,11 +147,11 @@ def main() -> int:
     parser.add_argument("--small", action="store_true", help="one tiny call per kernel (sanitizer runs)")
     parser.add_argument("--ops", default="scan,recurrence,mdi,memory_update")
     args = parser.parse_args()
-    if not torch.cuda.is_available() or "cuda" not in backends.built_backends():
-        print("check_cuda: no CUDA device or the cuda backend is not built:", backends.why_not_built("cuda"))
+    if not torch.cuda.is_available() or "cuda" not in dispatch.built_backends():
+        print("check_cuda: no CUDA device or the cuda backend is not built:", dispatch.why_not_built("cuda"))
         return 1
     torch.manual_seed(0)
-    backends.set_poison(True)
+    outputs.set_poison(True)
     failures = []
     makers = {"scan": scan_cases, "recurrence": recurrence_cases, "mdi": mdi_cases,
               "memory_update": memory_update_cases}

@@ -31,8 +31,8 @@ SAN="compute-sanitizer --error-exitcode 9 --print-limit 20 --target-processes al
 command -v compute-sanitizer >/dev/null 2>&1 || SAN="/usr/local/cuda/bin/$SAN"
 for s in $STEPS; do
   case $s in
-    import) step import 60 $PY -c "import mmrec_ops; from mmrec_ops import _native; \
-print('has_cuda', _native.C.has_cuda, 'devices', _native.C.cuda_device_count()); print(mmrec_ops.available_backends())" ;;
+    import) step import 60 $PY -c "import torch, mmrec_ops; from mmrec_ops import _C; \
+print('has_cuda', _C.has_cuda, 'devices', torch.cuda.device_count()); print(mmrec_ops.available_backends())" ;;
     check) step check 150 $PY bench/check_cuda.py ;;
     # cuda-backend cases only (ids "<op>-cuda-cuda"); --maxfail instead of -x: one run should show every failure
     tests) step tests 300 $PY -m pytest tests/ops -q -p no:cacheprovider --maxfail=25 -k cuda-cuda ;;

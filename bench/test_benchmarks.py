@@ -12,7 +12,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import mmrec_ops  # noqa: E402
-from mmrec_ops import backends  # noqa: E402
+from mmrec_ops import dispatch  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -32,8 +32,8 @@ def _inputs(op: str, device: str):
     return r(4, 8, 256), r(4, 32, 256), r(4, 32, 256), r(4, 32, lo=0, hi=1)
 
 
-CASES = [pytest.param(op, name, p, id=f"{op}-{name}-{p}") for op in backends.OPS for name in backends.BACKENDS
-         if backends.serves(name, op, DEVICE) for p in ("fwd", "fwd+bwd")]
+CASES = [pytest.param(op, name, p, id=f"{op}-{name}-{p}") for op in dispatch.OPS for name in dispatch.BACKENDS
+         if dispatch.serves(name, op, DEVICE) for p in ("fwd", "fwd+bwd")]
 
 
 @pytest.mark.parametrize("op,backend_name,pass_", CASES)

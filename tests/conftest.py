@@ -20,9 +20,9 @@ import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
 import mmrec_ops  # noqa: E402
-from mmrec_ops import backends  # noqa: E402
+from mmrec_ops import dispatch, outputs  # noqa: E402
 
-backends.set_poison(True)
+outputs.set_poison(True)
 torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
 
 settings.register_profile(
@@ -47,5 +47,5 @@ def pytest_collection_finish(session):
                  if hasattr(it, "callspec") and "backend" in it.callspec.params}
     missing = _expected_backends() - collected
     if missing:
-        reasons = {b: backends.why_not_built(b) for b in missing}
+        reasons = {b: dispatch.why_not_built(b) for b in missing}
         pytest.exit(f"backends expected but not collected by tests/ops: {reasons}", returncode=1)

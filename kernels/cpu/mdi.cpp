@@ -235,7 +235,7 @@ void mdi_fwd(const T* v, const T* mod, const T* base, const T* m0, T* m, int64_t
 }
 
 template <class T>
-void mdi_bwd(const T* v, const T* mod, const T* base, const T* m0, const T* m, const T* grad, T* dv, T* dmod,
+void mdi_bwd(const T* grad, const T* v, const T* mod, const T* base, const T* m0, const T* m, T* dv, T* dmod,
              T* dbase, T* dm0, int64_t B, int64_t T_, int64_t N, int64_t D, double eps) {
   using A = acc_t<T>;
   const Tiling tl = tile(B, N, D);

@@ -325,7 +325,7 @@ void memory_update_fwd(const T* M0, const T* key, const T* value, const T* stren
 }
 
 template <class T>
-void memory_update_bwd(const T* key, const T* value, const T* strength, const T* Ms, const T* grad, T* dM0, T* dkey,
+void memory_update_bwd(const T* grad, const T* key, const T* value, const T* strength, const T* Ms, T* dM0, T* dkey,
                        T* dvalue, T* dstrength, int64_t B, int64_t NC, int64_t S, int64_t D) {
   using A = acc_t<T>;
   const Units un = units_for(B, NC, S, D);

@@ -11,7 +11,7 @@ void memory_update_fwd(const T* M0, const T* key, const T* value, const T* stren
 
 // grad, Ms: [B, NC + 1, S, D]; dM0: [B, S, D]; dkey, dvalue: [B, NC, D]; dstrength: [B, NC].
 template <class T>
-void memory_update_bwd(const T* key, const T* value, const T* strength, const T* Ms, const T* grad, T* dM0, T* dkey,
+void memory_update_bwd(const T* grad, const T* key, const T* value, const T* strength, const T* Ms, T* dM0, T* dkey,
                        T* dvalue, T* dstrength, int64_t B, int64_t NC, int64_t S, int64_t D);
 
 }  // namespace mmrec::cpu

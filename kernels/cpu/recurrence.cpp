@@ -463,7 +463,7 @@ void bwd(const T* z, const T* gamma, const T* w, const T* bias, const T* h0, con
     fwd(z, g, w, bias, h0, h, B, T_, H, d);                                                                 \
   }                                                                                                                  \
   template <>                                                                                                        \
-  void recurrence_bwd<T>(const T* z, const T* g, const T* w, const T* bias, const T* h0, const T* h, const T* grad,  \
+  void recurrence_bwd<T>(const T* grad, const T* z, const T* g, const T* w, const T* bias, const T* h0, const T* h,  \
                          T* dz, T* dg, T* dw, T* dbias, T* dh0, int64_t B, int64_t T_, int64_t H, int64_t d) {       \
     bwd(z, g, w, bias, h0, h, grad, dz, dg, dw, dbias, dh0, B, T_, H, d);                                   \
   }

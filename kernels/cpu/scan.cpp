@@ -127,7 +127,7 @@ void scan_fwd(const T* a, const T* b, const T* h0, T* h, int64_t B, int64_t T_, 
 }
 
 template <class T>
-void scan_bwd(const T* a, const T* h, const T* h0, const T* g, T* da, T* db, T* dh0, int64_t B, int64_t T_,
+void scan_bwd(const T* g, const T* a, const T* h, const T* h0, T* da, T* db, T* dh0, int64_t B, int64_t T_,
               int64_t D, bool reverse) {
   const Tiling tl = tile(B, D);
 #pragma omp parallel for schedule(static) num_threads(num_threads_for(B * T_ * D, tl.tasks))

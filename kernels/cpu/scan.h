@@ -10,7 +10,7 @@ void scan_fwd(const T* a, const T* b, const T* h0, T* h, int64_t B, int64_t T_, 
 
 // grad, da, db: [B, T, D]; dh0: [B, D] (always written).
 template <class T>
-void scan_bwd(const T* a, const T* h, const T* h0, const T* grad, T* da, T* db, T* dh0, int64_t B, int64_t T_,
+void scan_bwd(const T* grad, const T* a, const T* h, const T* h0, T* da, T* db, T* dh0, int64_t B, int64_t T_,
               int64_t D, bool reverse);
 
 }  // namespace mmrec::cpu

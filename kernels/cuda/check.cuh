@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "common/dtypes.h"
+#include "cuda/runtime.h"
 
 namespace mmrec::cuda {
 
@@ -97,6 +98,15 @@ int dispatch(DType dt, F&& f) {
     case DType::f16: return f(__half{});
   }
   return int(cudaErrorInvalidValue);
+}
+
+// The frame of a host entry point (cuda/runtime.h): kUnsupported unless the sizes `fit` the kernels, else
+// f(T{}, stream) for the CUDA storage type T of dt.
+template <class F>
+int run_entry(bool fit, DType dt, void* stream, F&& f) {
+  if (!fit) return kUnsupported;
+  const cudaStream_t st = cudaStream_t(stream);
+  return dispatch(dt, [&](auto tag) -> int { return f(tag, st); });
 }
 
 // Returns from the enclosing int-returning function on any CUDA error.

@@ -2,8 +2,8 @@
 // backward: mu_t = G_t + gamma_{t+1} mu_{t+1}; dv_t = sum_n mu (1 - gamma); dgamma = mu (m_{t-1} - v_t), passed where
 //           eps <= x <= 1-eps (x the unclamped product); dmod = sum_d dgamma sb sm (1-sm); dbase = sum_{b,t} dgamma sm sb (1-sb).
 //
-// Time is cut into chunks of kChunk steps so every (b, chunk, d) gets a thread (the per-channel loop over all T
-// ran 2 warps per SM and paid a memory latency per step: 10 ms backward at N=4 B=8 T=4096 D=1024). Each
+// Time is cut into chunks of kChunk steps so every (b, chunk, d) gets a thread (a per-channel loop over all T
+// keeps 2 warps per SM and pays a memory latency per step: 10 ms backward at N=4 B=8 T=4096 D=1024). Each
 // direction is three kernels: (1) per chunk, the affine map state_out = P state_in + Q of the local scan from a
 // zero state; (2) per (b, n, d), a sequential pass over the chunk maps giving each chunk's entering state;
 // (3) the chunk rescanned from its entering state, writing the outputs. A thread runs the banks of its channel
@@ -37,18 +37,46 @@ __device__ void stage_mod(acc_t<T> (*s)[NB], const T* mod, int64_t b, int64_t t0
 template <class A>
 __device__ __forceinline__ A clamp_gamma(A x, A eps) { return min(max(x, eps), A(1) - eps); }
 
-// Pass 1 forward: chunk maps P = prod gamma, Q = scan from zero; carP, carQ: [B, chunks, N, D].
-template <class T, int NB>
-__global__ void __launch_bounds__(kThreads) mdi_fwd_maps(const T* __restrict__ v, const T* __restrict__ mod,
-                                                         const T* __restrict__ base, acc_t<T>* __restrict__ carP,
-                                                         acc_t<T>* __restrict__ carQ, int64_t T_, int N, int64_t D,
-                                                         double eps_) {
+// The block's part of the problem: batch row b, chunk c of nch (steps of its kChunk steps inside T from t0),
+// channel d of this thread (live: d < D).
+struct ChunkTile {
+  int64_t b, c, d, nch, t0;
+  int steps;
+  bool live;
+};
+
+__device__ __forceinline__ ChunkTile chunk_tile(int64_t T_, int64_t D) {
+  ChunkTile p;
+  p.b = blockIdx.z, p.c = blockIdx.y, p.d = int64_t(blockIdx.x) * kThreads + threadIdx.x;
+  p.nch = gridDim.y, p.t0 = p.c * kChunk;
+  p.steps = int(T_ - p.t0 < kChunk ? T_ - p.t0 : int64_t(kChunk));
+  p.live = p.d < D;
+  return p;
+}
+
+// A chunk's maps (P, Q) of the nb banks of a group: carP, carQ[first + n * D] for n < nb.
+template <class A, int NB>
+__device__ __forceinline__ void store_chunk_map(A* carP, A* carQ, const A (&P)[NB], const A (&Q)[NB], int64_t first,
+                                                int nb, int64_t D) {
+#pragma unroll
+  for (int n = 0; n < NB; ++n) {
+    if (n >= nb) break;
+    carP[first + n * D] = P[n];
+    carQ[first + n * D] = Q[n];
+  }
+}
+
+// Forward over each chunk, per bank group of NB. Pass 1 (WRITE_M = false): the chunk's map, P = prod gamma and
+// Q = its scan from a zero state, into carP, carQ: [B, chunks, N, D]. Pass 3 (WRITE_M = true): the chunk rescanned
+// from its entering state (carQ after mdi_carry), writing m; carP is not read.
+template <class T, int NB, bool WRITE_M>
+__global__ void __launch_bounds__(kThreads) mdi_fwd_chunks(const T* __restrict__ v, const T* __restrict__ mod,
+                                                           const T* __restrict__ base, acc_t<T>* __restrict__ carP,
+                                                           acc_t<T>* __restrict__ carQ, T* __restrict__ m, int64_t T_,
+                                                           int N, int64_t D, double eps_) {
   using A = acc_t<T>;
   __shared__ A smod[kChunk][NB];
-  const int64_t b = blockIdx.z, c = blockIdx.y, d = int64_t(blockIdx.x) * kThreads + threadIdx.x;
-  const int64_t nch = gridDim.y, t0 = c * kChunk;
-  const int steps = int(T_ - t0 < kChunk ? T_ - t0 : int64_t(kChunk));
-  const bool live = d < D;
+  const auto [b, c, d, nch, t0, steps, live] = chunk_tile(T_, D);
   const A eps = A(eps_);
   for (int n0 = 0; n0 < N; n0 += NB) {
     const int nb = min(NB, N - n0);
@@ -56,12 +84,12 @@ __global__ void __launch_bounds__(kThreads) mdi_fwd_maps(const T* __restrict__ v
     stage_mod<T, NB>(smod, mod, b, t0, steps, T_, N, n0, nb);
     __syncthreads();
     if (!live) continue;
-    A sb[NB], P[NB], Q[NB];
+    A sb[NB], P[NB], Q[NB];  // WRITE_M: Q is the running state
 #pragma unroll
     for (int n = 0; n < NB; ++n) {
       sb[n] = n < nb ? sigmoid(A(load(base + (n0 + n) * D + d))) : A(0);
       P[n] = A(1);
-      Q[n] = A(0);
+      Q[n] = (WRITE_M && n < nb) ? carQ[((b * nch + c) * N + n0 + n) * D + d] : A(0);
     }
     for (int s0 = 0; s0 < steps; s0 += kPre) {
       A vb[kPre];
@@ -72,19 +100,15 @@ __global__ void __launch_bounds__(kThreads) mdi_fwd_maps(const T* __restrict__ v
         if (s0 + tt >= steps) break;
 #pragma unroll
         for (int n = 0; n < NB; ++n) {
+          if (WRITE_M && n >= nb) break;
           const A g = clamp_gamma(sb[n] * smod[s0 + tt][n], eps);
           Q[n] = g * Q[n] + (A(1) - g) * vb[tt];
-          P[n] *= g;
+          if constexpr (WRITE_M) store(m + ((b * T_ + t0 + s0 + tt) * N + n0 + n) * D + d, Q[n]);
+          else P[n] *= g;
         }
       }
     }
-#pragma unroll
-    for (int n = 0; n < NB; ++n) {
-      if (n >= nb) break;
-      const int64_t off = ((b * nch + c) * N + n0 + n) * D + d;
-      carP[off] = P[n];
-      carQ[off] = Q[n];
-    }
+    if constexpr (!WRITE_M) store_chunk_map<A, NB>(carP, carQ, P, Q, ((b * nch + c) * N + n0) * D + d, nb, D);
   }
 }
 
@@ -118,50 +142,6 @@ __global__ void mdi_carry(acc_t<T>* __restrict__ carP, acc_t<T>* __restrict__ ca
   }
 }
 
-// Pass 3 forward: rescans each chunk from its entering state (carQ after mdi_carry) and writes m.
-template <class T, int NB>
-__global__ void __launch_bounds__(kThreads) mdi_fwd_out(const T* __restrict__ v, const T* __restrict__ mod,
-                                                        const T* __restrict__ base, const acc_t<T>* __restrict__ hin,
-                                                        T* __restrict__ m, int64_t T_, int N, int64_t D, double eps_) {
-  using A = acc_t<T>;
-  __shared__ A smod[kChunk][NB];
-  const int64_t b = blockIdx.z, c = blockIdx.y, d = int64_t(blockIdx.x) * kThreads + threadIdx.x;
-  const int64_t nch = gridDim.y, t0 = c * kChunk;
-  const int steps = int(T_ - t0 < kChunk ? T_ - t0 : int64_t(kChunk));
-  const bool live = d < D;
-  const A eps = A(eps_);
-  for (int n0 = 0; n0 < N; n0 += NB) {
-    const int nb = min(NB, N - n0);
-    __syncthreads();
-    stage_mod<T, NB>(smod, mod, b, t0, steps, T_, N, n0, nb);
-    __syncthreads();
-    if (!live) continue;
-    A sb[NB], st[NB];
-#pragma unroll
-    for (int n = 0; n < NB; ++n) {
-      sb[n] = n < nb ? sigmoid(A(load(base + (n0 + n) * D + d))) : A(0);
-      st[n] = n < nb ? hin[((b * nch + c) * N + n0 + n) * D + d] : A(0);
-    }
-    for (int s0 = 0; s0 < steps; s0 += kPre) {
-      A vb[kPre];
-#pragma unroll
-      for (int tt = 0; tt < kPre; ++tt) vb[tt] = s0 + tt < steps ? A(load(v + (b * T_ + t0 + s0 + tt) * D + d)) : A(0);
-#pragma unroll
-      for (int tt = 0; tt < kPre; ++tt) {
-        if (s0 + tt >= steps) break;
-        const int64_t t = t0 + s0 + tt;
-#pragma unroll
-        for (int n = 0; n < NB; ++n) {
-          if (n >= nb) break;
-          const A g = clamp_gamma(sb[n] * smod[s0 + tt][n], eps);
-          st[n] = g * st[n] + (A(1) - g) * vb[tt];
-          store(m + ((b * T_ + t) * N + n0 + n) * D + d, st[n]);
-        }
-      }
-    }
-  }
-}
-
 // Pass 1 backward: chunk maps of the reverse scan mu_t = G_t + gamma_{t+1} mu_{t+1}: mu entering the chunk's
 // first step = P mu_{end} + Q, P = prod_{t0 < s <= end} gamma_s (gamma_T = 0).
 template <class T, int NB>
@@ -171,10 +151,7 @@ __global__ void __launch_bounds__(kThreads) mdi_bwd_maps(const T* __restrict__ g
                                                          double eps_) {
   using A = acc_t<T>;
   __shared__ A smod[kChunk + 1][NB];
-  const int64_t b = blockIdx.z, c = blockIdx.y, d = int64_t(blockIdx.x) * kThreads + threadIdx.x;
-  const int64_t nch = gridDim.y, t0 = c * kChunk;
-  const int steps = int(T_ - t0 < kChunk ? T_ - t0 : int64_t(kChunk));
-  const bool live = d < D;
+  const auto [b, c, d, nch, t0, steps, live] = chunk_tile(T_, D);
   const A eps = A(eps_);
   for (int n0 = 0; n0 < N; n0 += NB) {
     const int nb = min(NB, N - n0);
@@ -211,13 +188,7 @@ __global__ void __launch_bounds__(kThreads) mdi_bwd_maps(const T* __restrict__ g
         }
       }
     }
-#pragma unroll
-    for (int n = 0; n < NB; ++n) {
-      if (n >= nb) break;
-      const int64_t off = ((b * nch + c) * N + n0 + n) * D + d;
-      carP[off] = P[n];
-      carQ[off] = Q[n];
-    }
+    store_chunk_map<A, NB>(carP, carQ, P, Q, ((b * nch + c) * N + n0) * D + d, nb, D);
   }
 }
 
@@ -231,12 +202,9 @@ __global__ void __launch_bounds__(kThreads) mdi_bwd_out(
     acc_t<T>* __restrict__ dmod_part, int64_t T_, int N, int64_t D, double eps_) {
   using A = acc_t<T>;
   __shared__ A smod[kChunk + 1][NB];
-  const int64_t b = blockIdx.z, c = blockIdx.y, d = int64_t(blockIdx.x) * kThreads + threadIdx.x;
-  const int64_t nch = gridDim.y, t0 = c * kChunk;
-  const int steps = int(T_ - t0 < kChunk ? T_ - t0 : int64_t(kChunk));
+  const auto [b, c, d, nch, t0, steps, live] = chunk_tile(T_, D);
   const int lane = threadIdx.x % 32;
   const int64_t nwarps = int64_t(gridDim.x) * (kThreads / 32), wid = int64_t(blockIdx.x) * (kThreads / 32) + threadIdx.x / 32;
-  const bool live = d < D;
   const A eps = A(eps_), one = A(1);
   const int my_n = multi_index<NB>(lane);
   const bool writer = multi_writer<NB>(lane);
@@ -256,7 +224,7 @@ __global__ void __launch_bounds__(kThreads) mdi_bwd_out(
       dba[n] = A(0);
     }
     for (int e0 = steps; e0 > 0; e0 -= kPre) {
-      // Storage type, converted where used: converting 16-bit values next to their loads made the bfloat16 kernel
+      // Storage type, converted where used: converting 16-bit values next to their loads makes the bfloat16 kernel
       // wait on each load in turn (0.98 ms against 0.53 ms for float at N=4 B=8 T=4096 D=1024).
       T gr[kPre][NB], mp[kPre][NB], vb[kPre];
       const T zero = T(0.0f);
@@ -344,9 +312,7 @@ bool dims_ok(int64_t B, int64_t T_, int64_t N, int64_t D) {
 
 int mdi_fwd(DType dt, const void* v, const void* mod, const void* base, const void* m0, void* m, int64_t B, int64_t T_,
             int64_t N, int64_t D, double eps, void* stream) {
-  if (!dims_ok(B, T_, N, D)) return kUnsupported;
-  const cudaStream_t st = cudaStream_t(stream);
-  return dispatch(dt, [&](auto tag) -> int {
+  return run_entry(dims_ok(B, T_, N, D), dt, stream, [&](auto tag, cudaStream_t st) -> int {
     using T = decltype(tag);
     using A = acc_t<T>;
     return with_banks(N, [&](auto nb) -> int {
@@ -357,15 +323,16 @@ int mdi_fwd(DType dt, const void* v, const void* mod, const void* base, const vo
       A* carP = scratch.take<A>(ncar);
       A* carQ = scratch.take<A>(ncar);
       const dim3 grid{unsigned((D + kThreads - 1) / kThreads), unsigned(nch), unsigned(B)};
-      mdi_fwd_maps<T, NB><<<grid, kThreads, 0, st>>>(static_cast<const T*>(v), static_cast<const T*>(mod),
-                                                     static_cast<const T*>(base), carP, carQ, T_, int(N), D, eps);
+      mdi_fwd_chunks<T, NB, false><<<grid, kThreads, 0, st>>>(static_cast<const T*>(v), static_cast<const T*>(mod),
+                                                              static_cast<const T*>(base), carP, carQ, nullptr, T_,
+                                                              int(N), D, eps);
       MMREC_CHECK_LAUNCH();
       mdi_carry<T><<<blocks_for(B * N * D, 256), 256, 0, st>>>(carP, carQ, static_cast<const T*>(m0), B, nch, N * D,
                                                                false);
       MMREC_CHECK_LAUNCH();
-      mdi_fwd_out<T, NB><<<grid, kThreads, 0, st>>>(static_cast<const T*>(v), static_cast<const T*>(mod),
-                                                    static_cast<const T*>(base), carQ, static_cast<T*>(m), T_, int(N),
-                                                    D, eps);
+      mdi_fwd_chunks<T, NB, true><<<grid, kThreads, 0, st>>>(static_cast<const T*>(v), static_cast<const T*>(mod),
+                                                             static_cast<const T*>(base), nullptr, carQ,
+                                                             static_cast<T*>(m), T_, int(N), D, eps);
       MMREC_CHECK_LAUNCH();
       return 0;
     });
@@ -375,9 +342,7 @@ int mdi_fwd(DType dt, const void* v, const void* mod, const void* base, const vo
 int mdi_bwd(DType dt, const void* grad, const void* v, const void* mod, const void* base, const void* m0,
             const void* m, void* dv, void* dmod, void* dbase, void* dm0, int64_t B, int64_t T_, int64_t N, int64_t D,
             double eps, void* stream) {
-  if (!dims_ok(B, T_, N, D)) return kUnsupported;
-  const cudaStream_t st = cudaStream_t(stream);
-  return dispatch(dt, [&](auto tag) -> int {
+  return run_entry(dims_ok(B, T_, N, D), dt, stream, [&](auto tag, cudaStream_t st) -> int {
     using T = decltype(tag);
     using A = acc_t<T>;
     return with_banks(N, [&](auto nb_tag) -> int {

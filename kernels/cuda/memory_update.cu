@@ -3,8 +3,8 @@
 //           dvalue = st sum_j w_j A_j; dkey = sum_j ds_j M_j / sqrt(D); dL/dM_c = A (1 - st w) + ds key / sqrt(D) + G_c.
 //
 // sm_90 path (S <= 8 * kSlotsMax): a thread-block cluster of up to 8 blocks per batch row, each block owning
-// SP <= 8 slots of the state in shared memory (one block per row ran 16 SMs with the state in L2: 50 ms fwd+bwd
-// at B=16 NC=256 S=64 D=1024). Per chunk, each block reduces its own slots' dot products (a multi-value warp
+// SP <= 8 slots of the state in shared memory (one block per row keeps 16 SMs busy with the state in L2: 50 ms
+// fwd+bwd at B=16 NC=256 S=64 D=1024). Per chunk, each block reduces its own slots' dot products (a multi-value warp
 // butterfly, then a fixed-order sum over warps), publishes them in shared memory, and after one cluster barrier
 // every block reads all S scores through distributed shared memory in slot order and computes the same softmax
 // (same inputs, same order: identical bits). Backward also publishes per-column partial sums over its slots of
@@ -523,9 +523,7 @@ bool dims_ok(int64_t B, int64_t NC, int64_t S, int64_t D) {
 
 int memory_update_fwd(DType dt, const void* M0, const void* key, const void* value, const void* strength, void* Ms,
                       int64_t B, int64_t NC, int64_t S, int64_t D, void* stream) {
-  if (!dims_ok(B, NC, S, D)) return kUnsupported;
-  const cudaStream_t st = cudaStream_t(stream);
-  return dispatch(dt, [&](auto tag) -> int {
+  return run_entry(dims_ok(B, NC, S, D), dt, stream, [&](auto tag, cudaStream_t st) -> int {
     using T = decltype(tag);
     using A = acc_t<T>;
     const size_t cluster_bytes =
@@ -545,9 +543,7 @@ int memory_update_bwd(DType dt, const void* grad, const void* M0, const void* ke
                       const void* strength, const void* Ms, void* dM0, void* dkey, void* dvalue, void* dstrength,
                       int64_t B, int64_t NC, int64_t S, int64_t D, void* stream) {
   (void)M0;  // Ms[:, 0] holds M0
-  if (!dims_ok(B, NC, S, D)) return kUnsupported;
-  const cudaStream_t st = cudaStream_t(stream);
-  return dispatch(dt, [&](auto tag) -> int {
+  return run_entry(dims_ok(B, NC, S, D), dt, stream, [&](auto tag, cudaStream_t st) -> int {
     using T = decltype(tag);
     using A = acc_t<T>;
     const bool vec16 = (D * sizeof(T)) % 16 == 0 && aligned16(grad) && aligned16(Ms) && aligned16(key) &&

@@ -1,4 +1,4 @@
-// Device queries, scratch memory and error text for the host side (bindings are compiled without nvcc).
+// Device limits, scratch memory and error text for the host side (bindings are compiled without nvcc).
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -9,17 +9,7 @@
 
 namespace mmrec::cuda {
 
-int device_count() {
-  int n = 0;
-  if (cudaGetDeviceCount(&n) != cudaSuccess) {
-    cudaGetLastError();
-    return 0;
-  }
-  return n;
-}
-
 const char* error_string(int code) {
-  if (code == kNotBuilt) return "mmrec_ops._C was built without CUDA kernels";
   if (code == kUnsupported) return "shape not supported by the CUDA kernels (see kernels/cuda/runtime.h)";
   return cudaGetErrorString(cudaError_t(code));
 }

@@ -1,5 +1,5 @@
-// Host-side entry points of the CUDA kernels, callable from code compiled without nvcc.
-// Every function returns 0 or a cudaError_t code (kNotBuilt / kUnsupported below); error_string() turns it
+// Host-side entry points of the CUDA kernels, callable from code compiled without nvcc (defined only in a build
+// with MMREC_WITH_CUDA). Every function returns 0, a cudaError_t code or kUnsupported; error_string() turns it
 // into text. Pointers are device pointers of contiguous tensors of storage type `dt`; optional inputs may
 // be nullptr (zeros); stream is a cudaStream_t on the current device. Work is queued on `stream` only.
 #pragma once
@@ -12,18 +12,16 @@ namespace mmrec::cuda {
 #ifdef MMREC_WITH_CUDA
 constexpr bool kBuilt = true;
 #else
-constexpr bool kBuilt = false;  // kernels/bindings/cuda_stubs.cpp answers every call with kNotBuilt
+constexpr bool kBuilt = false;
 #endif
-constexpr int kNotBuilt = -1;
-constexpr int kUnsupported = -2;  // recurrence with a head size d > 1024
+constexpr int kUnsupported = -2;  // a shape beyond a kernel's limits (recurrence: head size d > 1024)
 
-int device_count();
 const char* error_string(int code);
 
 // scan (kernels/cuda/scan.cu): a, b, h, grad, da, db: [B, T, D]; h0, dh0: [B, D].
 int scan_fwd(DType dt, const void* a, const void* b, const void* h0, void* h, int64_t B, int64_t T, int64_t D,
              bool reverse, void* stream);
-int scan_bwd(DType dt, const void* a, const void* h, const void* h0, const void* grad, void* da, void* db, void* dh0,
+int scan_bwd(DType dt, const void* grad, const void* a, const void* h, const void* h0, void* da, void* db, void* dh0,
              int64_t B, int64_t T, int64_t D, bool reverse, void* stream);
 
 // recurrence (kernels/cuda/recurrence.cu): z, gamma, h, grad, dz, dgamma: [B, T, H*d]; w, dw: [H, d, d];

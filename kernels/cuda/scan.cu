@@ -58,6 +58,22 @@ __device__ __forceinline__ void set_flag(int* flag) { *reinterpret_cast<volatile
 // faster on the H100 (bench/results/peers/variants.log); 16 steps of 16-bit types spill at two blocks per SM.
 constexpr int kChunkSteps = 8;
 
+// (A, H) <- the maps y -> sA[w] y + sH[w] of warps w < n composed in order (warp 0's applied first), for the VEC
+// channels of this lane.
+template <int VEC, int kTile>
+__device__ __forceinline__ void fold_warp_maps(const float (*sA)[kTile], const float (*sH)[kTile], int n, int lane,
+                                               float (&A)[VEC], float (&H)[VEC]) {
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) A[k] = 1.0f, H[k] = 0.0f;
+  for (int w = 0; w < n; ++w)
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) {
+      const float a = sA[w][lane * VEC + k];
+      H[k] = a * H[k] + sH[w][lane * VEC + k];
+      A[k] *= a;
+    }
+}
+
 template <class T, int VEC, bool BWD>
 __global__ void __launch_bounds__(kThreads, 2) scan_kernel(const ScanArgs<T> p) {
   using P = Pack<T, VEC>;
@@ -117,15 +133,7 @@ __global__ void __launch_bounds__(kThreads, 2) scan_kernel(const ScanArgs<T> p) 
   for (int k = 0; k < VEC; ++k) sA[warp][lane * VEC + k] = A[k], sH[warp][lane * VEC + k] = H[k];
   __syncthreads();
   float PA[VEC], PH[VEC];
-#pragma unroll
-  for (int k = 0; k < VEC; ++k) PA[k] = 1.0f, PH[k] = 0.0f;
-  for (int w = 0; w < warp; ++w)
-#pragma unroll
-    for (int k = 0; k < VEC; ++k) {
-      const float a = sA[w][lane * VEC + k];
-      PH[k] = a * PH[k] + sH[w][lane * VEC + k];
-      PA[k] *= a;
-    }
+  fold_warp_maps<VEC, kTile>(sA, sH, warp, lane, PA, PH);
 
   // The block's map (warp 0), published at once for the later chunks of its group: before this block waits on
   // anything, so publishing never depends on another block.
@@ -133,13 +141,7 @@ __global__ void __launch_bounds__(kThreads, 2) scan_kernel(const ScanArgs<T> p) 
 #pragma unroll
   for (int k = 0; k < VEC; ++k) TA[k] = 1.0f, TH[k] = 0.0f;
   if (warp == 0) {
-    for (int w = 0; w < kWarps; ++w)
-#pragma unroll
-      for (int k = 0; k < VEC; ++k) {
-        const float a = sA[w][lane * VEC + k];
-        TH[k] = a * TH[k] + sH[w][lane * VEC + k];
-        TA[k] *= a;
-      }
+    fold_warp_maps<VEC, kTile>(sA, sH, kWarps, lane, TA, TH);
     if (p.nchunks > 1 && chunk % kGroup != kGroup - 1 && chunk + 1 < p.nchunks) {
       float* dst = p.agg + (size_t(chunk) * p.ntiles + tile) * 2 * kTile + lane * VEC;
 #pragma unroll
@@ -453,7 +455,7 @@ int scan_fwd(DType dt, const void* a, const void* b, const void* h0, void* h, in
   });
 }
 
-int scan_bwd(DType dt, const void* a, const void* h, const void* h0, const void* grad, void* da, void* db, void* dh0,
+int scan_bwd(DType dt, const void* grad, const void* a, const void* h, const void* h0, void* da, void* db, void* dh0,
              int64_t B, int64_t T_, int64_t D, bool reverse, void* stream) {
   const cudaStream_t s = cudaStream_t(stream);
   return dispatch(dt, [&](auto tag) -> int {

@@ -52,6 +52,18 @@ def memory_update_fwd_kernel(m0_ptr, key_ptr, value_ptr, strength_ptr, ms_ptr, w
 
 
 @triton.jit
+def _chunk_tile(ms_ptr, work_ptr, key_ptr, at_c, state, kv, j_ok, d0, D, ACC: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Columns [d0, d0 + BLOCK_D) of chunk c in the backward: their indices and mask, M_c [BLOCK_S, BLOCK_D],
+    dL/dM_{c+1} (the work buffer, same tile) and key_c [BLOCK_D]."""
+    cols = d0 + tl.arange(0, BLOCK_D)
+    ok = j_ok[:, None] & (cols < D)[None, :]
+    m = tl.load(ms_ptr + at_c + cols[None, :], mask=ok, other=0.0).to(ACC)
+    dnext = tl.load(work_ptr + state + cols[None, :], mask=ok, other=0.0)
+    k = tl.load(key_ptr + kv + cols, mask=cols < D, other=0.0).to(ACC)
+    return cols, ok, m, dnext, k
+
+
+@triton.jit
 def memory_update_bwd_kernel(grad_ptr, key_ptr, value_ptr, strength_ptr, ms_ptr, work_ptr,
                              dm0_ptr, dkey_ptr, dvalue_ptr, dstrength_ptr, scale_ptr, NC, S, D,
                              ACC: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -75,11 +87,7 @@ def memory_update_bwd_kernel(grad_ptr, key_ptr, value_ptr, strength_ptr, ms_ptr,
         logits = tl.zeros([BLOCK_S], ACC)
         dalpha = tl.zeros([BLOCK_S], ACC)
         for d0 in range(0, D, BLOCK_D):
-            cols = d0 + tl.arange(0, BLOCK_D)
-            ok = j_ok[:, None] & (cols < D)[None, :]
-            m = tl.load(ms_ptr + at_c + cols[None, :], mask=ok, other=0.0).to(ACC)
-            dnext = tl.load(work_ptr + state + cols[None, :], mask=ok, other=0.0)
-            k = tl.load(key_ptr + kv + cols, mask=cols < D, other=0.0).to(ACC)
+            cols, ok, m, dnext, k = _chunk_tile(ms_ptr, work_ptr, key_ptr, at_c, state, kv, j_ok, d0, D, ACC, BLOCK_D)
             v = tl.load(value_ptr + kv + cols, mask=cols < D, other=0.0).to(ACC)
             logits += tl.sum(m * k[None, :], 1)
             dalpha += tl.sum(dnext * (v[None, :] - m), 1)
@@ -93,11 +101,7 @@ def memory_update_bwd_kernel(grad_ptr, key_ptr, value_ptr, strength_ptr, ms_ptr,
         dlogit = w * (dw - tl.sum(dw * w, 0)) * scale  # [BLOCK_S], d/d<M_c[j], k_c>
         tl.debug_barrier()
         for d0 in range(0, D, BLOCK_D):
-            cols = d0 + tl.arange(0, BLOCK_D)
-            ok = j_ok[:, None] & (cols < D)[None, :]
-            m = tl.load(ms_ptr + at_c + cols[None, :], mask=ok, other=0.0).to(ACC)
-            dnext = tl.load(work_ptr + state + cols[None, :], mask=ok, other=0.0)
-            k = tl.load(key_ptr + kv + cols, mask=cols < D, other=0.0).to(ACC)
+            cols, ok, m, dnext, k = _chunk_tile(ms_ptr, work_ptr, key_ptr, at_c, state, kv, j_ok, d0, D, ACC, BLOCK_D)
             g = tl.load(grad_ptr + at_c + cols[None, :], mask=ok, other=0.0).to(ACC)
             dm = g + (1.0 - alpha)[:, None] * dnext + dlogit[:, None] * k[None, :]
             tl.store(work_ptr + state + cols[None, :], dm, mask=ok)

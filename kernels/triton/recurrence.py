@@ -34,27 +34,37 @@ def matmul(x, y, PREC: tl.constexpr, ACC: tl.constexpr):
 
 
 @triton.jit
-def recurrence_fwd_kernel(z_ptr, g_ptr, w_ptr, bias_ptr, h0_ptr, h_ptr, B, T, D, d,
-                          HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
-                          BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
-    """z, gamma, h: [B, T, D]; w: [H, d, d]; bias: [D]; h0: [B, D]."""
-    tile = tl.program_id(0)
+def program_tile(bias_ptr, h0_ptr, B, D, d, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr, ACC: tl.constexpr,
+                 BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+    """What a program (batch tile, head) owns: head; rows [BLOCK_B]; j [BLOCK_H] (channel in the head) and
+    cols = head * d + j; masks ok [BLOCK_B, BLOCK_H] and w_ok [BLOCK_H, BLOCK_H]; bias [BLOCK_H] and
+    h0 [BLOCK_B, BLOCK_H] of its channels (zeros when absent)."""
     head = tl.program_id(1)
-    rows = tile * BLOCK_B + tl.arange(0, BLOCK_B)  # [BLOCK_B] batch rows
-    j = tl.arange(0, BLOCK_H)  # [BLOCK_H] channel within the head
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    j = tl.arange(0, BLOCK_H)
     cols = head * d + j
-    ok = (rows < B)[:, None] & (j < d)[None, :]  # [BLOCK_B, BLOCK_H]
+    ok = (rows < B)[:, None] & (j < d)[None, :]
     w_ok = (j < d)[:, None] & (j < d)[None, :]
-    w_head = w_ptr + head.to(tl.int64) * d * d
-    wt = tl.load(w_head + j[None, :] * d + j[:, None], mask=w_ok, other=0.0).to(ACC)  # [BLOCK_H, BLOCK_H] = W^T
     if HAS_BIAS:
         bias = tl.load(bias_ptr + cols, mask=j < d, other=0.0).to(ACC)
     else:
         bias = tl.zeros([BLOCK_H], ACC)
     if HAS_H0:
-        h = tl.load(h0_ptr + rows[:, None].to(tl.int64) * D + cols[None, :], mask=ok, other=0.0).to(ACC)
+        h0 = tl.load(h0_ptr + rows[:, None].to(tl.int64) * D + cols[None, :], mask=ok, other=0.0).to(ACC)
     else:
-        h = tl.zeros([BLOCK_B, BLOCK_H], ACC)
+        h0 = tl.zeros([BLOCK_B, BLOCK_H], ACC)
+    return head, rows, j, cols, ok, w_ok, bias, h0
+
+
+@triton.jit
+def recurrence_fwd_kernel(z_ptr, g_ptr, w_ptr, bias_ptr, h0_ptr, h_ptr, B, T, D, d,
+                          HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+                          BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+    """z, gamma, h: [B, T, D]; w: [H, d, d]; bias: [D]; h0: [B, D]."""
+    head, rows, j, cols, ok, w_ok, bias, h = program_tile(bias_ptr, h0_ptr, B, D, d, HAS_BIAS, HAS_H0, ACC, BLOCK_B,
+                                                          BLOCK_H)
+    w_head = w_ptr + head.to(tl.int64) * d * d
+    wt = tl.load(w_head + j[None, :] * d + j[:, None], mask=w_ok, other=0.0).to(ACC)  # [BLOCK_H, BLOCK_H] = W^T
     offs = rows[:, None].to(tl.int64) * T * D + cols[None, :]  # [BLOCK_B, BLOCK_H] at t = 0
     for t in range(T):
         z = tl.load(z_ptr + offs, mask=ok, other=0.0).to(ACC)
@@ -75,24 +85,12 @@ def recurrence_bwd_kernel(grad_ptr, z_ptr, g_ptr, w_ptr, bias_ptr, h0_ptr, h_ptr
     do not fit in shared memory (3xtf32 at d = 128).
     grad, z, gamma, h, dz, dgamma: [B, T, D]; dh0: [B, D];
     dw_part: [n_tiles, H, d, d] and dbias_part: [n_tiles, D] float32/64, one slice per batch tile."""
+    head, rows, j, cols, ok, w_ok, bias, h0 = program_tile(bias_ptr, h0_ptr, B, D, d, HAS_BIAS, HAS_H0, ACC, BLOCK_B,
+                                                           BLOCK_H)
     tile = tl.program_id(0)
-    head = tl.program_id(1)
-    rows = tile * BLOCK_B + tl.arange(0, BLOCK_B)
-    j = tl.arange(0, BLOCK_H)
-    cols = head * d + j
-    ok = (rows < B)[:, None] & (j < d)[None, :]
-    w_ok = (j < d)[:, None] & (j < d)[None, :]
     w_head = w_ptr + head.to(tl.int64) * d * d
     w = tl.load(w_head + j[:, None] * d + j[None, :], mask=w_ok, other=0.0).to(ACC)  # [BLOCK_H, BLOCK_H] = W
     wt = tl.trans(w)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + cols, mask=j < d, other=0.0).to(ACC)
-    else:
-        bias = tl.zeros([BLOCK_H], ACC)
-    if HAS_H0:
-        h0 = tl.load(h0_ptr + rows[:, None].to(tl.int64) * D + cols[None, :], mask=ok, other=0.0).to(ACC)
-    else:
-        h0 = tl.zeros([BLOCK_B, BLOCK_H], ACC)
     carry = tl.zeros([BLOCK_B, BLOCK_H], ACC)  # gamma_{t+1} delta_{t+1} + W^T e_{t+1}
     dw = tl.zeros([BLOCK_H, BLOCK_H], ACC)
     dbias = tl.zeros([BLOCK_H], ACC)

@@ -2,7 +2,7 @@
 
 Plain loops over time, differentiable by autograd. Every backend is tested against these
 functions run in float64. Low-precision inputs are computed in float32 and cast back, as
-the kernels do. Signatures equal the ops'.
+the kernels do. Signatures equal the ops'; scan_backward is SPEC.md's backward of scan.
 """
 from __future__ import annotations
 
@@ -12,11 +12,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-__all__ = ["scan", "recurrence", "mdi", "memory_update"]
+from .outputs import acc_dtype as _acc
 
-
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+__all__ = ["scan", "scan_backward", "recurrence", "mdi", "memory_update"]
 
 
 def scan(a: Tensor, b: Tensor, h0: Optional[Tensor] = None, reverse: bool = False) -> Tensor:
@@ -33,6 +31,27 @@ def scan(a: Tensor, b: Tensor, h0: Optional[Tensor] = None, reverse: bool = Fals
         h = a_[:, t] * h + b_[:, t]
         out[t] = h
     return torch.stack(out, 1).to(a.dtype)
+
+
+def scan_backward(grad: Tensor, a: Tensor, h: Tensor, h0: Optional[Tensor], reverse: bool, scan=scan):
+    """(dL/da, dL/db, dL/dh0) of h = scan(a, b, h0, reverse) given grad = dL/dh, as SPEC.md writes it: delta is
+    the scan of grad in the other direction with a moved one step (delta_t = grad_t + a_{t+1} delta_{t+1});
+    da_t = delta_t h_{t-1}, db = delta, dh0 = a_0 delta_0 (t mirrored for reverse). Built from `scan` and
+    elementwise ops only, so it is as differentiable as `scan` is.
+
+    grad, a, h: [B, T, D]; h0: [B, D] or None (zeros). Returns da, db: [B, T, D] and dh0: [B, D].
+    """
+    zero = torch.zeros_like(a[:, :1])
+    first = zero if h0 is None else h0[:, None]
+    if reverse:  # step t follows step t + 1
+        a_next, h_prev = torch.cat([zero, a[:, :-1]], 1), torch.cat([h[:, 1:], first], 1)
+        delta = scan(a_next, grad, None, False)
+        dh0 = a[:, -1] * delta[:, -1]
+    else:
+        a_next, h_prev = torch.cat([a[:, 1:], zero], 1), torch.cat([first, h[:, :-1]], 1)
+        delta = scan(a_next, grad, None, True)
+        dh0 = a[:, 0] * delta[:, 0]
+    return delta * h_prev, delta, dh0
 
 
 def recurrence(z: Tensor, gamma: Tensor, w: Tensor, bias: Optional[Tensor] = None,

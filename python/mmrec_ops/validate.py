@@ -1,8 +1,8 @@
-"""Argument checks shared by every backend: bad input raises a clear TypeError/ValueError
-naming the argument, before any kernel sees it. Runs on fake tensors too (torch.compile)."""
+"""The argument contract of the ops (SPEC.md, common rules), checked once per call before any backend sees it:
+bad input raises a clear TypeError/ValueError naming the argument. Signatures equal the ops'. Runs on fake
+tensors and symbolic sizes too (torch.compile, dynamic shapes)."""
 from __future__ import annotations
 
-import math
 from typing import Optional, Sequence
 
 import torch
@@ -42,7 +42,7 @@ def _bool(op: str, name: str, x) -> None:
         raise TypeError(f"mmrec.{op}: {name} must be a bool, got {type(x).__name__}")
 
 
-def scan(a, b, h0: Optional[Tensor], reverse) -> None:
+def scan(a, b, h0: Optional[Tensor] = None, reverse=False) -> None:
     _tensor("scan", "a", a, 3, "[B, T, D]")
     _tensor("scan", "b", b, 3, "[B, T, D]")
     _like("scan", "a", a, "b", b)
@@ -54,7 +54,7 @@ def scan(a, b, h0: Optional[Tensor], reverse) -> None:
     _bool("scan", "reverse", reverse)
 
 
-def recurrence(z, gamma, w, bias: Optional[Tensor], h0: Optional[Tensor]) -> None:
+def recurrence(z, gamma, w, bias: Optional[Tensor] = None, h0: Optional[Tensor] = None) -> None:
     op = "recurrence"
     _tensor(op, "z", z, 3, "[B, T, D]")
     _tensor(op, "gamma", gamma, 3, "[B, T, D]")
@@ -76,7 +76,7 @@ def recurrence(z, gamma, w, bias: Optional[Tensor], h0: Optional[Tensor]) -> Non
         _shape(op, "h0", h0, (B, D), "[B, D]")
 
 
-def mdi(v, mod, base, m0: Optional[Tensor], eps) -> None:
+def mdi(v, mod, base, m0: Optional[Tensor] = None, eps=1e-6) -> None:
     op = "mdi"
     _tensor(op, "v", v, 3, "[B, T, D]")
     _tensor(op, "mod", mod, 3, "[B, T, N]")
@@ -91,10 +91,10 @@ def mdi(v, mod, base, m0: Optional[Tensor], eps) -> None:
         _tensor(op, "m0", m0, 3, "[B, N, D]")
         _like(op, "v", v, "m0", m0)
         _shape(op, "m0", m0, (B, N, D), "[B, N, D]")
-    if isinstance(eps, bool) or not isinstance(eps, (float, int)):
+    if isinstance(eps, bool) or not isinstance(eps, (float, int, torch.SymFloat)):
         raise TypeError(f"mmrec.{op}: eps must be a float, got {type(eps).__name__}")
-    if not (math.isfinite(eps) and 0.0 < eps < 0.5):
-        raise ValueError(f"mmrec.{op}: eps must be finite and in (0, 0.5), got {eps}")
+    if not 0.0 < eps < 0.5:  # also false for NaN and infinities
+        raise ValueError(f"mmrec.{op}: eps must be in (0, 0.5), got {eps}")
 
 
 def memory_update(M0, key, value, strength) -> None:

@@ -1,24 +1,28 @@
-"""Helpers shared by the per-op test files: backend parametrisation, error metrics, runners."""
+"""Helpers shared by the per-op test files: backend parametrisation, error metrics, runners, and the expected
+gradients (tests/ops/spec_gradients.py, never the code under test)."""
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Callable, List, Sequence
 
 import pytest
 import torch
 
-from mmrec_ops import backends
+from mmrec_ops import dispatch
+
+from . import spec_gradients
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
 def backend_cases(op: str) -> List:
     """pytest params (backend, device) for every backend that serves `op` on a device here."""
-    cases = []
-    for name in backends.BACKENDS:
-        for dev in backends.DEVICES:
-            if backends.serves(name, op, dev):
-                cases.append(pytest.param(name, dev, id=f"{name}-{dev}"))
-    return cases
+    return [pytest.param(name, dev, id=f"{name}-{dev}") for name in dispatch.BACKENDS for dev in dispatch.DEVICES
+            if dispatch.serves(name, op, dev)]
 
 
 def dtypes_for(backend: str, device: str) -> List[torch.dtype]:
@@ -51,15 +55,19 @@ def tol_for(dtype: torch.dtype, float32_tol: float) -> float:
 
 
 def run(backend: str, fn: Callable, *args, **kwargs):
-    with backends.backend(backend):
+    with dispatch.backend(backend):
         return fn(*args, **kwargs)
 
 
 def grads(out: torch.Tensor, inputs: Sequence[torch.Tensor], seed: int = 0):
-    """Gradients of <out, G> for a fixed random G w.r.t. each input (None where unused)."""
-    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    g = g.to(device=out.device, dtype=out.dtype)
+    """Gradients of <out, G> w.r.t. each input (None where unused), G = spec_gradients.cotangent(out.shape, seed)."""
+    g = spec_gradients.cotangent(out.shape, seed).to(device=out.device, dtype=out.dtype)
     return torch.autograd.grad(out, list(inputs), g, allow_unused=True)
+
+
+def spec_grads(op: str, args: Sequence, out_shape: Sequence[int], seed: int = 0) -> List[torch.Tensor]:
+    """What `grads` must return for op(*args): SPEC.md's gradients in float64, one per tensor argument given."""
+    return spec_gradients.gradients(op, args, out_shape, seed)
 
 
 def layout(x: torch.Tensor, kind: str) -> torch.Tensor:
@@ -73,3 +81,21 @@ def layout(x: torch.Tensor, kind: str) -> torch.Tensor:
 
 def leaf(x: torch.Tensor) -> torch.Tensor:
     return x.detach().clone().requires_grad_(True)
+
+
+def assert_bad_calls_raise(backend: str, fn: Callable, bad_calls) -> None:
+    """Every (args, exception type, message pattern) of `bad_calls` raises that exception, matching, on `backend`."""
+    for args, exc, message in bad_calls:
+        with pytest.raises(exc, match=message):
+            run(backend, fn, *args)
+
+
+def in_three_threads(module: str, function: str, *args):
+    """tests.ops.<module>.<function>(*args), JSON-encoded, from a fresh process with OMP_NUM_THREADS=3 (uneven work
+    per thread; the OpenMP team size is fixed when a process starts)."""
+    code = f"import json, tests.ops.{module} as t; print(json.dumps(t.{function}(*{args!r})))"
+    env = dict(os.environ, OMP_NUM_THREADS="3", OMP_WAIT_POLICY="passive")  # 3 threads may share 2 cores
+    res = subprocess.run([sys.executable, "-c", code], env=env, cwd=Path(__file__).resolve().parents[2],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return json.loads(res.stdout.strip().splitlines()[-1])

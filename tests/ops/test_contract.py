@@ -1,6 +1,7 @@
-"""The contract every op meets on every backend that serves it (SPEC.md, common rules):
-reference agreement in every dtype, gradients, gradcheck, segment equivalence, optional states,
-opcheck, torch.compile, determinism, and no crash on malformed calls."""
+"""The contract every op meets on every backend that serves it (SPEC.md, common rules): the float64 reference's
+forward in every dtype, SPEC.md's gradients (tests/ops/spec_gradients.py) and gradcheck, segment equivalence,
+optional states, opcheck, torch.compile (static and dynamic shapes), torch.func transforms, double backward,
+determinism, and no crash on malformed calls."""
 from __future__ import annotations
 
 import pytest
@@ -9,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from .cases import CASES, tensor_indices, to64, with_grad
-from .common import assert_close, backend_cases, dtypes_for, grads, rel_err, run, tol_for
+from .common import assert_close, backend_cases, dtypes_for, grads, rel_err, run, spec_grads, tol_for
 
 PARAMS = [pytest.param(op, *case.values, id=f"{op}-{case.id}") for op in CASES for case in backend_cases(op)]
 ALL_OPS = pytest.mark.parametrize("op,backend,device", PARAMS)
@@ -38,13 +39,13 @@ def test_forward_matches_reference(op, backend, device):
 
 @ALL_OPS
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_gradients_match_reference(op, backend, device, dtype):
+def test_gradients_match_spec(op, backend, device, dtype):
     case = CASES[op]
     args = with_grad(case.make(_gen(1), dtype, device))
     idx = tensor_indices(args)
-    got = grads(run(backend, case.fn, *args), [args[i] for i in idx])
-    ref_args = with_grad(to64(args))
-    want = grads(case.ref(*ref_args), [ref_args[i] for i in idx])
+    out = run(backend, case.fn, *args)
+    got = grads(out, [args[i] for i in idx])
+    want = spec_grads(op, args, out.shape)
     tol = 1e-10 if dtype == torch.float64 else 1e-4
     for i, g, w in zip(idx, got, want):
         assert g is not None and g.dtype == dtype, f"argument {i} got no gradient of dtype {dtype}"
@@ -108,16 +109,63 @@ def test_opcheck(op, backend, device):
 
 
 @ALL_OPS
-def test_compile_fullgraph_equals_eager(op, backend, device):
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+def test_compile_fullgraph_equals_eager(op, backend, device, dynamic):
+    """One graph (fullgraph) for forward and backward; with dynamic shapes the same graph serves two lengths."""
     case = CASES[op]
     torch._dynamo.reset()
-    args = with_grad(case.make(_gen(7), torch.float32, device, T=5))
+    compiled_fn = torch.compile(case.fn, fullgraph=True, dynamic=dynamic)
+    for T in ((5, 7) if dynamic else (5,)):
+        args = with_grad(case.make(_gen(7), torch.float32, device, T=T))
+        idx = tensor_indices(args)
+        eager = run(backend, case.fn, *args)
+        compiled = run(backend, compiled_fn, *args)
+        assert_close(compiled, eager, 1e-6, f"{op} compiled forward T={T}")
+        for ge, gc in zip(grads(eager, [args[i] for i in idx]), grads(compiled, [args[i] for i in idx])):
+            assert_close(gc, ge, 1e-6, f"{op} compiled backward T={T}")
+
+
+@ALL_OPS
+def test_torch_func_grad_vjp_and_vmap(op, backend, device):
+    """torch.func.grad and vjp give SPEC.md's gradients; vmap over a batch of calls equals the calls one by one."""
+    case = CASES[op]
+    args = to64(case.make(_gen(9), torch.float64, device, T=3))
     idx = tensor_indices(args)
-    eager = run(backend, case.fn, *args)
-    compiled = run(backend, torch.compile(case.fn, fullgraph=True), *args)
-    assert_close(compiled, eager, 1e-6, f"{op} compiled forward")
-    for ge, gc in zip(grads(eager, [args[i] for i in idx]), grads(compiled, [args[i] for i in idx])):
-        assert_close(gc, ge, 1e-6, f"{op} compiled backward")
+    out = run(backend, case.fn, *args)
+    G = torch.randn(out.shape, generator=_gen(9), dtype=torch.float64).to(device)
+
+    def loss(*tensors):
+        full = list(args)
+        for i, x in zip(idx, tensors):
+            full[i] = x
+        return (case.fn(*full) * G).sum()
+
+    got = run(backend, torch.func.grad(loss, argnums=tuple(range(len(idx)))), *(args[i] for i in idx))
+    _, pullback = run(backend, torch.func.vjp, lambda *t: loss(*t), *(args[i] for i in idx))
+    want = spec_grads(op, args, out.shape, seed=9)
+    for i, g, v, w in zip(idx, got, run(backend, pullback, torch.ones((), dtype=torch.float64, device=device)), want):
+        assert_close(g, w, 1e-10, f"{op} torch.func.grad d(arg {i})")
+        assert_close(v, w, 1e-10, f"{op} torch.func.vjp d(arg {i})")
+    first = idx[0]
+    other = to64(case.make(_gen(10), torch.float64, device, T=3))
+    stacked = torch.stack([args[first], other[first]])
+    batched = run(backend, torch.vmap(lambda x: case.fn(*args[:first], x, *args[first + 1:])), stacked)
+    for k, x in enumerate((args[first], other[first])):
+        assert_close(batched[k], run(backend, case.fn, *args[:first], x, *args[first + 1:]), 1e-12, f"{op} vmap {k}")
+
+
+@ALL_OPS
+def test_double_backward(op, backend, device):
+    """scan is twice differentiable (gradgradcheck); the other ops refuse a gradient of their gradient by name."""
+    case = CASES[op]
+    args = with_grad(case.make(_gen(11), torch.float64, device, T=3))
+    if op == "scan":
+        assert run(backend, torch.autograd.gradgradcheck, case.fn, args, eps=1e-6, atol=1e-6, rtol=1e-4)
+        return
+    tensors = [args[i] for i in tensor_indices(args)]
+    first = torch.autograd.grad(run(backend, case.fn, *args).square().sum(), tensors, create_graph=True)
+    with pytest.raises(RuntimeError, match=rf"mmrec.{op}_backward is not differentiable.*mmrec.scan only"):
+        torch.autograd.grad(sum(g.square().sum() for g in first), tensors)
 
 
 _BAD_DTYPES = [torch.float32, torch.float64, torch.int64, torch.bool, torch.complex64]

@@ -3,11 +3,6 @@ layouts, optional m0, decays near 0 and 1 with the clamp active), the clamp's ze
 the multi-threaded tilings, and named errors for bad calls."""
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 from hypothesis import assume, given, settings
@@ -16,10 +11,12 @@ from hypothesis import strategies as st
 import mmrec_ops
 from mmrec_ops import reference
 
-from .common import assert_close, backend_cases, grads, layout, leaf, run, tol_for
+from .common import (assert_bad_calls_raise, assert_close, backend_cases, grads, in_three_threads, layout, leaf, run,
+                     spec_grads, tol_for)
+from .spec_gradients import cotangent
 
 CASES = backend_cases("mdi")
-# Threading, streaming-store and binding checks of the C++ CPU kernel itself.
+# Threading and streaming-store checks of the C++ CPU kernel itself.
 CPU_KERNEL = [c for c in CASES if c.values[0] == "cpu"]
 LAYOUTS = ["contig", "noncontig", "expanded"]
 
@@ -91,12 +88,13 @@ def test_matches_float64_reference(backend, device, dtype, p):
 
 @pytest.mark.parametrize("backend,device", CASES)
 @given(p=mdi_problems())
-def test_gradients_match_autograd_of_reference(backend, device, p):
-    """float64 against autograd through the reference (torch.clamp's gradient mask included)."""
+def test_gradients_match_spec(backend, device, p):
+    """float64 against SPEC.md's gradients (torch.clamp's gradient mask included)."""
     xs = [None if x is None else leaf(x) for x in _make(p, torch.float64, device)]
     inputs = [x for x in xs if x is not None]
-    got = grads(run(backend, mmrec_ops.mdi, *xs, p["eps"]), inputs, p["seed"])
-    want = grads(reference.mdi(*xs, p["eps"]), inputs, p["seed"])
+    out = run(backend, mmrec_ops.mdi, *xs, p["eps"])
+    got = grads(out, inputs, p["seed"])
+    want = spec_grads("mdi", (*xs, p["eps"]), out.shape, p["seed"])
     for name, g, w in zip("v mod base m0".split(), got, want):
         assert_close_to_scale(g, w, GRAD_FLOOR[torch.float64], 1e-10, f"d{name}")
 
@@ -112,9 +110,9 @@ def test_low_precision_gradients(backend, device, dtype, p):
     assume(not (p["regime"] in ("near1", "extreme") and p["eps"] < 1e-4))
     xs = [None if x is None else leaf(x) for x in _make(p, dtype, device)]
     inputs = [x for x in xs if x is not None]
-    got = grads(run(backend, mmrec_ops.mdi, *xs, p["eps"]), inputs, p["seed"])
-    xs64 = [None if x is None else leaf(x.detach().double()) for x in xs]
-    want = grads(reference.mdi(*xs64, p["eps"]), [x for x in xs64 if x is not None], p["seed"])
+    out = run(backend, mmrec_ops.mdi, *xs, p["eps"])
+    got = grads(out, inputs, p["seed"])
+    want = spec_grads("mdi", (*xs, p["eps"]), out.shape, p["seed"])
     for name, g, w in zip("v mod base m0".split(), got, want):
         assert g.dtype == dtype
         assert_close_to_scale(g, w, GRAD_FLOOR[dtype], 1e-4 if dtype == torch.float32 else 3e-2, f"d{name}")
@@ -123,7 +121,7 @@ def test_low_precision_gradients(backend, device, dtype, p):
 @pytest.mark.parametrize("backend,device", CASES)
 def test_clamped_decays_have_zero_gradient(backend, device):
     """Bank 0 sits above 1 - eps, bank 1 below eps, bank 2 inside: dmod and dbase vanish exactly for the
-    clamped banks (torch.clamp's mask), and every gradient equals autograd through the reference."""
+    clamped banks (torch.clamp's mask), and every gradient equals SPEC.md's."""
     g = torch.Generator().manual_seed(0)
     B, T, N, D = 2, 7, 3, 5
     v = torch.randn(B, T, D, generator=g, dtype=torch.float64)
@@ -134,8 +132,8 @@ def test_clamped_decays_have_zero_gradient(backend, device):
     m0 = torch.randn(B, N, D, generator=g, dtype=torch.float64)
     v, mod, base, m0 = (leaf(x.to(device)) for x in (v, mod, base, m0))
     inputs = [v, mod, base, m0]
-    got = grads(run(backend, mmrec_ops.mdi, *inputs), inputs)
-    want = grads(reference.mdi(*inputs), inputs)
+    out = run(backend, mmrec_ops.mdi, *inputs)
+    got, want = grads(out, inputs), spec_grads("mdi", inputs, out.shape)
     for name, gt, wt in zip("v mod base m0".split(), got, want):
         assert_close(gt, wt, 1e-10, f"d{name}")
     dmod, dbase = got[1], got[2]
@@ -156,14 +154,13 @@ def test_backward_writes_dm0_without_m0(backend, device):
     v, mod = torch.randn(B, T, D, generator=g, dtype=torch.float64), torch.randn(B, T, N, generator=g,
                                                                                   dtype=torch.float64)
     base = torch.randn(N, D, generator=g, dtype=torch.float64)
-    grad = torch.randn(B, T, N, D, generator=g, dtype=torch.float64)
+    grad = cotangent((B, T, N, D), 1)
     v, mod, base, grad = (x.to(device) for x in (v, mod, base, grad))
     with mmrec_ops.backend(backend):
         m = mmrec_ops.mdi(v, mod, base)
         dv, dmod, dbase, dm0 = torch.ops.mmrec.mdi_backward(grad, v, mod, base, None, m, 1e-6, backend)
-    zeros = leaf(torch.zeros(B, N, D, dtype=torch.float64, device=device))
-    xs = [leaf(v), leaf(mod), leaf(base), zeros]
-    want = torch.autograd.grad(reference.mdi(*xs), xs, grad)
+    zeros = torch.zeros(B, N, D, dtype=torch.float64, device=device)
+    want = spec_grads("mdi", (v, mod, base, zeros), grad.shape, 1)
     for name, gt, wt in zip("v mod base m0".split(), (dv, dmod, dbase, dm0), want):
         assert_close(gt, wt, 1e-10, f"d{name}")
 
@@ -174,7 +171,7 @@ THREADED = [(1, 32, 4, 260), (3, 24, 2, 230), (1, 3, 200, 64)]
 
 
 def _threaded_errors(shapes):
-    """Max relative errors of the cpu kernels against the float64 reference, forward and gradients."""
+    """Max relative errors of the cpu kernels against the float64 reference's forward and SPEC.md's gradients."""
     out = []
     for i, (B, T, N, D) in enumerate(shapes):
         g = torch.Generator().manual_seed(i)
@@ -186,7 +183,7 @@ def _threaded_errors(shapes):
         with mmrec_ops.backend("cpu"):
             m = mmrec_ops.mdi(*xs)
         want_m = reference.mdi(*xs)
-        got, want = grads(m, xs, i), grads(want_m, xs, i)
+        got, want = grads(m, xs, i), spec_grads("mdi", xs, m.shape, i)
         errs = [rel(m, want_m)] + [rel(a, b) for a, b in zip(got, want)]
         out.append(errs)
     return out
@@ -205,14 +202,7 @@ def test_threaded_tilings_match_reference(backend, device):
 @pytest.mark.parametrize("backend,device", CPU_KERNEL)
 def test_three_threads_match_reference(backend, device):
     """Uneven task counts per thread: a fresh process with OMP_NUM_THREADS=3."""
-    code = ("import json, tests.ops.test_mdi as t; "
-            f"print(json.dumps(t._threaded_errors({THREADED!r})))")
-    env = dict(os.environ, OMP_NUM_THREADS="3", OMP_WAIT_POLICY="passive")  # 3 threads may share 2 cores
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    res = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True,
-                         timeout=120)
-    assert res.returncode == 0, res.stderr[-2000:]
-    for shape, errs in zip(THREADED, json.loads(res.stdout.strip().splitlines()[-1])):
+    for shape, errs in zip(THREADED, in_three_threads("test_mdi", "_threaded_errors", THREADED)):
         assert max(errs) < 1e-10, f"{shape}: {errs}"
 
 
@@ -241,8 +231,8 @@ def test_streamed_outputs_equal_cached_ones(backend, device, dtype):
             assert_close(dmod, whole[1][b:b + 1], 1e-5 if dtype == torch.float32 else 1e-2, f"dmod of batch {b}")
 
 
-def _bad_calls():
-    v, mod, base, m0 = torch.randn(2, 5, 4), torch.randn(2, 5, 3), torch.randn(3, 4), torch.randn(2, 3, 4)
+def _bad_calls(device):
+    v, mod, base, m0 = (torch.randn(*shape, device=device) for shape in ((2, 5, 4), (2, 5, 3), (3, 4), (2, 3, 4)))
     return [
         ((v[0], mod, base), ValueError, "v must have 3 dims"),
         ((v, mod[0], base), ValueError, "mod must have 3 dims"),
@@ -271,38 +261,7 @@ def _bad_calls():
 
 
 @pytest.mark.parametrize("backend,device", CASES)
-def test_bad_calls_name_the_argument(backend, device):
-    for args, exc, message in _bad_calls():
-        with pytest.raises(exc, match=message):
-            run(backend, mmrec_ops.mdi, *args)
-
-
-@pytest.mark.parametrize("backend,device", CASES)
-def test_bad_calls_through_torch_ops(backend, device):
-    v, mod, base = torch.randn(2, 5, 4), torch.randn(2, 5, 3), torch.randn(3, 4)
-    with pytest.raises(ValueError, match="base must have shape"):
-        run(backend, torch.ops.mmrec.mdi, v, mod, base[:, :3])
-    with pytest.raises(ValueError, match="eps"):
-        run(backend, torch.ops.mmrec.mdi, v, mod, base, None, 0.7)
-
-
-@pytest.mark.parametrize("backend,device", CPU_KERNEL)
-def test_binding_checks_its_arguments(backend, device):
-    """The extension is the last line of defence: shapes, dtypes, layout and eps are checked again there."""
-    C = mmrec_ops._native.C
-    v, mod, base = torch.randn(2, 5, 4), torch.randn(2, 5, 3), torch.randn(3, 4)
-    m = torch.empty(2, 5, 3, 4)
-    calls = [
-        (lambda: C.mdi_fwd(v, mod, base, None, m[:, :4], 1e-6), ValueError, "m: size mismatch"),
-        (lambda: C.mdi_fwd(v, mod, base, None, m.transpose(2, 3).contiguous().transpose(2, 3), 1e-6),
-         ValueError, "m: must be contiguous"),
-        (lambda: C.mdi_fwd(v, mod.double(), base, None, m, 1e-6), ValueError, "mod: dtype"),
-        (lambda: C.mdi_fwd(v, mod, base, None, m, 0.0), ValueError, "eps"),
-        (lambda: C.mdi_fwd(v[0], mod, base, None, m, 1e-6), ValueError, "v: expected 3 dims"),
-        (lambda: C.mdi_fwd(v.half(), mod.half(), base.half(), None, m.half(), 1e-6), TypeError, "float16"),
-        (lambda: C.mdi_bwd(v, mod, base, None, m, m, v, mod, base[:2], m[:, 0], 1e-6), ValueError,
-         "dbase: size mismatch"),
-    ]
-    for call, exc, message in calls:
-        with pytest.raises(exc, match=message):
-            call()
+@pytest.mark.parametrize("fn", [mmrec_ops.mdi, torch.ops.mmrec.mdi, torch.ops.mmrec.mdi.default],
+                         ids=["mmrec_ops", "torch.ops", "torch.ops.default"])
+def test_bad_calls_name_the_argument(backend, device, fn):
+    assert_bad_calls_raise(backend, fn, _bad_calls(device))

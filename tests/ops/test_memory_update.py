@@ -3,11 +3,6 @@ S = 1, layouts, sharp and flat addressing, strength 0 and 1), exact identities a
 multi-threaded slot splits, and named errors for bad calls."""
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 from hypothesis import given, settings
@@ -16,10 +11,12 @@ from hypothesis import strategies as st
 import mmrec_ops
 from mmrec_ops import reference
 
-from .common import assert_close, backend_cases, grads, layout, leaf, run, tol_for
+from .common import (assert_bad_calls_raise, assert_close, backend_cases, grads, in_three_threads, layout, leaf, run,
+                     spec_grads, tol_for)
+from .spec_gradients import cotangent
 
 CASES = backend_cases("memory_update")
-# Threading, streaming-store and binding checks of the C++ CPU kernel itself.
+# Threading and streaming-store checks of the C++ CPU kernel itself.
 CPU_KERNEL = [c for c in CASES if c.values[0] == "cpu"]
 LAYOUTS = ["contig", "noncontig", "expanded"]
 NAMES = ("M0", "key", "value", "strength")
@@ -63,10 +60,10 @@ def test_matches_float64_reference(backend, device, dtype, p):
 
 @pytest.mark.parametrize("backend,device", CASES)
 @given(p=problems())
-def test_gradients_match_autograd_of_reference(backend, device, p):
+def test_gradients_match_spec(backend, device, p):
     xs = [leaf(x) for x in _make(p, torch.float64, device)]
-    got = grads(run(backend, mmrec_ops.memory_update, *xs), xs, p["seed"])
-    want = grads(reference.memory_update(*xs), xs, p["seed"])
+    out = run(backend, mmrec_ops.memory_update, *xs)
+    got, want = grads(out, xs, p["seed"]), spec_grads("memory_update", xs, out.shape, p["seed"])
     for name, g, w in zip(NAMES, got, want):
         assert_close(g, w, 1e-10, f"d{name}")
 
@@ -77,9 +74,8 @@ def test_gradients_match_autograd_of_reference(backend, device, p):
 @given(p=problems())
 def test_low_precision_gradients(backend, device, dtype, p):
     xs = [leaf(x) for x in _make(p, dtype, device)]
-    got = grads(run(backend, mmrec_ops.memory_update, *xs), xs, p["seed"])
-    xs64 = [leaf(x.detach().double()) for x in xs]
-    want = grads(reference.memory_update(*xs64), xs64, p["seed"])
+    out = run(backend, mmrec_ops.memory_update, *xs)
+    got, want = grads(out, xs, p["seed"]), spec_grads("memory_update", xs, out.shape, p["seed"])
     # Errors are measured against the largest gradient of the call: with near one-hot addressing dkey is
     # ~1e-14 (softmax saturated), and its own max is no scale for float32 rounding (seen: 2.1e-14 vs 2.5e-14).
     scale = max(w.abs().max().item() for w in want)
@@ -101,12 +97,10 @@ def test_zero_strength_writes_nothing(backend, device):
     xs = [M0, key, value, strength]
     Ms = run(backend, mmrec_ops.memory_update, *xs)
     assert torch.equal(Ms, M0.detach()[:, None].expand_as(Ms))
-    G = torch.randn(Ms.shape, generator=g, dtype=torch.float64).to(device)
-    dM0, dkey, dvalue, dstrength = torch.autograd.grad(Ms, xs, G)
+    dM0, dkey, dvalue, dstrength = grads(Ms, xs, 5)
     assert torch.all(dkey == 0) and torch.all(dvalue == 0)
-    assert_close(dM0, G.sum(1), 1e-12, "dM0 = sum of grad over chunks")
-    want = torch.autograd.grad(reference.memory_update(*xs), xs, G)
-    assert_close(dstrength, want[3], 1e-10, "dstrength")
+    assert_close(dM0, cotangent(Ms.shape, 5).sum(1), 1e-12, "dM0 = sum of grad over chunks")
+    assert_close(dstrength, spec_grads("memory_update", xs, Ms.shape, 5)[3], 1e-10, "dstrength")
 
 
 @pytest.mark.parametrize("backend,device", CASES)
@@ -126,7 +120,7 @@ THREADED = [(1, 3, 16, 3072), (1, 2, 3, 11000), (2, 2, 5, 6600), (4, 3, 7, 400)]
 
 
 def _threaded_errors(shapes):
-    """Max relative errors of the cpu kernel against the float64 reference (forward and gradients), and
+    """Max relative errors of the cpu kernel against the float64 reference's forward and SPEC.md's gradients, and
     whether a second run is bit-identical."""
     out = []
     for i, (B, NC, S, D) in enumerate(shapes):
@@ -141,7 +135,7 @@ def _threaded_errors(shapes):
                 Ms = mmrec_ops.memory_update(*xs)
             runs.append([Ms, *grads(Ms, xs, i)])
         want_Ms = reference.memory_update(*xs)
-        want = [want_Ms, *grads(want_Ms, xs, i)]
+        want = [want_Ms, *spec_grads("memory_update", xs, want_Ms.shape, i)]
         errs = [rel(a, b) for a, b in zip(runs[0], want)]
         out.append((errs, all(torch.equal(a, b) for a, b in zip(*runs))))
     return out
@@ -161,14 +155,7 @@ def test_threaded_splits_match_reference(backend, device):
 @pytest.mark.parametrize("backend,device", CPU_KERNEL)
 def test_three_threads_match_reference(backend, device):
     """Uneven units per thread and three slot blocks per batch: a fresh process with OMP_NUM_THREADS=3."""
-    code = ("import json, tests.ops.test_memory_update as t; "
-            f"print(json.dumps(t._threaded_errors({THREADED!r})))")
-    env = dict(os.environ, OMP_NUM_THREADS="3", OMP_WAIT_POLICY="passive")  # 3 threads may share 2 cores
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    res = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True,
-                         timeout=120)
-    assert res.returncode == 0, res.stderr[-2000:]
-    for shape, (errs, same) in zip(THREADED, json.loads(res.stdout.strip().splitlines()[-1])):
+    for shape, (errs, same) in zip(THREADED, in_three_threads("test_memory_update", "_threaded_errors", THREADED)):
         assert max(errs) < 1e-10, f"{shape}: {errs}"
         assert same, f"{shape}: two runs differ"
 
@@ -197,8 +184,9 @@ def test_streamed_output_equals_cached_one(backend, device, dtype):
                 assert_close(got, want[b:b + 1], tol, f"d{name} of batch {b}")
 
 
-def _bad_calls():
-    M0, key, value, s = torch.randn(2, 4, 5), torch.randn(2, 3, 5), torch.randn(2, 3, 5), torch.rand(2, 3)
+def _bad_calls(device):
+    M0, key, value = (torch.randn(*shape, device=device) for shape in ((2, 4, 5), (2, 3, 5), (2, 3, 5)))
+    s = torch.rand(2, 3, device=device)
     return [
         ((M0[0], key, value, s), ValueError, "M0 must have 3 dims"),
         ((M0, key[0], value, s), ValueError, "key must have 3 dims"),
@@ -219,36 +207,7 @@ def _bad_calls():
 
 
 @pytest.mark.parametrize("backend,device", CASES)
-def test_bad_calls_name_the_argument(backend, device):
-    for args, exc, message in _bad_calls():
-        with pytest.raises(exc, match=message):
-            run(backend, mmrec_ops.memory_update, *args)
-
-
-@pytest.mark.parametrize("backend,device", CASES)
-def test_bad_calls_through_torch_ops(backend, device):
-    M0, key, s = torch.randn(2, 4, 5), torch.randn(2, 3, 5), torch.rand(2, 3)
-    with pytest.raises(ValueError, match="value must have shape"):
-        run(backend, torch.ops.mmrec.memory_update, M0, key, key[:, :2], s)
-
-
-@pytest.mark.parametrize("backend,device", CPU_KERNEL)
-def test_binding_checks_its_arguments(backend, device):
-    """The extension is the last line of defence: shapes, dtypes and layout are checked again there."""
-    C = mmrec_ops._native.C
-    M0, key, value, s = torch.randn(2, 4, 5), torch.randn(2, 3, 5), torch.randn(2, 3, 5), torch.rand(2, 3)
-    Ms = torch.empty(2, 4, 4, 5)
-    calls = [
-        (lambda: C.memory_update_fwd(M0, key, value, s, Ms[:, :3]), ValueError, "Ms: size mismatch"),
-        (lambda: C.memory_update_fwd(M0, key, value, s, Ms.transpose(2, 3).contiguous().transpose(2, 3)),
-         ValueError, "Ms: must be contiguous"),
-        (lambda: C.memory_update_fwd(M0, key, value.double(), s, Ms), ValueError, "value: dtype"),
-        (lambda: C.memory_update_fwd(M0[0], key, value, s, Ms), ValueError, "M0: expected 3 dims"),
-        (lambda: C.memory_update_fwd(M0, key, value, s[:, :2], Ms), ValueError, "strength: size mismatch"),
-        (lambda: C.memory_update_fwd(*(x.half() for x in (M0, key, value, s, Ms))), TypeError, "float16"),
-        (lambda: C.memory_update_bwd(M0, key, value, s, Ms, Ms[:, :3], M0, key, value, s), ValueError,
-         "grad: size mismatch"),
-    ]
-    for call, exc, message in calls:
-        with pytest.raises(exc, match=message):
-            call()
+@pytest.mark.parametrize("fn", [mmrec_ops.memory_update, torch.ops.mmrec.memory_update,
+                                torch.ops.mmrec.memory_update.default], ids=["mmrec_ops", "torch.ops", "torch.ops.default"])
+def test_bad_calls_name_the_argument(backend, device, fn):
+    assert_bad_calls_raise(backend, fn, _bad_calls(device))

@@ -9,15 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import mmrec_ops
-from mmrec_ops import backends, reference
+from mmrec_ops import dispatch, reference
 
-try:
-    from mmrec_ops._triton import MAX_HEAD_DIM as TRITON_MAX_HEAD_DIM
-    from mmrec_ops._triton import MAX_HEAD_DIM_FLOAT64 as TRITON_MAX_HEAD_DIM_FLOAT64
-except ImportError:  # triton not installed: no triton case is collected
-    TRITON_MAX_HEAD_DIM = TRITON_MAX_HEAD_DIM_FLOAT64 = None
+from .common import assert_close, backend_cases, dtypes_for, grads, layout, leaf, run, spec_grads, tol_for
+from .spec_gradients import cotangent
 
-from .common import assert_close, backend_cases, dtypes_for, grads, layout, leaf, run, tol_for
+# The triton backend's documented head-size limits (mmrec_ops/backends/triton.py), float64: 128 under the
+# interpreter, 64 on a GPU (shared memory).
+TRITON_MAX_HEAD_DIM_FLOAT64 = {"cpu": 128, "cuda": 64}
 
 BACKENDS = pytest.mark.parametrize("backend,device", backend_cases("recurrence"))
 FLOAT32_TOL = 1e-5
@@ -35,15 +34,14 @@ def _inputs(gen, B, T, H, d, dtype, device, gamma_range=(0.5, 1.0), bias=True, h
 
 
 def _check(backend, args, dtype, grad_tol, what):
-    """Forward and all gradients of the backend vs autograd through the float64 reference."""
+    """Forward and all gradients of the backend vs the float64 reference's forward and SPEC.md's gradients."""
     args = [None if x is None else leaf(x) for x in args]
-    ref_args = [None if x is None else leaf(x.detach().double()) for x in args]
     out = run(backend, mmrec_ops.recurrence, *args)
-    ref = reference.recurrence(*ref_args)
+    ref = reference.recurrence(*(None if x is None else x.detach().double() for x in args))
     assert out.dtype == dtype and out.shape == ref.shape
     assert_close(out, ref, tol_for(dtype, FLOAT32_TOL), f"{what} forward")
     got = grads(out, [x for x in args if x is not None])
-    want = grads(ref, [x for x in ref_args if x is not None])
+    want = spec_grads("recurrence", args, out.shape)
     names = [n for n, x in zip(("z", "gamma", "w", "bias", "h0"), args) if x is not None]
     # dw and dbias are sums over B*T terms that can cancel: at B=3 T=2 d=1 a float32 dw of 1e-4 came from terms of
     # ~1e-1 (5e-4 relative error on the H100 triton backend, with fp32-exact products). Below float64 they are
@@ -90,8 +88,7 @@ def test_matches_reference_property(backend, device, data):
 def test_gradients_float64(backend, device, H, d, B, T):
     """Sequences longer than the kernel's dW fold (64 rows) and several batch rows per task."""
     args = _inputs(torch.Generator().manual_seed(d + T), B, T, H, d, torch.float64, device)
-    triton_limit = TRITON_MAX_HEAD_DIM_FLOAT64 if device == "cuda" else TRITON_MAX_HEAD_DIM  # float64 here
-    if backend == "triton" and d > triton_limit:  # a documented limit: it must refuse clearly
+    if backend == "triton" and d > TRITON_MAX_HEAD_DIM_FLOAT64[device]:  # a documented limit: it must refuse clearly
         with pytest.raises(ValueError, match="head dimensions"):
             run(backend, mmrec_ops.recurrence, *args)
         return
@@ -112,13 +109,11 @@ def test_backward_outputs_for_absent_bias_and_h0(backend, device):
     """The backward op always returns dbias and dh0 (gradients w.r.t. a zero bias / zero h0)."""
     z, gamma, w, _, _ = _inputs(torch.Generator().manual_seed(12), 2, 5, 2, 4, torch.float64, device)
     h = run(backend, mmrec_ops.recurrence, z, gamma, w)
-    grad = torch.randn(h.shape, generator=torch.Generator().manual_seed(13), dtype=h.dtype).to(device)
-    with backends.backend(backend):
+    grad = cotangent(h.shape, 13).to(device)
+    with dispatch.backend(backend):
         dz, dgamma, dw, dbias, dh0 = torch.ops.mmrec.recurrence_backward(grad, z, gamma, w, None, None, h, backend)
-    zero_b = torch.zeros(z.shape[2], dtype=z.dtype, device=device, requires_grad=True)
-    zero_h = torch.zeros(z.shape[0], z.shape[2], dtype=z.dtype, device=device, requires_grad=True)
-    ref_args = [leaf(z), leaf(gamma), leaf(w), zero_b, zero_h]
-    want = torch.autograd.grad(reference.recurrence(*ref_args), ref_args, grad)
+    zero_b, zero_h = torch.zeros_like(z[0, 0]), torch.zeros_like(z[:, 0])
+    want = spec_grads("recurrence", (z, gamma, w, zero_b, zero_h), h.shape, 13)
     for name, g, wnt in zip(("dz", "dgamma", "dw", "dbias", "dh0"), (dz, dgamma, dw, dbias, dh0), want):
         assert_close(g, wnt, 1e-10, name)
 
@@ -156,32 +151,10 @@ BAD_CALLS = {
 
 
 @BACKENDS
+@pytest.mark.parametrize("fn", [mmrec_ops.recurrence, torch.ops.mmrec.recurrence, torch.ops.mmrec.recurrence.default],
+                         ids=["mmrec_ops", "torch.ops", "torch.ops.default"])
 @pytest.mark.parametrize("case", list(BAD_CALLS))
-def test_bad_input_names_the_argument(backend, device, case):
+def test_bad_input_names_the_argument(backend, device, fn, case):
     corrupt, exc, name = BAD_CALLS[case]
     with pytest.raises(exc, match=rf"\b{name}\b"):
-        run(backend, mmrec_ops.recurrence, *corrupt(*_valid(device)))
-
-
-def test_cpu_binding_rejects_bad_arrays():
-    """The C++ entry points check what they are handed, even past validate.py."""
-    if not backends.serves("cpu", "recurrence", "cpu"):
-        pytest.fail(f"the cpu backend should serve recurrence: {backends.why_not_built('cpu')}")
-    from mmrec_ops._native import C
-    z, g, w, b, h0 = _valid()
-    h = torch.empty_like(z)
-    with pytest.raises(ValueError, match="w: blocks must be square"):
-        C.recurrence_fwd(z, g, w[:, :, :3].contiguous(), b, h0, h)
-    with pytest.raises(ValueError, match="w: H \\* d must equal D"):
-        C.recurrence_fwd(z, g, w[:1].contiguous(), b, h0, h)
-    with pytest.raises(ValueError, match="gamma: must be contiguous"):
-        C.recurrence_fwd(z, g.transpose(0, 1).contiguous().transpose(0, 1), w, b, h0, h)
-    with pytest.raises(ValueError, match="h0: size mismatch"):
-        C.recurrence_fwd(z, g, w, b, h0[:1].contiguous(), h)
-    with pytest.raises(ValueError, match="bias: dtype differs"):
-        C.recurrence_fwd(z, g, w, b.double(), h0, h)
-    with pytest.raises(TypeError, match="float16"):
-        C.recurrence_fwd(*(x.half() for x in (z, g, w, b, h0)), h.half())
-    dz, dg, dw, db, dh = (torch.empty_like(x) for x in (z, g, w, b, h0))
-    with pytest.raises(ValueError, match="dw: size mismatch"):
-        C.recurrence_bwd(h, z, g, w, b, h0, h, dz, dg, dw[:, :2].contiguous(), db, dh)
+        run(backend, fn, *corrupt(*_valid(device)))

@@ -1,5 +1,5 @@
-"""scan-specific properties: Hypothesis against float64, layouts, reverse, extreme decays,
-the cumulative product over 65,536 steps, and named errors for bad calls."""
+"""scan-specific properties: Hypothesis against the float64 reference and SPEC.md's gradients, layouts, reverse,
+extreme decays, the cumulative product over 65,536 steps, and named errors for bad calls."""
 from __future__ import annotations
 
 import pytest
@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 import mmrec_ops
 from mmrec_ops import reference
 
-from .common import assert_close, backend_cases, grads, layout, leaf, run, tol_for
+from .common import assert_bad_calls_raise, assert_close, backend_cases, grads, layout, leaf, run, spec_grads, tol_for
 
 CASES = backend_cases("scan")
 
@@ -50,11 +50,12 @@ def test_matches_float64_reference(backend, device, dtype, p):
 
 @pytest.mark.parametrize("backend,device", CASES)
 @given(p=scan_problems())
-def test_gradients_match_autograd_of_reference(backend, device, p):
+def test_gradients_match_spec(backend, device, p):
     a, b, h0 = (None if x is None else leaf(x) for x in _make(p, torch.float64, device))
     inputs = [x for x in (a, b, h0) if x is not None]
-    got = grads(run(backend, mmrec_ops.scan, a, b, h0, p["reverse"]), inputs, p["seed"])
-    want = grads(reference.scan(a, b, h0, p["reverse"]), inputs, p["seed"])
+    out = run(backend, mmrec_ops.scan, a, b, h0, p["reverse"])
+    got = grads(out, inputs, p["seed"])
+    want = spec_grads("scan", (a, b, h0, p["reverse"]), out.shape, p["seed"])
     for g, w in zip(got, want):
         assert_close(g, w, 1e-10, "gradient")
 
@@ -96,11 +97,10 @@ def test_wide_batches_forward_and_gradients(backend, device, dtype, reverse):
     p = dict(B=3, T=301, D=1670, decay="uniform", has_h0=True, reverse=reverse, layout_a="contig",
              layout_b="contig", seed=7)
     a, b, h0 = (leaf(x) for x in _make(p, dtype, device))
-    ref_in = [leaf(x.detach().double()) for x in (a, b, h0)]
     out = run(backend, mmrec_ops.scan, a, b, h0, reverse)
-    ref = reference.scan(*ref_in, reverse)
-    assert_close(out, ref, tol_for(dtype, 1e-6))
-    for name, g, w in zip("a b h0".split(), grads(out, [a, b, h0]), grads(ref, ref_in)):
+    assert_close(out, reference.scan(a.double(), b.double(), h0.double(), reverse), tol_for(dtype, 1e-6))
+    want = spec_grads("scan", (a, b, h0, reverse), out.shape)
+    for name, g, w in zip("a b h0".split(), grads(out, [a, b, h0]), want):
         assert_close(g, w, tol_for(dtype, 1e-5), f"d{name}")
 
 
@@ -125,20 +125,17 @@ def _bad_calls(device):
         ((a, b.double()), TypeError, "b has dtype"),
         ((a.long(), b), TypeError, "a must be a floating tensor"),
         ((a[:, :0], b[:, :0]), ValueError, "a must not be empty"),
-        ((a, b, None, 1), TypeError, "reverse"),
-        ((a, "b"), TypeError, "b"),
+        ((a, b, None, 2), TypeError, "reverse must be a bool, got int"),
+        ((a, b, None, 1.0), TypeError, "reverse must be a bool, got float"),
+        ((a, "b"), TypeError, "b must be a torch.Tensor"),
     ]
 
 
 @pytest.mark.parametrize("backend,device", CASES)
-def test_bad_calls_name_the_argument(backend, device):
-    for args, exc, message in _bad_calls(device):
-        with pytest.raises(exc, match=message):
-            run(backend, mmrec_ops.scan, *args)
-
-
-@pytest.mark.parametrize("backend,device", CASES)
-def test_bad_calls_through_torch_ops(backend, device):
-    a = torch.rand(2, 5, 3, device=device)
-    with pytest.raises(ValueError, match="b must have shape"):
-        run(backend, torch.ops.mmrec.scan, a, a[:, :2])
+@pytest.mark.parametrize("entry", ["mmrec_ops.scan", "torch.ops.mmrec.scan", "torch.ops.mmrec.scan.default"])
+def test_bad_calls_name_the_argument(backend, device, entry):
+    """The public function and the dispatcher's entry points refuse the same calls the same way: torch's
+    argument parser alone would take reverse=2 as True and "b" as a RuntimeError."""
+    fn = {"mmrec_ops.scan": mmrec_ops.scan, "torch.ops.mmrec.scan": torch.ops.mmrec.scan,
+          "torch.ops.mmrec.scan.default": torch.ops.mmrec.scan.default}[entry]
+    assert_bad_calls_raise(backend, fn, _bad_calls(device))

@@ -4,21 +4,18 @@ slots), clamped mdi decays, and the recurrence head-size limit. On a CPU these r
 (tests/conftest.py), so shapes stay small."""
 from __future__ import annotations
 
-import contextlib
-import os
-
 import pytest
 import torch
 
 import mmrec_ops
-from mmrec_ops import backends, reference
+from mmrec_ops import dispatch, reference
 
-from .common import assert_close, grads, tol_for
+from .common import assert_close, grads, spec_grads, tol_for
 
-if not backends.serves("triton", "scan", "cuda" if torch.cuda.is_available() else "cpu"):
-    pytest.skip(f"triton backend cannot run here: {backends.why_not_built('triton')}", allow_module_level=True)
+if not dispatch.serves("triton", "scan", "cuda" if torch.cuda.is_available() else "cpu"):
+    pytest.skip(f"triton backend cannot run here: {dispatch.why_not_built('triton')}", allow_module_level=True)
 
-from mmrec_ops import _triton  # noqa: E402  (imports triton)
+from mmrec_ops.backends import triton as triton_backend  # noqa: E402  (imports triton)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -28,32 +25,15 @@ def _rand(gen, shape, dtype, lo=-1.0, hi=1.0):
     return x.to(device=DEVICE, dtype=dtype).requires_grad_(True)
 
 
-@contextlib.contextmanager
-def _triton_forced():
-    """Forward and backward on `triton`. MMREC_BACKEND as well as the context: autograd runs CUDA backward ops on
-    its own worker thread, which does not see the context variable of backends.backend()."""
-    previous = os.environ.get("MMREC_BACKEND")
-    os.environ["MMREC_BACKEND"] = "triton"
-    try:
-        with backends.backend("triton"):
-            yield
-    finally:
-        if previous is None:
-            del os.environ["MMREC_BACKEND"]
-        else:
-            os.environ["MMREC_BACKEND"] = previous
-
-
 def _check(op: str, args, dtype, float32_tol=1e-5, grad_tol=None):
-    """Forward and every input gradient on `triton` against float64 autograd through the reference."""
+    """Forward and every input gradient on `triton` (the backward runs the forward's backend) against the float64
+    reference's forward and SPEC.md's gradients."""
     tensors = [x for x in args if isinstance(x, torch.Tensor)]
-    with _triton_forced():
+    with dispatch.backend("triton"):
         out = getattr(mmrec_ops, op)(*args)
-        got = grads(out, tensors)
-    ref_args = [x.detach().double().requires_grad_(True) if isinstance(x, torch.Tensor) else x for x in args]
-    ref_tensors = [x for x in ref_args if isinstance(x, torch.Tensor)]
-    ref = getattr(reference, op)(*ref_args)
-    want = grads(ref, ref_tensors)
+    got = grads(out, tensors)
+    ref = getattr(reference, op)(*(x.detach().double() if isinstance(x, torch.Tensor) else x for x in args))
+    want = spec_grads(op, args, out.shape)
     assert out.dtype == dtype
     assert_close(out, ref, tol_for(dtype, float32_tol), f"{op} {dtype} forward")
     gtol = grad_tol if grad_tol is not None else (1e-4 if dtype == torch.float32 else tol_for(dtype, 1e-4) * 2)
@@ -96,7 +76,7 @@ def test_scan_cumulative_product_is_exact_where_logs_underflow():
     gamma = torch.full((1, 12, 3), 1e-20, dtype=torch.float32, device=DEVICE)
     gamma[:, :, 1] = 0.0
     gamma[:, :, 2] = 0.5
-    with _triton_forced():
+    with dispatch.backend("triton"):
         out = mmrec_ops.scan(gamma, torch.zeros_like(gamma), torch.ones(1, 3, device=DEVICE))
     want = torch.cumprod(gamma.double(), 1)
     assert torch.isfinite(out).all()
@@ -117,7 +97,7 @@ def test_recurrence_batch_tiles_and_padded_heads():
 def test_recurrence_rejects_heads_over_128():
     z = torch.zeros(1, 2, 129, device=DEVICE)
     w = torch.zeros(1, 129, 129, device=DEVICE)
-    with _triton_forced(), pytest.raises(ValueError, match="head dimensions"):
+    with dispatch.backend("triton"), pytest.raises(ValueError, match="head dimensions"):
         mmrec_ops.recurrence(z, z, w)
 
 
@@ -133,7 +113,7 @@ def test_mdi_many_tiles_and_clamped_decays(eps):
 
 def test_memory_update_many_d_tiles_and_padded_slots(monkeypatch):
     """D = 11 over three tiles of 4 columns; S = 3 slots padded to 4."""
-    monkeypatch.setattr(_triton, "MU_BLOCK_D", 4)
+    monkeypatch.setattr(triton_backend, "MU_BLOCK_D", 4)
     gen = torch.Generator().manual_seed(4)
     B, NC, S, D = 2, 3, 3, 11
     _check("memory_update", (_rand(gen, (B, S, D), torch.float64), _rand(gen, (B, NC, D), torch.float64, -2, 2),
@@ -143,8 +123,8 @@ def test_memory_update_many_d_tiles_and_padded_slots(monkeypatch):
 
 def test_recurrence_backward_reloading_w(monkeypatch):
     """The backward variant that re-reads W every step (used where W and W^T do not both fit on chip)."""
-    monkeypatch.setattr(_triton, "_fallbacks", lambda cfg, backward: [{**cfg, "RELOAD_W": True}] if backward else [cfg])
-    monkeypatch.setattr(_triton, "_REC_VARIANT", {})
+    monkeypatch.setattr(triton_backend, "_fallbacks", lambda cfg, backward: [{**cfg, "RELOAD_W": True}] if backward else [cfg])
+    monkeypatch.setattr(triton_backend, "_REC_VARIANT", {})
     gen = torch.Generator().manual_seed(5)
     B, T, H, d = 3, 4, 2, 3
     D = H * d

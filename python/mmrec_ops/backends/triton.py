@@ -1,34 +1,30 @@
-"""The `triton` backend: launches the kernels of mmrec_ops.triton_kernels on CUDA tensors (or CPU tensors
-under TRITON_INTERPRET=1). Every dtype of the contract is served: float16/bfloat16/float32 accumulate in
-float32, float64 in float64. Outputs come from backends.new_output; float32 scratch (partial sums reduced
-here in a fixed order, so results are deterministic) from torch.empty."""
+"""The `triton` backend: launches the kernels of mmrec_ops.triton_kernels (kernels/triton) on CUDA tensors, or CPU
+tensors under TRITON_INTERPRET=1. Every dtype of the contract is served: float16/bfloat16/float32 accumulate in
+float32, float64 in float64. Outputs come from outputs.new_output; scratch in the accumulation dtype (partial
+sums reduced here in a fixed order, so results are deterministic) from torch.empty."""
 from __future__ import annotations
 
 import math
 import os
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from mmrec_ops.triton_kernels import mdi as _mdi
-from mmrec_ops.triton_kernels import memory_update as _mu
-from mmrec_ops.triton_kernels import recurrence as _rec
-from mmrec_ops.triton_kernels import scan as _scan
-
-from . import backends
+from ..outputs import acc_dtype, new_output
+from ..triton_kernels import mdi as _mdi
+from ..triton_kernels import memory_update as _mu
+from ..triton_kernels import recurrence as _rec
+from ..triton_kernels import scan as _scan
+from . import Wrappers
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "") not in ("", "0")
 
 
 def _in(x: Optional[Tensor]) -> Optional[Tensor]:
     return None if x is None else x.detach().contiguous()
-
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _tl_acc(dtype: torch.dtype):
@@ -73,7 +69,7 @@ def _scan_launch(a: Tensor, b: Tensor, init: Optional[Tensor], out: Tensor, *, r
     cfg = _scan_blocks(T, a.dtype)
     tiles_t = triton.cdiv(T, cfg["BLOCK_T"])
     tiles = tiles_t * B * triton.cdiv(D, cfg["BLOCK_D"])
-    ends = torch.empty(tiles_t, B, D, dtype=_acc_dtype(a.dtype), device=a.device)
+    ends = torch.empty(tiles_t, B, D, dtype=acc_dtype(a.dtype), device=a.device)
     flags = torch.zeros(1 + tiles, dtype=torch.int32, device=a.device)
     dummy = _dummy(a)
     _scan.scan_kernel[(tiles,)](a, b, dummy if init is None else init, out, dummy if h is None else h,
@@ -86,7 +82,7 @@ def _scan_launch(a: Tensor, b: Tensor, init: Optional[Tensor], out: Tensor, *, r
 def scan_forward(a: Tensor, b: Tensor, h0: Optional[Tensor], reverse: bool) -> Tensor:
     a, b, h0 = _in(a), _in(b), _in(h0)
     _check_device(a)
-    h = backends.new_output(a.shape, a)  # [B, T, D]
+    h = new_output(a.shape, a)  # [B, T, D]
     _scan_launch(a, b, h0, h, reverse=reverse, backward=False)
     return h
 
@@ -94,8 +90,8 @@ def scan_forward(a: Tensor, b: Tensor, h0: Optional[Tensor], reverse: bool) -> T
 def scan_backward(grad: Tensor, a: Tensor, h: Tensor, h0: Optional[Tensor], reverse: bool):
     grad, a, h, h0 = _in(grad), _in(a), _in(h), _in(h0)
     _check_device(a)
-    da, db = backends.new_output(a.shape, a), backends.new_output(a.shape, a)
-    dh0 = backends.new_output((a.shape[0], a.shape[2]), a)
+    da, db = new_output(a.shape, a), new_output(a.shape, a)
+    dh0 = new_output((a.shape[0], a.shape[2]), a)
     _scan_launch(a, grad, None, db, reverse=not reverse, backward=True, h=h, h0=h0, da=da, dh0=dh0)
     return da, db, dh0
 
@@ -162,7 +158,7 @@ def recurrence_forward(z: Tensor, gamma: Tensor, w: Tensor, bias: Optional[Tenso
     H, d, _ = w.shape
     cfg = _rec_config(B, d, z.dtype)
     dummy = _dummy(z)
-    h = backends.new_output(z.shape, z)  # [B, T, D]
+    h = new_output(z.shape, z)  # [B, T, D]
     grid = (triton.cdiv(B, cfg["BLOCK_B"]), H)
     args = (z, gamma, w, bias if bias is not None else dummy, h0 if h0 is not None else dummy, h, B, T, D, d)
     cfg = dict(HAS_BIAS=bias is not None, HAS_H0=h0 is not None, **cfg)
@@ -177,20 +173,20 @@ def recurrence_backward(grad: Tensor, z: Tensor, gamma: Tensor, w: Tensor, bias:
     B, T, D = z.shape
     H, d, _ = w.shape
     cfg = _rec_config(B, d, z.dtype)
-    acc = _acc_dtype(z.dtype)
+    acc = acc_dtype(z.dtype)
     dummy = _dummy(z)
     tiles = triton.cdiv(B, cfg["BLOCK_B"])
-    dz, dgamma = backends.new_output(z.shape, z), backends.new_output(z.shape, z)
-    dh0 = backends.new_output((B, D), z)
+    dz, dgamma = new_output(z.shape, z), new_output(z.shape, z)
+    dh0 = new_output((B, D), z)
     dw_part = torch.empty(tiles, H, d, d, dtype=acc, device=z.device)
     dbias_part = torch.empty(tiles, D, dtype=acc, device=z.device)
     args = (grad, z, gamma, w, bias if bias is not None else dummy, h0 if h0 is not None else dummy, h,
             dz, dgamma, dh0, dw_part, dbias_part, B, T, D, d, H)
     cfg = dict(HAS_BIAS=bias is not None, HAS_H0=h0 is not None, **cfg)
     _launch_recurrence(_rec.recurrence_bwd_kernel, (tiles, H), args, _fallbacks(cfg, backward=True), d, z.dtype)
-    dw = backends.new_output(w.shape, w)
+    dw = new_output(w.shape, w)
     dw.copy_(dw_part.sum(0))
-    dbias = backends.new_output((D,), z)
+    dbias = new_output((D,), z)
     dbias.copy_(dbias_part.sum(0))
     return dz, dgamma, dw, dbias, dh0
 
@@ -221,12 +217,12 @@ def _chain_buffers(T: int, B: int, D: int, block_t: int, block_d: int, state: tu
     """ends [n_tiles_T, B, *state] in the accumulation dtype and zeroed int32 flags for a chained scan."""
     tiles_t = triton.cdiv(T, block_t)
     tiles = tiles_t * B * triton.cdiv(D, block_d)
-    ends = torch.empty(tiles_t, B, *state, dtype=_acc_dtype(like.dtype), device=like.device)
+    ends = torch.empty(tiles_t, B, *state, dtype=acc_dtype(like.dtype), device=like.device)
     return ends, torch.zeros(1 + tiles, dtype=torch.int32, device=like.device), tiles
 
 
 def _bounds(eps: float, like: Tensor) -> Tensor:
-    return torch.tensor([eps, 1.0 - eps], dtype=_acc_dtype(like.dtype), device=like.device)
+    return torch.tensor([eps, 1.0 - eps], dtype=acc_dtype(like.dtype), device=like.device)
 
 
 def mdi_forward(v: Tensor, mod: Tensor, base: Tensor, m0: Optional[Tensor], eps: float) -> Tensor:
@@ -235,7 +231,7 @@ def mdi_forward(v: Tensor, mod: Tensor, base: Tensor, m0: Optional[Tensor], eps:
     B, T, D = v.shape
     N = base.shape[0]
     cfg = _mdi_config(T, N, v.dtype, backward=False)
-    m = backends.new_output((B, T, N, D), v)
+    m = new_output((B, T, N, D), v)
     ends, flags, tiles = _chain_buffers(T, B, D, cfg["BLOCK_T"], cfg["BLOCK_D"], (N, D), v)
     _mdi.mdi_fwd_kernel[(tiles,)](v, mod, base, m0 if m0 is not None else _dummy(v), m, _bounds(eps, v), ends, flags,
                                   B, T, N, D, HAS_M0=m0 is not None, ACC=_tl_acc(v.dtype), **cfg)
@@ -248,18 +244,18 @@ def mdi_backward(grad: Tensor, v: Tensor, mod: Tensor, base: Tensor, m0: Optiona
     B, T, D = v.shape
     N = base.shape[0]
     cfg = _mdi_config(T, N, v.dtype, backward=True)
-    acc = _acc_dtype(v.dtype)
-    dv = backends.new_output(v.shape, v)
-    dm0 = backends.new_output((B, N, D), v)
+    acc = acc_dtype(v.dtype)
+    dv = new_output(v.shape, v)
+    dm0 = new_output((B, N, D), v)
     ends, flags, tiles = _chain_buffers(T, B, D, cfg["BLOCK_T"], cfg["BLOCK_D"], (N, D), v)
     dmod_part = torch.empty(triton.cdiv(D, cfg["BLOCK_D"]), B, T, N, dtype=acc, device=v.device)
     dbase_part = torch.empty(ends.shape, dtype=acc, device=v.device)  # [n_tiles_T, B, N, D]
     _mdi.mdi_bwd_kernel[(tiles,)](grad, v, mod, base, m0 if m0 is not None else _dummy(v), m, _bounds(eps, v),
                                   ends, flags, dv, dm0, dmod_part, dbase_part, B, T, N, D,
                                   HAS_M0=m0 is not None, ACC=_tl_acc(v.dtype), **cfg)
-    dmod = backends.new_output(mod.shape, mod)
+    dmod = new_output(mod.shape, mod)
     dmod.copy_(dmod_part.sum(0))
-    dbase = backends.new_output(base.shape, base)
+    dbase = new_output(base.shape, base)
     dbase.copy_(dbase_part.sum((0, 1)))
     return dv, dmod, dbase, dm0
 
@@ -284,7 +280,7 @@ MU_WARPS = 8
 
 
 def _scale(D: int, like: Tensor) -> Tensor:
-    return torch.tensor([1.0 / math.sqrt(D)], dtype=_acc_dtype(like.dtype), device=like.device)
+    return torch.tensor([1.0 / math.sqrt(D)], dtype=acc_dtype(like.dtype), device=like.device)
 
 
 def memory_update_forward(M0: Tensor, key: Tensor, value: Tensor, strength: Tensor) -> Tensor:
@@ -292,8 +288,8 @@ def memory_update_forward(M0: Tensor, key: Tensor, value: Tensor, strength: Tens
     _check_device(M0)
     B, S, D = M0.shape
     NC = key.shape[1]
-    Ms = backends.new_output((B, NC + 1, S, D), M0)
-    work = torch.empty(B, S, D, dtype=_acc_dtype(M0.dtype), device=M0.device)  # state M_c
+    Ms = new_output((B, NC + 1, S, D), M0)
+    work = torch.empty(B, S, D, dtype=acc_dtype(M0.dtype), device=M0.device)  # state M_c
     _mu.memory_update_fwd_kernel[(B,)](M0, key, value, strength, Ms, work, _scale(D, M0), NC, S, D,
                                        ACC=_tl_acc(M0.dtype), **_mu_config(S, D))
     return Ms
@@ -304,19 +300,14 @@ def memory_update_backward(grad: Tensor, M0: Tensor, key: Tensor, value: Tensor,
     _check_device(M0)
     B, S, D = M0.shape
     NC = key.shape[1]
-    dM0 = backends.new_output(M0.shape, M0)
-    dkey, dvalue = backends.new_output(key.shape, key), backends.new_output(value.shape, value)
-    dstrength = backends.new_output(strength.shape, strength)
-    work = torch.empty(B, S, D, dtype=_acc_dtype(M0.dtype), device=M0.device)  # dL/dM_{c+1}
+    dM0 = new_output(M0.shape, M0)
+    dkey, dvalue = new_output(key.shape, key), new_output(value.shape, value)
+    dstrength = new_output(strength.shape, strength)
+    work = torch.empty(B, S, D, dtype=acc_dtype(M0.dtype), device=M0.device)  # dL/dM_{c+1}
     _mu.memory_update_bwd_kernel[(B,)](grad, key, value, strength, Ms, work, dM0, dkey, dvalue, dstrength,
                                        _scale(D, M0), NC, S, D, ACC=_tl_acc(M0.dtype), **_mu_config(S, D))
     return dM0, dkey, dvalue, dstrength
 
 
-_FUNCS = {"scan": (scan_forward, scan_backward), "recurrence": (recurrence_forward, recurrence_backward),
-          "mdi": (mdi_forward, mdi_backward), "memory_update": (memory_update_forward, memory_update_backward)}
-
-
-def register_all() -> None:
-    for op, (fwd, bwd) in _FUNCS.items():
-        backends.register("triton", op, fwd, bwd)
+TABLE: Dict[str, Wrappers] = {op: Wrappers(globals()[f"{op}_forward"], globals()[f"{op}_backward"])
+                              for op in ("scan", "recurrence", "mdi", "memory_update")}
