@@ -66,6 +66,17 @@ def memory_update_backward(grad, M0, key, value, strength, Ms):
     return _vjp(reference.memory_update, grad, M0, key, value, strength)
 
 
+def memory_read_forward(q, h, v, mod, base, Ms, m0, k0, chunk_len, n_heads, eps, norm_eps):
+    return reference.memory_read(q, h, v, mod, base, Ms, m0, k0, chunk_len, n_heads, eps, norm_eps)
+
+
+def memory_read_backward(grad_r, grad_m, q, h, v, mod, base, Ms, m0, k0, chunk_len, n_heads, eps, norm_eps):
+    m0_ = q.new_zeros(q.shape[0], base.shape[0], q.shape[2]) if m0 is None else m0
+    _, pullback = torch.func.vjp(
+        lambda *xs: reference.memory_read(*xs, k0, chunk_len, n_heads, eps, norm_eps), q, h, v, mod, base, Ms, m0_)
+    return pullback((grad_r, grad_m))
+
+
 def register_all() -> None:
     for op in backends.OPS:
         backends.register("ref", op, globals()[f"{op}_forward"], globals()[f"{op}_backward"])

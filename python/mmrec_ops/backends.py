@@ -19,7 +19,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 import torch
 
 BACKENDS = ("ref", "cpu", "cuda", "triton")
-OPS = ("scan", "recurrence", "mdi", "memory_update")
+OPS = ("scan", "recurrence", "mdi", "memory_update", "memory_read")
 DEVICES = ("cpu", "cuda")
 _DEFAULT_ORDER = {"cpu": ("cpu", "ref"), "cuda": ("cuda", "triton", "ref")}
 

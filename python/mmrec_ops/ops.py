@@ -1,4 +1,4 @@
-"""The four mmrec ops, each defined once: torch.library custom ops in namespace ``mmrec``
+"""The five mmrec ops, each defined once: torch.library custom ops in namespace ``mmrec``
 with fake (meta) implementations for torch.compile and autograd formulas that call a fused
 backward op. Every call validates its arguments, then runs the backend that
 ``backends.resolve`` picks for the device (see backends.py).
@@ -198,6 +198,58 @@ def _memory_update_grad(ctx, grad):
 _memory_update_op.register_autograd(_memory_update_grad, setup_context=_memory_update_setup)
 
 
+# -------------------------------------------------------------------------------- memory_read
+@torch.library.custom_op("mmrec::memory_read", mutates_args=())
+def _memory_read_op(q: Tensor, h: Tensor, v: Tensor, mod: Tensor, base: Tensor, Ms: Tensor,
+                    m0: Optional[Tensor] = None, k0: int = 0, chunk_len: int = 1, n_heads: int = 1,
+                    eps: float = 1e-6, norm_eps: float = 1e-6) -> Tuple[Tensor, Tensor]:
+    validate.memory_read(q, h, v, mod, base, Ms, m0, k0, chunk_len, n_heads, eps, norm_eps)
+    return _run("memory_read", "forward", q.device, q, h, v, mod, base, Ms, m0, k0, chunk_len, n_heads, eps,
+                norm_eps)
+
+
+@_memory_read_op.register_fake
+def _(q, h, v, mod, base, Ms, m0=None, k0=0, chunk_len=1, n_heads=1, eps=1e-6, norm_eps=1e-6):
+    validate.memory_read(q, h, v, mod, base, Ms, m0, k0, chunk_len, n_heads, eps, norm_eps)
+    B, _, D = q.shape
+    return q.new_empty(q.shape), q.new_empty(B, base.shape[0], D)
+
+
+@torch.library.custom_op("mmrec::memory_read_backward", mutates_args=())
+def memory_read_backward(grad_r: Tensor, grad_m: Tensor, q: Tensor, h: Tensor, v: Tensor, mod: Tensor, base: Tensor,
+                         Ms: Tensor, m0: Optional[Tensor], k0: int, chunk_len: int, n_heads: int, eps: float,
+                         norm_eps: float, backend: str
+                         ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return _run("memory_read", "backward", q.device, grad_r, grad_m, q, h, v, mod, base, Ms, m0, k0, chunk_len,
+                n_heads, eps, norm_eps, backend=backend)
+
+
+@memory_read_backward.register_fake
+def _(grad_r, grad_m, q, h, v, mod, base, Ms, m0, k0, chunk_len, n_heads, eps, norm_eps, backend):
+    B, _, D = q.shape
+    return (q.new_empty(q.shape), q.new_empty(q.shape), q.new_empty(q.shape), mod.new_empty(mod.shape),
+            base.new_empty(base.shape), Ms.new_empty(Ms.shape), q.new_empty(B, base.shape[0], D))
+
+
+def _memory_read_setup(ctx, inputs, output):
+    q, h, v, mod, base, Ms, m0, k0, chunk_len, n_heads, eps, norm_eps = inputs
+    ctx.save_for_backward(q, h, v, mod, base, Ms, m0)
+    ctx.config = (k0, chunk_len, n_heads, eps, norm_eps)
+    ctx.backend = _forward_backend()
+
+
+def _memory_read_grad(ctx, grad_r, grad_m):
+    q, h, v, mod, base, Ms, m0 = ctx.saved_tensors
+    grad_r = torch.zeros_like(q) if grad_r is None else grad_r
+    grad_m = q.new_zeros(q.shape[0], base.shape[0], q.shape[2]) if grad_m is None else grad_m
+    dq, dh, dv, dmod, dbase, dMs, dm0 = memory_read_backward(grad_r, grad_m, q, h, v, mod, base, Ms, m0,
+                                                             *ctx.config, ctx.backend)
+    return dq, dh, dv, dmod, dbase, dMs, (dm0 if m0 is not None else None), None, None, None, None, None
+
+
+_memory_read_op.register_autograd(_memory_read_grad, setup_context=_memory_read_setup)
+
+
 # ------------------------------------------------------------------------------ public API
 def scan(a: Tensor, b: Tensor, h0: Optional[Tensor] = None, reverse: bool = False) -> Tensor:
     """h_t = a_t * h_{t-1} + b_t (reverse: h_t = a_t * h_{t+1} + b_t). a, b: [B, T, D]; h0: [B, D]."""
@@ -225,3 +277,13 @@ def memory_update(M0: Tensor, key: Tensor, value: Tensor, strength: Tensor) -> T
     validate.memory_update(M0, key, value, strength)
     return _memory_update_op(M0, key, value, strength)
 
+
+
+def memory_read(q: Tensor, h: Tensor, v: Tensor, mod: Tensor, base: Tensor, Ms: Tensor, m0: Optional[Tensor] = None,
+                k0: int = 0, chunk_len: int = 1, n_heads: int = 1, eps: float = 1e-6, norm_eps: float = 1e-6
+                ) -> Tuple[Tensor, Tensor]:
+    """mdi banks + the multi-memory read in one op (SPEC.md, op 5): per read head, token t attends over
+    {h_t, m_t^1..N, Ms[:, (k0 + t) // chunk_len, 1..S]}, RMS-normalised. q, h, v: [B, T, D]; mod: [B, T, N];
+    base: [N, D]; Ms: [B, ceil((k0 + T) / chunk_len), S, D]; m0: [B, N, D] -> r: [B, T, D], m_last: [B, N, D]."""
+    validate.memory_read(q, h, v, mod, base, Ms, m0, k0, chunk_len, n_heads, eps, norm_eps)
+    return _memory_read_op(q, h, v, mod, base, Ms, m0, k0, chunk_len, n_heads, float(eps), float(norm_eps))

@@ -93,3 +93,8 @@ def memory_update(M0: Tensor, key: Tensor, value: Tensor, strength: Tensor) -> T
         M = M + (s_[:, c, None, None] * w[..., None]) * (v_[:, c, None, :] - M)
         out.append(M)
     return torch.stack(out, 1).to(M0.dtype)
+
+
+from .reference_memory_read import memory_read  # noqa: E402  (op 5: the banks above, then the read)
+
+__all__.append("memory_read")
