@@ -99,5 +99,6 @@ void bind_cuda_ops(nb::module_& m);  // cuda_ops.cpp: recurrence, mdi, memory_up
 void bind_recurrence(nb::module_& m);
 void bind_mdi(nb::module_& m);
 void bind_memory_update(nb::module_& m);
+void bind_memory_read(nb::module_& m);
 
 }  // namespace mmrec::bind

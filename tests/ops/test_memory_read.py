@@ -146,9 +146,17 @@ def test_float32_gradients(backend, device, p):
     got = grads(run(backend, mmrec_ops.memory_read, *xs, *config(p))[0], inputs, p["seed"])
     ys = [None if x is None else leaf(x.detach().double()) for x in xs]
     want = grads(reference.memory_read(*ys, *config(p))[0], [y for y in ys if y is not None], p["seed"])
-    for name, g, w in zip([n for n, x in zip(NAMES, xs) if x is not None], got, want):
+    # At dh = 1 an RMS-normalised item is x / sqrt(x^2 + norm_eps) ~ sign(x) and its gradient rho (1 - n^2) dn
+    # loses 1 - n^2 to cancellation: the float32 run of the reference itself is off by up to ~1e-4 there. The
+    # kernel may be off by 4x the float32 reference's own error, and never by more than 1e-4 where that is small.
+    zs = [None if x is None else leaf(x.detach()) for x in xs]
+    with mmrec_ops.backend("ref"):
+        own = grads(mmrec_ops.memory_read(*zs, *config(p))[0], [z for z in zs if z is not None], p["seed"])
+    for name, g, w, o in zip([n for n, x in zip(NAMES, xs) if x is not None], got, want, own):
         assert g.dtype == torch.float32
-        assert_close_to_scale(g, w, 1e-2, 1e-4, f"d{name}")
+        floor = max(w.abs().max().item(), 1e-2)
+        tol = max(1e-4, 4 * (o.double() - w).abs().max().item() / floor)
+        assert_close_to_scale(g, w, 1e-2, tol, f"d{name}")
 
 
 SMALL = dict(B=2, T=5, N=2, S=2, Hr=2, dh=2, C=3, k0=1, has_m0=True, eps=1e-6, norm_eps=1e-3, layout="contig",
@@ -270,3 +278,20 @@ def test_deterministic(backend, device):
 
 def test_rel_err_rejects_nan():
     assert not rel_err(torch.tensor([float("nan")]), torch.tensor([1.0])) < 1.0
+
+
+@pytest.mark.parametrize("backend,device", CASES)
+def test_large_call_matches_oracle(backend, device):
+    """Enough work for the C++ kernel's threads (tasks = B x heads) and several checkpoint blocks (T = 70)."""
+    p = dict(B=3, T=70, N=4, S=3, Hr=4, dh=16, C=8, k0=5, has_m0=True, eps=1e-6, norm_eps=1e-6, layout="contig",
+             seed=11)
+    xs = [leaf(x) for x in make(p, torch.float64, device)]
+    r, m_last = run(backend, mmrec_ops.memory_read, *xs, *config(p))
+    ys = [leaf(x) for x in xs]
+    want_r, want_m = unfused(*ys, *config(p))
+    assert_close(r, want_r, 1e-12, "r")
+    assert_close(m_last, want_m, 1e-12, "m_last")
+    got = grads(r, xs, 1)
+    want = grads(want_r, ys, 1)
+    for name, g, w in zip(NAMES, got, want):
+        assert_close_to_scale(g, w, 1e-3, 1e-10, f"d{name}")
