@@ -1,7 +1,24 @@
 // Binding of memory_read (SPEC.md, op 5): checks shapes, dtypes and devices once, then runs the CPU kernel
-// (kernels/cpu/memory_read.cpp) without the GIL. Backward arguments are gradient-first.
+// (kernels/cpu/memory_read.cpp) or, for CUDA tensors, the CUDA kernel (kernels/cuda/memory_read.cu) on `stream`,
+// without the GIL. Backward arguments are gradient-first.
 #include "bindings/common.h"
 #include "cpu/memory_read.h"
+#include "cuda/memory_read.h"
+
+#ifndef MMREC_WITH_CUDA
+namespace mmrec::cuda {
+int memory_read_fwd(DType, const void*, const void*, const void*, const void*, const void*, const void*, const void*,
+                    void*, void*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                    double, double, void*) {
+  return kNotBuilt;
+}
+int memory_read_bwd(DType, const void*, const void*, const void*, const void*, const void*, const void*, const void*,
+                    const void*, const void*, void*, void*, void*, void*, void*, void*, void*, int64_t, int64_t,
+                    int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, double, double, void*) {
+  return kNotBuilt;
+}
+}  // namespace mmrec::cuda
+#endif
 
 namespace mmrec::bind {
 
@@ -25,7 +42,7 @@ void check_eps(double eps, double norm_eps) {
 
 void memory_read_fwd(const Array& q, const Array& h, const Array& v, const Array& mod, const Array& base,
                      const Array& Ms, const OptArray& m0, const Array& r, const Array& m_last, int64_t k0,
-                     int64_t chunk_len, int64_t n_heads, double eps, double norm_eps, uintptr_t) {
+                     int64_t chunk_len, int64_t n_heads, double eps, double norm_eps, uintptr_t stream) {
   const DType dt = dtype_of(q, "q");
   const Dev dev = device_of(q, "q");
   const cpu::ReadDims d = read_dims(q, base, Ms, k0, chunk_len, n_heads);
@@ -39,7 +56,13 @@ void memory_read_fwd(const Array& q, const Array& h, const Array& v, const Array
   void* pr = checked(r, "r", 3, {d.B, d.T, d.D}, dt, dev);
   void* pml = checked(m_last, "m_last", 3, {d.B, d.N, d.D}, dt, dev);
   check_eps(eps, norm_eps);
-  expect(dev == Dev::cpu, "memory_read: this extension has no CUDA kernel for it");
+  if (dev == Dev::cuda) {
+    launch_cuda("memory_read", [&] {
+      return cuda::memory_read_fwd(dt, pq, ph, pv, pmod, pbase, pMs, pm0, pr, pml, d.B, d.T, d.N, d.D, d.L, d.S, d.H,
+                                   d.k0, d.C, eps, norm_eps, as_stream(stream));
+    });
+    return;
+  }
   dispatch_cpu(dt, [&](auto tag) {
     using T_ = decltype(tag);
     nb::gil_scoped_release nogil;
@@ -54,7 +77,7 @@ void memory_read_bwd(const Array& grad_r, const Array& grad_m, const Array& q, c
                      const Array& mod, const Array& base, const Array& Ms, const OptArray& m0, const Array& dq,
                      const Array& dh, const Array& dv, const Array& dmod, const Array& dbase, const Array& dMs,
                      const Array& dm0, int64_t k0, int64_t chunk_len, int64_t n_heads, double eps, double norm_eps,
-                     uintptr_t) {
+                     uintptr_t stream) {
   const DType dt = dtype_of(q, "q");
   const Dev dev = device_of(q, "q");
   const cpu::ReadDims d = read_dims(q, base, Ms, k0, chunk_len, n_heads);
@@ -75,7 +98,14 @@ void memory_read_bwd(const Array& grad_r, const Array& grad_m, const Array& q, c
   void* pdMs = checked(dMs, "dMs", 4, {d.B, d.L, d.S, d.D}, dt, dev);
   void* pdm0 = checked(dm0, "dm0", 3, {d.B, d.N, d.D}, dt, dev);
   check_eps(eps, norm_eps);
-  expect(dev == Dev::cpu, "memory_read: this extension has no CUDA kernel for it");
+  if (dev == Dev::cuda) {
+    launch_cuda("memory_read backward", [&] {
+      return cuda::memory_read_bwd(dt, pgr, pgm, pq, ph, pv, pmod, pbase, pMs, pm0, pdq, pdh, pdv, pdmod, pdbase, pdMs,
+                                   pdm0, d.B, d.T, d.N, d.D, d.L, d.S, d.H, d.k0, d.C, eps, norm_eps,
+                                   as_stream(stream));
+    });
+    return;
+  }
   dispatch_cpu(dt, [&](auto tag) {
     using T_ = decltype(tag);
     nb::gil_scoped_release nogil;

@@ -2,6 +2,7 @@
 (DLPack, zero-copy) with outputs allocated here and the current CUDA stream."""
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import torch
@@ -18,7 +19,7 @@ except ImportError as exc:  # running from a source tree without a build
 
 # Ops with a kernel per device; an op missing here is served by the reference on that device.
 CPU_OPS = ("scan", "recurrence", "mdi", "memory_update", "memory_read")
-CUDA_OPS = ("scan",)
+CUDA_OPS = ("scan", "memory_read")
 
 
 def _in(x: Optional[Tensor]) -> Optional[Tensor]:
@@ -96,13 +97,18 @@ def memory_update_backward(grad: Tensor, M0: Tensor, key: Tensor, value: Tensor,
     return dM0, dkey, dvalue, dstrength
 
 
+def _on_device(x: Tensor):
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+
+
 def memory_read_forward(q: Tensor, h: Tensor, v: Tensor, mod: Tensor, base: Tensor, Ms: Tensor, m0: Optional[Tensor],
                         k0: int, chunk_len: int, n_heads: int, eps: float, norm_eps: float):
     q, h, v, mod, base, Ms, m0 = (_in(x) for x in (q, h, v, mod, base, Ms, m0))
     B, _, D = q.shape
     r, m_last = backends.new_output(q.shape, q), backends.new_output((B, base.shape[0], D), q)  # [B, T, D], [B, N, D]
-    C.memory_read_fwd(q, h, v, mod, base, Ms, m0, r, m_last, k0, chunk_len, n_heads, float(eps), float(norm_eps),
-                      _stream(q))
+    with _on_device(q):
+        C.memory_read_fwd(q, h, v, mod, base, Ms, m0, r, m_last, k0, chunk_len, n_heads, float(eps), float(norm_eps),
+                          _stream(q))
     return r, m_last
 
 
@@ -114,8 +120,9 @@ def memory_read_backward(grad_r: Tensor, grad_m: Tensor, q: Tensor, h: Tensor, v
     dmod, dbase, dMs = backends.new_output(mod.shape, q), backends.new_output(base.shape, q), \
         backends.new_output(Ms.shape, q)
     dm0 = backends.new_output(grad_m.shape, q)  # [B, N, D]
-    C.memory_read_bwd(grad_r, grad_m, q, h, v, mod, base, Ms, m0, dq, dh, dv, dmod, dbase, dMs, dm0, k0, chunk_len,
-                      n_heads, float(eps), float(norm_eps), _stream(q))
+    with _on_device(q):
+        C.memory_read_bwd(grad_r, grad_m, q, h, v, mod, base, Ms, m0, dq, dh, dv, dmod, dbase, dMs, dm0, k0, chunk_len,
+                          n_heads, float(eps), float(norm_eps), _stream(q))
     return dq, dh, dv, dmod, dbase, dMs, dm0
 
 
