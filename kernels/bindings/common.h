@@ -136,5 +136,6 @@ void bind_scan(nb::module_& m);
 void bind_recurrence(nb::module_& m);
 void bind_mdi(nb::module_& m);
 void bind_memory_update(nb::module_& m);
+void bind_memory_read(nb::module_& m);
 
 }  // namespace mmrec::bind

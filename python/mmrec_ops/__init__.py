@@ -1,6 +1,7 @@
 """mmrec_ops: the MM-Rec kernels as torch ops.
 
-``import mmrec_ops`` registers ``torch.ops.mmrec.scan``, ``recurrence``, ``mdi`` and ``memory_update`` (with fake
+``import mmrec_ops`` registers ``torch.ops.mmrec.scan``, ``recurrence``, ``mdi``, ``memory_update`` and ``memory_read``
+(with fake
 implementations and autograd). See docs/SPEC.md for the math and README.md for the backends.
 
 Layers, each importing only those below it (pyproject.toml's import-linter contract checks it): this face ->
@@ -9,9 +10,9 @@ reference, validate -> outputs (allocation) / _C and triton_kernels (the kernels
 """
 from . import reference
 from .dispatch import available_backends, backend, built_backends
-from .ops import mdi, memory_update, recurrence, scan
+from .ops import mdi, memory_read, memory_update, recurrence, scan
 from .outputs import acc_dtype
 
-__all__ = ["scan", "recurrence", "mdi", "memory_update", "reference", "backend", "available_backends",
+__all__ = ["scan", "recurrence", "mdi", "memory_update", "memory_read", "reference", "backend", "available_backends",
            "built_backends", "acc_dtype"]
 __version__ = "0.1.0"

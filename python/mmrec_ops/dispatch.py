@@ -22,7 +22,7 @@ import torch
 from .backends import Wrappers
 
 BACKENDS = ("ref", "cpu", "cuda", "triton")
-OPS = ("scan", "recurrence", "mdi", "memory_update")
+OPS = ("scan", "recurrence", "mdi", "memory_update", "memory_read")
 DEVICES = ("cpu", "cuda")
 _DEFAULT_ORDER = {"cpu": ("cpu", "ref"), "cuda": ("cuda", "triton", "ref")}
 

@@ -1,4 +1,4 @@
-"""The four mmrec ops, each defined once: the schema in namespace ``mmrec``, the kernel (the wrapper that
+"""The five mmrec ops, each defined once: the schema in namespace ``mmrec``, the kernel (the wrapper that
 mmrec_ops.dispatch picks for the device or forced backend), the fake implementation for torch.compile, and
 autograd through a fused backward op (``mmrec::<op>_backward``, run by the backend that ran the forward).
 
@@ -17,7 +17,7 @@ them raises a RuntimeError that says so.
 from __future__ import annotations
 
 import contextlib
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -46,7 +46,7 @@ class _ValidatingPacket(torch._ops.OpOverloadPacket):
 
 
 _VALIDATE = {"scan": validate.scan, "recurrence": validate.recurrence, "mdi": validate.mdi,
-             "memory_update": validate.memory_update}
+             "memory_update": validate.memory_update, "memory_read": validate.memory_read}
 
 
 def _define(schema: str, fake):
@@ -238,6 +238,43 @@ _MEMORY_UPDATE, _MEMORY_UPDATE_BACKWARD = _op(
     _memory_update_grad)
 
 
+# -------------------------------------------------------------------------------- memory_read
+def _memory_read_fake(q, h, v, mod, base, Ms, m0=None, k0=0, chunk_len=1, n_heads=1, eps=1e-6, norm_eps=1e-6):
+    validate.memory_read(q, h, v, mod, base, Ms, m0, k0, chunk_len, n_heads, eps, norm_eps)
+    B, _, D = q.shape
+    return q.new_empty(q.shape), q.new_empty(B, base.shape[0], D)  # r: [B, T, D], m_last: [B, N, D]
+
+
+def _memory_read_backward_fake(grad_r, grad_m, q, h, v, mod, base, Ms, m0, k0, chunk_len, n_heads, eps, norm_eps,
+                               backend):
+    B, _, D = q.shape  # dq, dh, dv, dmod, dbase, dMs, dm0
+    return (q.new_empty(q.shape), q.new_empty(q.shape), q.new_empty(q.shape), mod.new_empty(mod.shape),
+            base.new_empty(base.shape), Ms.new_empty(Ms.shape), q.new_empty(B, base.shape[0], D))
+
+
+def _memory_read_setup(ctx, inputs, output):
+    q, h, v, mod, base, Ms, m0, *ctx.config = inputs  # config: k0, chunk_len, n_heads, eps, norm_eps
+    ctx.save_for_backward(q, h, v, mod, base, Ms, m0)
+
+
+def _memory_read_grad(ctx, grad_r, grad_m):
+    q, h, v, mod, base, Ms, m0 = ctx.saved_tensors
+    grad_r = torch.zeros_like(q) if grad_r is None else grad_r
+    grad_m = q.new_zeros(q.shape[0], base.shape[0], q.shape[2]) if grad_m is None else grad_m
+    dq, dh, dv, dmod, dbase, dMs, dm0 = _MEMORY_READ_BACKWARD(grad_r, grad_m, q, h, v, mod, base, Ms, m0,
+                                                              *ctx.config, ctx.backend)
+    return dq, dh, dv, dmod, dbase, dMs, _given(dm0, m0), None, None, None, None, None
+
+
+_MEMORY_READ, _MEMORY_READ_BACKWARD = _op(
+    "memory_read(Tensor q, Tensor h, Tensor v, Tensor mod, Tensor base, Tensor Ms, Tensor? m0=None, int k0=0, "
+    "int chunk_len=1, int n_heads=1, float eps=1e-06, float norm_eps=1e-06) -> (Tensor, Tensor)", _memory_read_fake,
+    "memory_read_backward(Tensor grad_r, Tensor grad_m, Tensor q, Tensor h, Tensor v, Tensor mod, Tensor base, "
+    "Tensor Ms, Tensor? m0, int k0, int chunk_len, int n_heads, float eps, float norm_eps, str backend) "
+    "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)", _memory_read_backward_fake, _memory_read_setup,
+    _memory_read_grad)
+
+
 # ------------------------------------------------------------------------------ public API
 def scan(a: Tensor, b: Tensor, h0: Optional[Tensor] = None, reverse: bool = False) -> Tensor:
     """h_t = a_t * h_{t-1} + b_t (reverse: h_t = a_t * h_{t+1} + b_t). a, b: [B, T, D]; h0: [B, D] -> h: [B, T, D]."""
@@ -261,3 +298,12 @@ def memory_update(M0: Tensor, key: Tensor, value: Tensor, strength: Tensor) -> T
     """Gated content-addressed write per chunk: M0: [B, S, D]; key, value: [B, NC, D]; strength: [B, NC]
     -> Ms: [B, NC + 1, S, D] with Ms[:, 0] = M0."""
     return _MEMORY_UPDATE(M0, key, value, strength)
+
+
+def memory_read(q: Tensor, h: Tensor, v: Tensor, mod: Tensor, base: Tensor, Ms: Tensor, m0: Optional[Tensor] = None,
+                k0: int = 0, chunk_len: int = 1, n_heads: int = 1, eps: float = 1e-6, norm_eps: float = 1e-6
+                ) -> Tuple[Tensor, Tensor]:
+    """mdi banks + the multi-memory read in one op (SPEC.md, op 5): per read head, token t attends over
+    {h_t, m_t^1..N, Ms[:, (k0 + t) // chunk_len, 1..S]}, RMS-normalised. q, h, v: [B, T, D]; mod: [B, T, N];
+    base: [N, D]; Ms: [B, ceil((k0 + T) / chunk_len), S, D]; m0: [B, N, D] -> r: [B, T, D], m_last: [B, N, D]."""
+    return _MEMORY_READ(q, h, v, mod, base, Ms, m0, k0, chunk_len, n_heads, eps, norm_eps)

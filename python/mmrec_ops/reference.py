@@ -1,4 +1,4 @@
-"""Pure-PyTorch reference of the four mmrec ops: the executable form of SPEC.md.
+"""Pure-PyTorch reference of the five mmrec ops: the executable form of SPEC.md.
 
 Plain loops over time, differentiable by autograd. Every backend is tested against these
 functions run in float64. Low-precision inputs are computed in float32 and cast back, as
@@ -7,14 +7,14 @@ the kernels do. Signatures equal the ops'; scan_backward is SPEC.md's backward o
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from .outputs import acc_dtype as _acc
 
-__all__ = ["scan", "scan_backward", "recurrence", "mdi", "memory_update"]
+__all__ = ["scan", "scan_backward", "recurrence", "mdi", "memory_update", "memory_read"]
 
 
 def scan(a: Tensor, b: Tensor, h0: Optional[Tensor] = None, reverse: bool = False) -> Tensor:
@@ -112,3 +112,28 @@ def memory_update(M0: Tensor, key: Tensor, value: Tensor, strength: Tensor) -> T
         M = M + (s_[:, c, None, None] * w[..., None]) * (v_[:, c, None, :] - M)
         out.append(M)
     return torch.stack(out, 1).to(M0.dtype)
+
+
+def memory_read(q: Tensor, h: Tensor, v: Tensor, mod: Tensor, base: Tensor, Ms: Tensor,
+                m0: Optional[Tensor] = None, k0: int = 0, chunk_len: int = 1, n_heads: int = 1,
+                eps: float = 1e-6, norm_eps: float = 1e-6) -> Tuple[Tensor, Tensor]:
+    """r_t = sum_i softmax_i(<q_t, n(x_i)> / sqrt(dh)) n(x_i) per read head over the items
+    {h_t, m_t^1..N, Ms[:, (k0 + t) // chunk_len, 1..S]}, n = RMS normalisation per head slice,
+    m = mdi(v, mod, base, m0, eps).
+
+    q, h, v: [B, T, D]; mod: [B, T, N]; base: [N, D]; Ms: [B, L, S, D]; m0: [B, N, D].
+    Returns r: [B, T, D] and m_last = m[:, -1]: [B, N, D].
+    """
+    acc = _acc(q.dtype)
+    B, T, D = q.shape
+    N, S, Hr = base.shape[0], Ms.shape[2], n_heads
+    dh = D // Hr
+    m = mdi(v.to(acc), mod.to(acc), base.to(acc), None if m0 is None else m0.to(acc), eps)  # [B, T, N, D]
+    chunk = torch.tensor([(k0 + t) // chunk_len for t in range(T)], device=q.device)
+    slots = Ms.to(acc)[:, chunk]                                                            # [B, T, S, D]
+    items = torch.cat([h.to(acc)[:, :, None], m, slots], 2).view(B, T, 1 + N + S, Hr, dh)
+    normed = items * torch.rsqrt(items.pow(2).mean(-1, keepdim=True) + norm_eps)          # [B, T, I, Hr, dh]
+    qh = q.to(acc).view(B, T, 1, Hr, dh)
+    weights = torch.softmax((qh * normed).sum(-1) / math.sqrt(dh), dim=2)                  # [B, T, I, Hr]
+    r = (weights[..., None] * normed).sum(2).reshape(B, T, D)
+    return r.to(q.dtype), m[:, -1].to(q.dtype)

@@ -110,3 +110,42 @@ def memory_update(M0, key, value, strength) -> None:
     _shape(op, "key", key, (B, NC, D), "[B, NC, D]")
     _shape(op, "value", value, (B, NC, D), "[B, NC, D] like key")
     _shape(op, "strength", strength, (B, NC), "[B, NC]")
+
+
+def _int(op: str, name: str, x, lo: int, hi: Optional[int] = None) -> None:
+    if isinstance(x, bool) or not isinstance(x, int):
+        raise TypeError(f"mmrec.{op}: {name} must be an int, got {type(x).__name__}")
+    if x < lo or (hi is not None and x >= hi):
+        raise ValueError(f"mmrec.{op}: {name} must be in [{lo}, {'inf' if hi is None else hi}), got {x}")
+
+
+def memory_read(q, h, v, mod, base, Ms, m0: Optional[Tensor] = None, k0=0, chunk_len=1, n_heads=1, eps=1e-6,
+                norm_eps=1e-6) -> None:
+    op = "memory_read"
+    _tensor(op, "q", q, 3, "[B, T, D]")
+    for name, x, ndim, dims in (("h", h, 3, "[B, T, D]"), ("v", v, 3, "[B, T, D]"), ("mod", mod, 3, "[B, T, N]"),
+                                ("base", base, 2, "[N, D]"), ("Ms", Ms, 4, "[B, L, S, D]")):
+        _tensor(op, name, x, ndim, dims)
+        _like(op, "q", q, name, x)
+    B, T, D = q.shape
+    N = base.shape[0]
+    _shape(op, "h", h, (B, T, D), "[B, T, D] like q")
+    _shape(op, "v", v, (B, T, D), "[B, T, D] like q")
+    _shape(op, "mod", mod, (B, T, N), "[B, T, N]")
+    _shape(op, "base", base, (N, D), "[N, D]")
+    _int(op, "chunk_len", chunk_len, 1)
+    _int(op, "k0", k0, 0, chunk_len)
+    _int(op, "n_heads", n_heads, 1)
+    if D % n_heads:
+        raise ValueError(f"mmrec.{op}: n_heads = {n_heads} must divide D = {D}")
+    L = -(-(k0 + T) // chunk_len)
+    _shape(op, "Ms", Ms, (B, L, Ms.shape[2], D), "[B, L, S, D] with L = ceil((k0 + T) / chunk_len)")
+    if m0 is not None:
+        _tensor(op, "m0", m0, 3, "[B, N, D]")
+        _like(op, "q", q, "m0", m0)
+        _shape(op, "m0", m0, (B, N, D), "[B, N, D]")
+    for name, x, hi in (("eps", eps, 0.5), ("norm_eps", norm_eps, float("inf"))):
+        if isinstance(x, bool) or not isinstance(x, (float, int, torch.SymFloat)):
+            raise TypeError(f"mmrec.{op}: {name} must be a float, got {type(x).__name__}")
+        if not 0.0 < x < hi:  # also false for NaN and infinities
+            raise ValueError(f"mmrec.{op}: {name} must be in (0, {hi}), got {x}")

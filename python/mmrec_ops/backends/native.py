@@ -95,5 +95,27 @@ def memory_update_backward(grad: Tensor, M0: Tensor, key: Tensor, value: Tensor,
     return dM0, dkey, dvalue, dstrength
 
 
+def memory_read_forward(q: Tensor, h: Tensor, v: Tensor, mod: Tensor, base: Tensor, Ms: Tensor, m0: Optional[Tensor],
+                        k0: int, chunk_len: int, n_heads: int, eps: float, norm_eps: float):
+    q, h, v, mod, base, Ms, m0 = (_in(x) for x in (q, h, v, mod, base, Ms, m0))
+    B, _, D = q.shape
+    r, m_last = new_output(q.shape, q), new_output((B, base.shape[0], D), q)  # [B, T, D], [B, N, D]
+    _run(_C.memory_read_fwd, q, q, h, v, mod, base, Ms, m0, r, m_last, k0, chunk_len, n_heads, float(eps),
+         float(norm_eps))
+    return r, m_last
+
+
+def memory_read_backward(grad_r: Tensor, grad_m: Tensor, q: Tensor, h: Tensor, v: Tensor, mod: Tensor, base: Tensor,
+                         Ms: Tensor, m0: Optional[Tensor], k0: int, chunk_len: int, n_heads: int, eps: float,
+                         norm_eps: float):
+    grad_r, grad_m, q, h, v, mod, base, Ms, m0 = (_in(x) for x in (grad_r, grad_m, q, h, v, mod, base, Ms, m0))
+    dq, dh, dv = (new_output(q.shape, q) for _ in range(3))  # [B, T, D]
+    dmod, dbase, dMs = new_output(mod.shape, q), new_output(base.shape, q), new_output(Ms.shape, q)
+    dm0 = new_output(grad_m.shape, q)  # [B, N, D]
+    _run(_C.memory_read_bwd, q, grad_r, grad_m, q, h, v, mod, base, Ms, m0, dq, dh, dv, dmod, dbase, dMs, dm0, k0,
+         chunk_len, n_heads, float(eps), float(norm_eps))
+    return dq, dh, dv, dmod, dbase, dMs, dm0
+
+
 TABLE: Dict[str, Wrappers] = {op: Wrappers(globals()[f"{op}_forward"], globals()[f"{op}_backward"])
-                              for op in ("scan", "recurrence", "mdi", "memory_update")}
+                              for op in ("scan", "recurrence", "mdi", "memory_update", "memory_read")}

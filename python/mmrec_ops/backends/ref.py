@@ -44,9 +44,21 @@ def _memory_update_backward(grad, M0, key, value, strength, Ms):
     return _vjp(reference.memory_update, grad, M0, key, value, strength)
 
 
+def _memory_read_backward(grad_r, grad_m, q, h, v, mod, base, Ms, m0, k0, chunk_len, n_heads, eps, norm_eps):
+    m0 = _zeros_if_none(m0, q.shape[0], base.shape[0], q.shape[2], like=q)
+    _, pullback = torch.func.vjp(lambda *xs: reference.memory_read(*xs, k0, chunk_len, n_heads, eps, norm_eps),
+                                 q, h, v, mod, base, Ms, m0)
+    return _contiguous(pullback((grad_r, grad_m)))
+
+
+def _memory_read(*args):
+    return tuple(x.contiguous() for x in reference.memory_read(*args))
+
+
 TABLE: Dict[str, Wrappers] = {
     "scan": Wrappers(reference.scan, _scan_backward),
     "recurrence": Wrappers(reference.recurrence, _recurrence_backward),
     "mdi": Wrappers(reference.mdi, _mdi_backward),
     "memory_update": Wrappers(reference.memory_update, _memory_update_backward),
+    "memory_read": Wrappers(_memory_read, _memory_read_backward),
 }

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from ..outputs import acc_dtype, new_output
 from ..triton_kernels import mdi as _mdi
+from ..triton_kernels import memory_read as _mr
 from ..triton_kernels import memory_update as _mu
 from ..triton_kernels import recurrence as _rec
 from ..triton_kernels import scan as _scan
@@ -309,5 +310,60 @@ def memory_update_backward(grad: Tensor, M0: Tensor, key: Tensor, value: Tensor,
     return dM0, dkey, dvalue, dstrength
 
 
+# ------------------------------------------------------------------------------ memory_read
+def _mr_setup(q: Tensor, base: Tensor, Ms: Tensor, n_heads: int, eps: float, norm_eps: float):
+    """Blocks (the head's dh channels, all N banks, all S slots in one tile; 1 warp in the interpreter) and the
+    constants [eps, 1 - eps, norm_eps, 1 / sqrt(dh)] as a tensor (a float64 scalar argument would be rounded)."""
+    B, T, D = q.shape
+    N, S, dh = base.shape[0], Ms.shape[2], D // n_heads
+    blocks = dict(BLOCK_N=triton.next_power_of_2(N), BLOCK_S=triton.next_power_of_2(S),
+                  BLOCK_DH=triton.next_power_of_2(dh))
+    big = blocks["BLOCK_DH"] * max(blocks["BLOCK_N"], blocks["BLOCK_S"]) >= 2048
+    blocks["num_warps"] = 1 if INTERPRET else (4 if big else 2)
+    consts = torch.tensor([eps, 1.0 - eps, norm_eps, 1.0 / math.sqrt(dh)], dtype=acc_dtype(q.dtype), device=q.device)
+    return blocks, consts
+
+
+def memory_read_forward(q, h, v, mod, base, Ms, m0, k0, chunk_len, n_heads, eps, norm_eps):
+    q, h, v, mod, base, Ms, m0 = (_in(x) for x in (q, h, v, mod, base, Ms, m0))
+    _check_device(q)
+    B, T, D = q.shape
+    N, L, S = base.shape[0], Ms.shape[1], Ms.shape[2]
+    r, m_last = new_output(q.shape, q), new_output((B, N, D), q)  # [B, T, D], [B, N, D]
+    blocks, consts = _mr_setup(q, base, Ms, n_heads, eps, norm_eps)
+    _mr.memory_read_fwd_kernel[(B * n_heads,)](q, h, v, mod, base, Ms, _dummy(q) if m0 is None else m0, r, m_last,
+                                               consts, T, N, D, L, S, n_heads, k0, chunk_len, HAS_M0=m0 is not None,
+                                               ACC=_tl_acc(q.dtype), **blocks)
+    return r, m_last
+
+
+def memory_read_backward(grad_r, grad_m, q, h, v, mod, base, Ms, m0, k0, chunk_len, n_heads, eps, norm_eps):
+    grad_r, grad_m, q, h, v, mod, base, Ms, m0 = (_in(x) for x in (grad_r, grad_m, q, h, v, mod, base, Ms, m0))
+    _check_device(q)
+    B, T, D = q.shape
+    N, L, S = base.shape[0], Ms.shape[1], Ms.shape[2]
+    blocks, consts = _mr_setup(q, base, Ms, n_heads, eps, norm_eps)
+    K = max(1, math.ceil(math.sqrt(T)))          # checkpoint interval: scratch (T / K + K) tiles per program
+    n_blocks = triton.cdiv(T, K)
+    acc = acc_dtype(q.dtype)
+    tile = blocks["BLOCK_N"] * blocks["BLOCK_DH"]
+    ckpt = torch.empty(B * n_heads * n_blocks * tile, dtype=acc, device=q.device)
+    buf = torch.empty(B * n_heads * K * tile, dtype=acc, device=q.device)
+    dmod_part = torch.empty(B, n_heads, T, N, dtype=acc, device=q.device)
+    dbase_part = torch.empty(B, N, D, dtype=acc, device=q.device)
+    dq, dh, dv = (new_output(q.shape, q) for _ in range(3))
+    dMs, dm0 = new_output(Ms.shape, q), new_output((B, N, D), q)
+    _mr.memory_read_bwd_kernel[(B * n_heads,)](grad_r, grad_m, q, h, v, mod, base, Ms,
+                                               _dummy(q) if m0 is None else m0, consts, ckpt, buf, dq, dh, dv, dMs,
+                                               dm0, dmod_part, dbase_part, T, N, D, L, S, n_heads, k0, chunk_len, K,
+                                               n_blocks, HAS_M0=m0 is not None, ACC=_tl_acc(q.dtype), **blocks)
+    mod_acc = mod.to(acc)
+    dmod = new_output(mod.shape, q)
+    dmod.copy_(dmod_part.sum(1) * torch.sigmoid(mod_acc) * torch.sigmoid(-mod_acc))
+    dbase = new_output(base.shape, q)
+    dbase.copy_(dbase_part.sum(0))
+    return dq, dh, dv, dmod, dbase, dMs, dm0
+
+
 TABLE: Dict[str, Wrappers] = {op: Wrappers(globals()[f"{op}_forward"], globals()[f"{op}_backward"])
-                              for op in ("scan", "recurrence", "mdi", "memory_update")}
+                              for op in ("scan", "recurrence", "mdi", "memory_update", "memory_read")}

@@ -1,0 +1,125 @@
+"""On a CUDA device: memory_read's cuda and triton backends against the float64 reference (r, m_last and all
+gradients; max|out-ref|/max|ref|), then fwd and fwd+bwd times against the unfused path (mdi materialising
+[B, T, N, D], then the read in PyTorch) and a memory-traffic floor (inputs read once, r written once).
+    python bench/check_memory_read.py [--B 8 --T 2048 --D 768 --heads 12 --N 4 --S 16 --C 64]"""
+from __future__ import annotations
+
+import argparse
+import math
+
+import torch
+import torch.nn.functional as F
+
+import mmrec_ops
+from mmrec_ops import reference
+
+
+def unfused(q, h, v, mod, base, Ms, m0, k0, C, Hr, eps, ne):
+    m = mmrec_ops.mdi(v, mod, base, m0, eps)                                 # [B, T, N, D]
+    B, T, D = q.shape
+    N, L, S, dh = base.shape[0], Ms.shape[1], Ms.shape[2], D // Hr
+    rms = lambda x: x * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + ne).to(x.dtype)  # noqa: E731
+    to_c = lambda x: F.pad(x, (0, 0) * (x.dim() - 2) + (k0, L * C - k0 - T)).view(B, L, C, *x.shape[2:])  # noqa: E731
+    from_c = lambda x: x.reshape(B, L * C, *x.shape[3:])[:, k0:k0 + T]  # noqa: E731
+    qh, nh = q.view(B, T, Hr, dh), rms(h.view(B, T, Hr, dh))
+    nm, nM = rms(m.view(B, T, N, Hr, dh)), rms(Ms.reshape(B, L, S, Hr, dh))
+    score = torch.cat([(qh * nh).sum(-1, keepdim=True), torch.einsum("bthd,btnhd->bthn", qh, nm),
+                       from_c(torch.einsum("blchd,blshd->blchs", to_c(qh), nM))], -1)
+    w_h, w_m, w_M = torch.softmax(score / math.sqrt(dh), -1).split([1, N, S], -1)
+    r = w_h * nh + torch.einsum("bthn,btnhd->bthd", w_m, nm) + from_c(
+        torch.einsum("blchs,blshd->blchd", to_c(w_M), nM))
+    return r.reshape(B, T, D), m[:, -1]
+
+
+def inputs(B, T, D, N, S, C, dtype, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    L = -(-T // C)
+    rn = lambda *s: torch.randn(*s, generator=g, device="cuda", dtype=torch.float32)  # noqa: E731
+    xs = [rn(B, T, D), rn(B, T, D), rn(B, T, D), 2 * rn(B, T, N), 1 + rn(N, D), rn(B, L, S, D), rn(B, N, D)]
+    return [x.to(dtype).requires_grad_() for x in xs]
+
+
+def rel(a, b):
+    a, b = a.double(), b.double()
+    return float("nan") if not torch.isfinite(a).all() else ((a - b).abs().max() / b.abs().max()).item()
+
+
+def check(backends, dtypes):
+    B, T, D, N, S, C, Hr = 2, 77, 96, 3, 5, 16, 3
+    cfg = (0, C, Hr, 1e-6, 1e-6)
+    print(f"accuracy vs float64 reference (B={B} T={T} D={D} N={N} S={S} C={C} heads={Hr})")
+    for dtype in dtypes:
+        xs = inputs(B, T, D, N, S, C, dtype)
+        ys = [x.detach().double().requires_grad_() for x in xs]
+        wr, wm = reference.memory_read(*ys, *cfg)
+        gr, gm = torch.randn_like(wr), torch.randn_like(wm)
+        want = torch.autograd.grad((wr, wm), ys, (gr, gm))
+        for be in backends:
+            with mmrec_ops.backend(be):
+                r, m = mmrec_ops.memory_read(*xs, *cfg)
+                got = torch.autograd.grad((r, m), xs, (gr.to(dtype), gm.to(dtype)))
+            errs = [rel(r, wr), rel(m, wm)] + [rel(a, b) for a, b in zip(got, want)]
+            names = "r m_last dq dh dv dmod dbase dMs dm0".split()
+            print(f"  {be:6s} {str(dtype):15s} " + " ".join(f"{n}={e:.1e}" for n, e in zip(names, errs)))
+
+
+def timed(fn, reps=20):
+    fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / reps
+
+
+def bench(a, backends):
+    dtype = torch.bfloat16
+    B, T, D, N, S, C, Hr = a.B, a.T, a.D, a.N, a.S, a.C, a.heads
+    cfg = (0, C, Hr, 1e-6, 1e-6)
+    xs = inputs(B, T, D, N, S, C, dtype)
+    nbytes = sum(x.numel() for x in xs) * xs[0].element_size() + B * T * D * xs[0].element_size()
+    bw = torch.cuda.get_device_properties(0)
+    floor_ms = nbytes / 4.8e12 * 1e3  # H200 HBM3e ~4.8 TB/s
+    print(f"\ntiming bf16 B={B} T={T} D={D} N={N} S={S} C={C} heads={Hr} on {bw.name}; "
+          f"traffic floor {nbytes / 2**20:.1f} MiB = {floor_ms:.3f} ms")
+    print(f"  {'path':22s} {'fwd ms':>9s} {'fwd+bwd ms':>11s}")
+    paths = {f"fused/{be}": (lambda be=be: _run(be, mmrec_ops.memory_read, xs, cfg)) for be in backends}
+    paths["unfused mdi+read"] = lambda: _run(None, unfused, xs, cfg)
+    for name, make in paths.items():
+        fwd_fn, both_fn = make()
+        fwd, both = timed(fwd_fn), timed(both_fn)
+        print(f"  {name:22s} {fwd:9.3f} {both:11.3f}")
+
+
+def _run(be, fn, xs, cfg):
+    def fwd():
+        with torch.no_grad():
+            return fn(*xs, *cfg)
+
+    def both():
+        r, m = fn(*xs, *cfg)
+        return torch.autograd.grad(r.float().sum() + m.float().sum(), xs)
+
+    if be is None:
+        return fwd, both
+    return (lambda: _with(be, fwd)), (lambda: _with(be, both))
+
+
+def _with(be, f):
+    with mmrec_ops.backend(be):
+        return f()
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    for k, v in dict(B=8, T=2048, D=768, heads=12, N=4, S=16, C=64).items():
+        p.add_argument(f"--{k}", type=int, default=v)
+    args = p.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("check_memory_read.py needs a CUDA device")
+    backends = [b for b in ("cuda", "triton") if b in mmrec_ops.built_backends()]
+    check(backends, [torch.float32, torch.float64, torch.bfloat16])
+    bench(args, backends)
