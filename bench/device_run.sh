@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One command on a GPU machine: build with CUDA, run the op test suite, the long-shape self-check, compute-sanitizer
 # (memcheck, racecheck) on one tiny call per kernel, and the benchmark; STEPS picks steps (also: tritontests, the op
-# suite on the triton backend, and peers, bench/bench_peers.py). Run from anywhere:
+# suite on the triton backend; readtests/readcheck/readmemcheck, memory_read; modeltests/decodebench, the model on
+# CUDA; and peers, bench/bench_peers.py). Run from anywhere:
 #     OUT=/some/dir [STEPS="check bench"] bash bench/device_run.sh
 # Every step is teed to $OUT/<step>.log; $OUT/summary.log lists each step's exit code and seconds; the benchmark
 # JSON goes to $OUT/bench_cuda.json. Expected ~7 minutes; the step timeouts add up to 9.5 minutes.
@@ -43,6 +44,17 @@ print('has_cuda', _C.has_cuda, 'devices', torch.cuda.device_count()); print(mmre
     bench) step bench 200 $PY bench/bench_cuda.py --out "$OUT/bench_cuda.json" ;;
     memcheck) step memcheck 90 $SAN --tool memcheck $PY bench/check_cuda.py --small ;;
     racecheck) step racecheck 90 $SAN --tool racecheck $PY bench/check_cuda.py --small ;;
+    # memory_read (op 5): its op suite on cuda and triton, the float64 check and timing against mdi + unfused read
+    readtests) step readtests 240 $PY -m pytest tests/ops/test_memory_read.py -q -p no:cacheprovider --maxfail=10 \
+      -k "cuda-cuda or triton-cuda" ;;
+    readcheck) step readcheck 150 $PY bench/check_memory_read.py ;;
+    readmemcheck) step readmemcheck 120 $SAN --tool memcheck $PY bench/check_memory_read.py --B 1 --T 70 --D 64 \
+      --heads 2 --N 2 --S 3 --C 16 ;;
+    # the model on CUDA (fused read, CUDA-graph decode against eager decode)
+    modeltests) step modeltests 240 $PY -m pytest tests/model -q -p no:cacheprovider --maxfail=10 -k cuda ;;
+    decodebench) step decodebench 200 $PY bench/bench_decode.py --device cuda --preset base --dtype bfloat16 \
+      --models mmrec-nonlinear,mmrec-linear,gpt --contexts 1024,16384 --batches 1,64 --tokens 256 \
+      --json "$OUT/decode_cuda.json" ;;
     peers) step peers "${PEERS_TIMEOUT:-300}" $PY bench/bench_peers.py --out "$OUT/peers.json" ${PEERS_ARGS:-} ;;
   esac
 done
