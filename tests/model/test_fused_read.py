@@ -67,3 +67,20 @@ def test_fused_read_equals_unfused_path(monkeypatch, variant, dtype, tol, splits
         assert rel_err(a.m, b.m) < tol
     for (name, _), g, w in zip(model.named_parameters(), fused_grads, unfused_grads):
         assert rel_err(g, w) < (tol if dtype == torch.float64 else 1e-4), name
+
+
+@pytest.mark.parametrize("k0, T", [(0, 5), (3, 13)])
+def test_block_unfused_read_equals_the_oracle(k0, T):
+    """MMRecBlock._read (the path CUDA tensors take while the fused kernels are slower there) is the same read."""
+    torch.manual_seed(0)
+    block = tiny_model().blocks[0].double()
+    cfg = block.config
+    B, D, N, S, C = 2, cfg.d_model, cfg.n_banks, cfg.n_slots, cfg.chunk_len
+    L = -(-(k0 + T) // C)
+    q, h, v = (torch.randn(B, T, D, dtype=torch.float64) for _ in range(3))
+    mod, Ms = torch.randn(B, T, N, dtype=torch.float64), torch.randn(B, L, S, D, dtype=torch.float64)
+    m = mmrec_ops.mdi(v, mod, block.base, None, cfg.mdi_eps)
+    got = block._read(q, h, m, Ms, k0)
+    want, _ = unfused_memory_read(q, h, v, mod, block.base, Ms, None, k0, C, cfg.n_read_heads, cfg.mdi_eps,
+                                  cfg.norm_eps)
+    assert rel_err(got, want) < 1e-12

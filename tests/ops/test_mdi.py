@@ -53,7 +53,7 @@ def _make(p, dtype, device="cpu"):
 def assert_close_to_scale(out, ref, scale: float, tol: float, what: str = "output") -> None:
     """max|out - ref| / max(max|ref|, scale): an EMA's rounding error follows the size of what it
     averages, so where decays sit at 1 - eps (outputs ~eps |v|) the error is measured against |v|."""
-    out64, ref64 = out.detach().double(), ref.detach().double()
+    out64, ref64 = out.detach().double().cpu(), ref.detach().double().cpu()
     assert out64.shape == ref64.shape, f"{what}: shape {tuple(out64.shape)} != {tuple(ref64.shape)}"
     assert torch.isfinite(out64).all(), f"{what}: non-finite values"
     denom = max(ref64.abs().max().item(), scale) or 1.0
