@@ -19,7 +19,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 
-from .backends import Wrappers
+from .backends import Wrappers, native, ref
 
 BACKENDS = ("ref", "cpu", "cuda", "triton")
 OPS = ("scan", "recurrence", "mdi", "memory_update", "memory_read")
@@ -39,7 +39,6 @@ def why_not_built(name: str) -> Optional[str]:
     if name == "ref":
         return None
     if name in ("cpu", "cuda"):
-        from .backends import native
         if native._C is None:
             return f"the extension mmrec_ops._C failed to import ({native.IMPORT_ERROR})"
         if name == "cuda":
@@ -65,14 +64,11 @@ def built_backends() -> List[str]:
 
 
 def _table(name: str) -> Dict[str, Wrappers]:
-    """The wrapper table of a built backend (importing triton only when it is first asked for)."""
-    if name == "ref":
-        from .backends import ref as module
-    elif name == "triton":
-        from .backends import triton as module
-    else:
-        from .backends import native as module
-    return module.TABLE
+    """The wrapper table of a built backend (importing triton, which takes seconds, only when it is asked for)."""
+    if name == "triton":
+        from .backends import triton
+        return triton.TABLE
+    return ref.TABLE if name == "ref" else native.TABLE
 
 
 def _devices(name: str) -> Tuple[str, ...]:

@@ -1,8 +1,8 @@
 """The gradients every backend is held to, written by hand from docs/SPEC.md in float64: each op's forward
-recurrence as a plain loop (the states the backward needs) and its backward as the SPEC writes it (mdi's and
-memory_update's by the chain rule through their SPEC forward, the clamp's gradient as torch.clamp's). Nothing
-here calls mmrec_ops or autograd, so a backend's backward (the `ref` one included) is never compared with
-itself."""
+recurrence as a plain loop (its output, and the states the backward needs) and its backward as the SPEC writes
+it (mdi's and memory_update's by the chain rule through their SPEC forward, the clamp's gradient as
+torch.clamp's). Nothing here calls mmrec_ops or autograd, so a backend's backward (the `ref` one included) is
+never compared with itself. Each function returns (output, gradients of <output, G> w.r.t. every tensor input)."""
 from __future__ import annotations
 
 import math
@@ -24,20 +24,20 @@ def scan(G: Tensor, a: Tensor, b: Tensor, h0: Optional[Tensor], reverse: bool):
     """h_t = a_t h_{t-1} + b_t; delta_t = G_t + a_{t+1} delta_{t+1}; da_t = delta_t h_{t-1}; db = delta;
     dh0 = a_0 delta_0. reverse runs the same with time mirrored. All [B, T, D] but dh0 [B, D]."""
     if reverse:
-        da, db, dh0 = scan(G.flip(1), a.flip(1), b.flip(1), h0, False)
-        return da.flip(1), db.flip(1), dh0
+        h, (da, db, dh0) = scan(G.flip(1), a.flip(1), b.flip(1), h0, False)
+        return h.flip(1), (da.flip(1), db.flip(1), dh0)
     B, T, D = a.shape
-    h_prev = torch.zeros(B, T, D, dtype=a.dtype)  # h_{t-1}
+    h_prev, hs = torch.zeros(B, T, D, dtype=a.dtype), torch.zeros(B, T, D, dtype=a.dtype)  # h_{t-1}, h_t
     h = torch.zeros(B, D, dtype=a.dtype) if h0 is None else h0
     for t in range(T):
         h_prev[:, t] = h
-        h = a[:, t] * h + b[:, t]
+        h = hs[:, t] = a[:, t] * h + b[:, t]
     delta = torch.zeros(B, T, D, dtype=a.dtype)
     carry = torch.zeros(B, D, dtype=a.dtype)  # a_{t+1} delta_{t+1}
     for t in range(T - 1, -1, -1):
         delta[:, t] = G[:, t] + carry
         carry = a[:, t] * delta[:, t]
-    return delta * h_prev, delta, carry  # carry = a_0 delta_0
+    return hs, (delta * h_prev, delta, carry)  # carry = a_0 delta_0
 
 
 def recurrence(G: Tensor, z: Tensor, gamma: Tensor, w: Tensor, bias: Optional[Tensor], h0: Optional[Tensor]):
@@ -55,12 +55,13 @@ def recurrence(G: Tensor, z: Tensor, gamma: Tensor, w: Tensor, bias: Optional[Te
     def Wt(x):  # per head: w[k]^T @ x^k
         return torch.einsum("kij,bki->bkj", w, x.view(B, H, d)).reshape(B, D)
 
-    hs, ss = [], []
+    hs, ss = [], []  # h_{t-1}, s_t
     for t in range(T):
         hs.append(h)
         s = _sigmoid(W(h) + bias)
         ss.append(s)
         h = z[:, t] * s + gamma[:, t] * h
+    out = torch.stack(hs[1:] + [h], 1)
     dz, dgamma = torch.zeros_like(z), torch.zeros_like(z)
     dw, dbias = torch.zeros_like(w), torch.zeros(D, dtype=z.dtype)
     carry = torch.zeros(B, D, dtype=z.dtype)  # gamma_{t+1} delta_{t+1} + W^T e_{t+1}
@@ -71,7 +72,7 @@ def recurrence(G: Tensor, z: Tensor, gamma: Tensor, w: Tensor, bias: Optional[Te
         dbias += e.sum(0)
         dw += torch.einsum("bki,bkj->kij", e.view(B, H, d), hs[t].view(B, H, d))
         carry = gamma[:, t] * delta + Wt(e)
-    return dz, dgamma, dw, dbias, carry  # carry = dh0
+    return out, (dz, dgamma, dw, dbias, carry)  # carry = dh0
 
 
 def mdi(G: Tensor, v: Tensor, mod: Tensor, base: Tensor, m0: Optional[Tensor], eps: float):
@@ -85,10 +86,10 @@ def mdi(G: Tensor, v: Tensor, mod: Tensor, base: Tensor, m0: Optional[Tensor], e
     gamma = x.clamp(eps, 1 - eps)
     passed = (x >= eps) & (x <= 1 - eps)
     m = torch.zeros(B, N, D, dtype=v.dtype) if m0 is None else m0
-    m_prev = torch.zeros(B, T, N, D, dtype=v.dtype)
+    m_prev, ms = torch.zeros(B, T, N, D, dtype=v.dtype), torch.zeros(B, T, N, D, dtype=v.dtype)
     for t in range(T):
         m_prev[:, t] = m
-        m = gamma[:, t] * m + (1 - gamma[:, t]) * v[:, t, None]
+        m = ms[:, t] = gamma[:, t] * m + (1 - gamma[:, t]) * v[:, t, None]
     delta = torch.zeros(B, T, N, D, dtype=v.dtype)
     carry = torch.zeros(B, N, D, dtype=v.dtype)
     for t in range(T - 1, -1, -1):
@@ -98,7 +99,7 @@ def mdi(G: Tensor, v: Tensor, mod: Tensor, base: Tensor, m0: Optional[Tensor], e
     dx = torch.where(passed, delta * (m_prev - v[:, :, None]), torch.zeros_like(x))
     dmod = (dx * sb).sum(3) * sm * (1 - sm)
     dbase = (dx * sm[..., None]).sum((0, 1)) * sb * (1 - sb)
-    return dv, dmod, dbase, carry  # carry = dm0
+    return ms, (dv, dmod, dbase, carry)  # carry = dm0
 
 
 def memory_update(G: Tensor, M0: Tensor, key: Tensor, value: Tensor, strength: Tensor):
@@ -124,7 +125,7 @@ def memory_update(G: Tensor, M0: Tensor, key: Tensor, value: Tensor, strength: T
         dvalue[:, c] = s * torch.einsum("bs,bsd->bd", w, A)
         dkey[:, c] = torch.einsum("bs,bsd->bd", dscore, M) * scale
         A = G[:, c] + (1 - s * w)[..., None] * A + dscore[..., None] * key[:, c, None] * scale
-    return A, dkey, dvalue, dstrength  # A = dM0
+    return torch.stack(Ms, 1), (A, dkey, dvalue, dstrength)  # A = dM0
 
 
 _OPS = {"scan": scan, "recurrence": recurrence, "mdi": mdi, "memory_update": memory_update}
@@ -141,5 +142,11 @@ def gradients(op: str, args: Sequence, out_shape: Sequence[int], seed: int = 0) 
     """SPEC gradients of <op(*args), cotangent(out_shape, seed)> w.r.t. each tensor in `args` (those given, in
     order: None arguments are skipped), float64 on the CPU."""
     full = tuple(args) + _DEFAULTS[op][len(args):]
-    grads = _OPS[op](cotangent(out_shape, seed), *(_f64(x) if isinstance(x, Tensor) else x for x in full))
+    _, grads = _OPS[op](cotangent(out_shape, seed), *(_f64(x) if isinstance(x, Tensor) else x for x in full))
     return [g for g, x in zip(grads, full) if x is not None]  # one per tensor argument (grads stop before eps etc.)
+
+
+def output(op: str, args: Sequence, out_shape: Sequence[int]) -> Tensor:
+    """op(*args) computed by the loops above in float64 on the CPU (out_shape: the output's shape)."""
+    full = tuple(args) + _DEFAULTS[op][len(args):]
+    return _OPS[op](cotangent(out_shape, 0), *(_f64(x) if isinstance(x, Tensor) else x for x in full))[0]

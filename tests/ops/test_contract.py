@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from .cases import CASES, tensor_indices, to64, with_grad
+from . import spec_gradients
 from .common import assert_close, backend_cases, dtypes_for, grads, rel_err, run, spec_grads, tol_for
 
 PARAMS = [pytest.param(op, *case.values, id=f"{op}-{case.id}") for op in CASES for case in backend_cases(op)]
@@ -24,6 +25,19 @@ def _gen(seed=0):
 
 def _dtypes(backend, device):
     return [torch.float32, torch.float64] + dtypes_for(backend, device)
+
+
+@pytest.mark.parametrize("op", list(CASES))
+def test_reference_matches_the_spec_loops(op):
+    """mmrec_ops.reference (the `ref` backend's forward, and every backend's expected output) against the forward
+    loops written separately in spec_gradients.py, with and without the optional states."""
+    case = CASES[op]
+    for T in (1, 9):
+        args = case.make(_gen(T), torch.float64, "cpu", T=T)
+        no_states = tuple(None if i in case.optional else x for i, x in enumerate(args))
+        for call in (args, no_states):
+            out = case.ref(*call)
+            assert_close(out, spec_gradients.output(op, call, out.shape), 1e-12, f"{op} T={T}")
 
 
 @ALL_OPS
