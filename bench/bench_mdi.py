@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mmrec_ops  # noqa: E402
-from common import Row, run_cpu_op_bench  # noqa: E402
+from common import Row, run_cpu_op_bench, step_fn  # noqa: E402
 
 SHAPES = [(8, 1024, 4, 512), (1, 8192, 4, 256), (8, 128, 4, 512)]  # (B, T, N, D)
 # The reference's backward is quadratic in T (autograd of gamma[:, t] adds a full [B, T, N, D] zero tensor
@@ -71,19 +71,7 @@ def floor_elements(shape, pass_: str) -> int:
 
 def bench_case(fn, shape, dtype, pass_: str):
     inputs = make_inputs(shape, dtype, grad=pass_ == "fwd+bwd")
-    if pass_ == "fwd":
-        def step():
-            with torch.no_grad():
-                fn(*inputs)
-    else:
-        B, T, N, D = shape
-        grad = torch.randn(B, T, N, D, dtype=dtype)
-
-        def step():
-            for x in inputs:
-                x.grad = None
-            fn(*inputs).backward(grad)
-    return step
+    return step_fn(fn, inputs, pass_, shape)  # gradient like the output [B, T, N, D]
 
 
 def main(argv=None) -> List[Row]:

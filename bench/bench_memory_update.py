@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mmrec_ops  # noqa: E402
-from common import Row, run_cpu_op_bench  # noqa: E402
+from common import Row, run_cpu_op_bench, step_fn  # noqa: E402
 
 SHAPES = [(8, 64, 64, 512), (1, 256, 32, 256)]  # (B, NC, S, D)
 QUICK_SHAPES = [(2, 16, 16, 64)]
@@ -58,19 +58,8 @@ def flops(shape, pass_: str) -> int:
 
 def bench_case(fn, shape, dtype, pass_: str):
     inputs = make_inputs(shape, dtype, grad=pass_ == "fwd+bwd")
-    if pass_ == "fwd":
-        def step():
-            with torch.no_grad():
-                fn(*inputs)
-    else:
-        B, NC, S, D = shape
-        grad = torch.randn(B, NC + 1, S, D, dtype=dtype)
-
-        def step():
-            for x in inputs:
-                x.grad = None
-            fn(*inputs).backward(grad)
-    return step
+    B, NC, S, D = shape
+    return step_fn(fn, inputs, pass_, (B, NC + 1, S, D))  # gradient like the output Ms
 
 
 def main(argv=None) -> List[Row]:

@@ -125,6 +125,23 @@ def reuse_freed_memory() -> None:
         raise RuntimeError("mallopt failed")
 
 
+def step_fn(fn: Callable, inputs, pass_: str, grad_shape) -> Callable[[], None]:
+    """One timed call of fn(*inputs): forward under no_grad, or forward + backward of a random gradient of
+    grad_shape (the inputs' gradients cleared first)."""
+    if pass_ == "fwd":
+        def step():
+            with torch.no_grad():
+                fn(*inputs)
+        return step
+    grad = torch.randn(*grad_shape, dtype=inputs[0].dtype)
+
+    def step():
+        for x in inputs:
+            x.grad = None
+        fn(*inputs).backward(grad)
+    return step
+
+
 def run_cpu_op_bench(op: str, script: str, shapes, quick_shapes, impls: Dict[str, Callable], reference: str,
                      bench_case: Callable, floor_elements: Callable, flops: Optional[Callable] = None,
                      skip: Optional[Callable] = None, argv=None) -> List[Row]:

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "cpu/parallel.h"
+#include "cpu/scalar.h"
 #include "cpu/stream.h"
 
 namespace mmrec::cpu {
@@ -40,20 +41,6 @@ inline Tiling tile(int64_t B, int64_t N, int64_t D) {
   while (B * ((D + slice - 1) / slice) < threads && slice > 16) slice = std::max<int64_t>(16, (slice / 2 + 15) / 16 * 16);
   int64_t per = (D + slice - 1) / slice;
   return {slice, per, B * per};
-}
-
-template <class A>
-MMREC_INLINE A sigmoid(A x) {
-  if (x >= A(0)) return A(1) / (A(1) + std::exp(-x));
-  A e = std::exp(x);
-  return e / (A(1) + e);
-}
-
-// torch.clamp: NaN passes through.
-template <class A>
-MMREC_INLINE A clamp(A x, A lo, A hi) {
-  x = x < lo ? lo : x;
-  return x > hi ? hi : x;
 }
 
 template <class T>

@@ -17,22 +17,10 @@
 #include <vector>
 
 #include "cpu/parallel.h"
+#include "cpu/scalar.h"
 
 namespace mmrec::cpu {
 namespace {
-
-template <class A>
-MMREC_INLINE A sigmoid(A x) {
-  if (x >= A(0)) return A(1) / (A(1) + std::exp(-x));
-  A e = std::exp(x);
-  return e / (A(1) + e);
-}
-
-template <class A>
-MMREC_INLINE A clamp(A x, A lo, A hi) {
-  x = x < lo ? lo : x;
-  return x > hi ? hi : x;
-}
 
 template <class T>
 struct Args {
