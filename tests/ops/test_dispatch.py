@@ -12,7 +12,7 @@ import torch
 import mmrec_ops
 from mmrec_ops import dispatch
 
-OPS = ("scan", "recurrence", "mdi", "memory_update")
+OPS = ("scan", "recurrence", "mdi", "memory_update", "memory_read")
 
 
 def test_cpu_extension_is_built():
@@ -20,7 +20,7 @@ def test_cpu_extension_is_built():
 
 
 def test_every_op_is_served_by_the_cpp_kernel_on_cpu_tensors():
-    """With the extension built (test above), the C++ kernels serve all four ops on the CPU; no GPU, no server."""
+    """With the extension built (test above), the C++ kernels serve all five ops on the CPU; no GPU, no server."""
     cuda = "cuda" if "cuda" in mmrec_ops.built_backends() else "triton" if "triton" in mmrec_ops.built_backends() \
         else "ref"
     want = {op: {"cpu": "cpu", "cuda": cuda if torch.cuda.is_available() else None} for op in OPS}
