@@ -30,7 +30,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-MODELS = ("mmrec-nonlinear", "mmrec-linear", "mmrec-nonlinear-forward", "gpt", "hf-gpt2", "hf-gpt2-static-compile")
+MODELS = ("mmrec-nonlinear", "mmrec-linear", "mmrec-nonlinear-compiled", "mmrec-linear-compiled",
+          "mmrec-nonlinear-forward", "gpt", "hf-gpt2", "hf-gpt2-static-compile")
 
 
 def _sync(device: torch.device) -> None:
@@ -62,7 +63,8 @@ def _fwd_share_ms(model, V: int, device, repeat: int = 3) -> float:
 
 
 # ------------------------------------------------------------------------------------------ MM-Rec
-def bench_mmrec(recurrence: str, args, device, contexts, batches, forward: bool = False) -> List[Dict]:
+def bench_mmrec(recurrence: str, args, device, contexts, batches, forward: bool = False,
+                compiled: bool = False) -> List[Dict]:
     from mmrec_model import MMRecConfig, MMRecLM
     from mmrec_model.generate import prefill, sample
 
@@ -97,7 +99,7 @@ def bench_mmrec(recurrence: str, args, device, contexts, batches, forward: bool 
             elif device.type == "cuda":
                 from mmrec_model.decode_cuda import GraphDecoder
                 dec = GraphDecoder(ds, logits, ids[:, -1], args.tokens + 8,
-                                   lambda lg, g: sample(lg, 0.0, None, None, g), None, None)
+                                   lambda lg, g: sample(lg, 0.0, None, None, g), None, None, compiled=compiled)
                 dec.run(8, lambda col: False, list, 8)                                  # warm replays
                 secs = _timed(lambda: dec.run(args.tokens, lambda col: False, list, 8), device)
             else:
@@ -111,7 +113,7 @@ def bench_mmrec(recurrence: str, args, device, contexts, batches, forward: bool 
                 with torch.no_grad():
                     loop(4)
                     secs = _timed(lambda: loop(args.tokens), device)
-            name = f"mmrec-{recurrence}" + ("-forward" if forward else "")
+            name = f"mmrec-{recurrence}" + ("-forward" if forward else "") + ("-compiled" if compiled else "")
             rows.append(_row(name, ctx, B, secs, args.tokens, share, state_mib, device))
     return rows
 
@@ -272,7 +274,11 @@ def main() -> None:
     for name in models:
         print(f"- {name}")
         if name.startswith("mmrec-"):
-            rows += bench_mmrec(name.split("-")[1], args, device, contexts, batches, name.endswith("-forward"))
+            if name.endswith("-compiled") and not cuda:
+                print("  (skipped: the compiled step is captured in a CUDA graph, GPU only)")
+                continue
+            rows += bench_mmrec(name.split("-")[1], args, device, contexts, batches, name.endswith("-forward"),
+                                name.endswith("-compiled"))
         elif name == "gpt":
             rows += bench_gpt(args, device, contexts, batches)
         else:

@@ -200,6 +200,7 @@ def throughput_rows(arch: str, sizes: List[int], a: Dict[str, Any]) -> Iterator[
     optimizer = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-4, betas=(0.9, 0.95), eps=1e-8)
     params = [p for p in model.parameters() if p.requires_grad]
     bf16 = a["dtype"] == "bf16"
+    step_model = torch.compile(model) if a.get("compile") else model    # as the trainer's --compile on
 
     def train_step(data, batch: int, micro: int, T: int) -> float:
         """One optimizer step over `data` [batch, T + 1]; its seconds. Its tensors die with this frame (OOM)."""
@@ -208,7 +209,7 @@ def throughput_rows(arch: str, sizes: List[int], a: Dict[str, Any]) -> Iterator[
         for i in range(0, batch, micro):
             x, y = data[i:i + micro, :-1], data[i:i + micro, 1:]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                logits, _ = model(x)
+                logits, _ = step_model(x)
             loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum")
             (loss / (batch * T)).backward()
             del logits, loss
@@ -223,7 +224,8 @@ def throughput_rows(arch: str, sizes: List[int], a: Dict[str, Any]) -> Iterator[
         micro = max(1, min(batch, a["micro_tokens"] // T))
         while batch % micro:
             micro -= 1
-        row = dict(arch=arch, T=T, batch=batch, micro_batch=micro, tokens_per_step=batch * T, **info)
+        row = dict(arch=arch, T=T, batch=batch, micro_batch=micro, tokens_per_step=batch * T,
+                   compiled=bool(a.get("compile")), **info)
         times: List[float] = []
         data = None
         try:
@@ -236,7 +238,8 @@ def throughput_rows(arch: str, sizes: List[int], a: Dict[str, Any]) -> Iterator[
             while True:
                 dt = train_step(data, batch, micro, T)
                 step += 1
-                warm = a["warmup"] if dt < 5.0 else 1          # a slow first step is warm-up enough
+                # a slow first eager step is warm-up enough; compiled: the first steps compile (static, then dynamic)
+                warm = a["warmup"] if dt < 5.0 or a.get("compile") else 1
                 if step > warm:
                     times.append(dt)
                 spent = time.perf_counter() - t_row
@@ -247,6 +250,7 @@ def throughput_rows(arch: str, sizes: List[int], a: Dict[str, Any]) -> Iterator[
                        step_times=times)
             if device.type == "cuda":
                 row["peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+                row["peak_kib_per_token"] = row["peak_mib"] * 1024 / (micro * T)   # per token of a micro-batch
             else:
                 row.update(peak_mib=_maxrss_mib(), rss_before_mib=base_rss)
             if hasattr(model, "lstm_dtype"):
@@ -403,8 +407,8 @@ def _row_line(kind: str, r: Dict[str, Any]) -> str:
         head = f"{r['arch']:<13} T={r['T']:<6} B={r.get('batch', '-')!s:<4} micro={r.get('micro_batch', '-')!s:<4}"
         if r.get("status") != "ok":
             return f"{head} {r.get('status', '?').upper()}: {r.get('error', '')}"
-        return (f"{head} {r['params']:>12,} params {r['tokens_per_s']:>12,.0f} tok/s  step {r['step_s']:.3f} s  "
-                f"peak {r['peak_mib']:,.0f} MiB")
+        return (f"{head} {'compiled' if r.get('compiled') else 'eager':<8} {r['params']:>12,} params "
+                f"{r['tokens_per_s']:>12,.0f} tok/s  step {r['step_s']:.3f} s  peak {r['peak_mib']:,.0f} MiB")
     head = f"{r['arch']:<13} ctx={r['context']:<6} B={r.get('batch', '-')!s:<3}"
     if r.get("status") != "ok":
         return f"{head} {r.get('status', '?').upper()}: {r.get('error', '')}"
@@ -453,21 +457,26 @@ def cmd_throughput(args) -> Path:
         args.device, args.preset, args.sizes, args.tokens_per_step = "cpu", "tiny", [16, 32], 64
         args.micro_tokens, args.steps, args.warmup, args.dtype = 32, 2, 1, "fp32"
     preset = args.preset or ("base" if args.device == "cuda" else "small")
-    a = dict(device=args.device, preset=preset, vocab=args.vocab, dtype=args.dtype, tokens_per_step=args.tokens_per_step,
+    compiled = args.compile == "on" or (args.compile == "auto" and args.device == "cuda")
+    a = dict(device=args.device, preset=preset, vocab=args.vocab, dtype=args.dtype, compile=compiled,
+             tokens_per_step=args.tokens_per_step,
              micro_tokens=args.micro_tokens or args.tokens_per_step, steps=args.steps, warmup=args.warmup,
              row_seconds=args.row_seconds, threads=args.threads)
     payload = {"kind": "throughput", "command": _command(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
                "machine": machine(args.device, gpu=False), "settings": a, "quick": args.quick, "rows": []}
     rows, clock = payload["rows"], Budget(args.budget_s)
+    # the device's default (cuda compiled, cpu eager, as the trainer's --compile auto) -> throughput_<device>.json
+    other = "" if compiled == (args.device == "cuda") else ("_compiled" if compiled else "_eager")
+    name = f"throughput_{args.device}{other}.json"
     for arch in args.archs:
         # CPU: one process per row, for a clean peak RSS each; CUDA: one per arch (peak stats reset per row)
         groups = [[T] for T in args.sizes] if args.device == "cpu" and not args.quick else [args.sizes]
         for points in groups:
             rows += _worker("throughput", arch, points, a, clock.timeout(args.worker_timeout))
-            _write(payload, args.out, f"throughput_{args.device}.json", args.quick, quiet=True)
+            _write(payload, args.out, name, args.quick, quiet=True)
     print_table("throughput", rows)
     payload["machine"] = machine(args.device)
-    return _write(payload, args.out, f"throughput_{args.device}.json", args.quick)
+    return _write(payload, args.out, name, args.quick)
 
 
 def cmd_generate(args) -> Path:
@@ -697,6 +706,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--vocab", type=int, default=None, help="vocabulary (default: the preset's)")
     t.add_argument("--dtype", choices=("bf16", "fp32"), default=None,
                    help="bf16: autocast, as the trainer on GPU (default: bf16 on cuda, fp32 on cpu)")
+    t.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                   help="torch.compile the model as the trainer does (auto: on for cuda, off for cpu)")
     t.add_argument("--steps", type=int, default=5, help="timed steps (median)")
     t.add_argument("--warmup", type=int, default=2)
     t.add_argument("--row-seconds", type=float, default=30.0, help="stop timing a row after this (min 2 steps)")

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Model-level comparison on one GPU (issue 8): MM-Rec (both recurrences) against a GPT and an LSTM of the same
 # size. Assumes the package is installed with its CUDA kernels (MMREC_CUDA=ON pip install ...). Run from anywhere:
-#     OUT=/some/dir bash bench/device_models.sh throughput   # training tokens/s + generation, `base` size (~5 min)
+#     OUT=/some/dir bash bench/device_models.sh throughput   # training tokens/s, `base` size, compiled + eager (~9 min)
+#     OUT=/some/dir bash bench/device_models.sh sweep        # nonlinear variant, 64K-256K tokens per step (~5 min)
+#     OUT=/some/dir bash bench/device_models.sh generate     # prefill + decode against context (~4 min)
 #     OUT=/some/dir bash bench/device_models.sh quality      # three-stage runs at `small`, 2 seeds (~4 min)
 # Every step is teed to $OUT/<step>.log and $OUT/summary.log lists each step's exit code and seconds. The JSONs
 # ($OUT/{throughput,generate,quality}_cuda.json) are rewritten after every finished worker or run, so a step cut
@@ -10,8 +12,8 @@
 set -u
 cd "$(dirname "$0")/.."
 MODE=${1:-}
-if [ "$MODE" != throughput ] && [ "$MODE" != quality ]; then
-  echo "usage: OUT=/dir bash bench/device_models.sh throughput|quality" >&2
+if [[ ! "$MODE" =~ ^(throughput|sweep|generate|quality)$ ]]; then
+  echo "usage: OUT=/dir bash bench/device_models.sh throughput|sweep|generate|quality" >&2
   exit 2
 fi
 OUT=${OUT:-$PWD/device_out}
@@ -25,12 +27,26 @@ case "$MODE" in
   throughput)
     step env 30 bash -c "nvidia-smi; $PY -c 'import torch, mmrec_ops; print(torch.__version__, torch.version.cuda, \
 torch.backends.cudnn.version(), torch.cuda.get_device_name()); print(mmrec_ops.available_backends())'"
-    # base size (~125M parameters, vocabulary 32,000), bf16 autocast, 65,536 tokens per optimizer step in
-    # micro-batches of 16,384 tokens (B = 64/16/4 rows of T = 1,024/4,096/16,384)
-    step throughput 235 $PY bench/compare_models.py throughput --device cuda --sizes 1024,4096,16384 \
-      --tokens-per-step 65536 --micro-tokens 16384 --dtype bf16 --archs mmrec,gpt,mmrec-linear,lstm \
-      --budget-s 220 --worker-timeout 120 \
-      --out "$OUT/throughput_cuda.json"
+    # base size (~125M parameters, vocabulary 32,000), bf16 autocast, 16,384 tokens per optimizer step (B = 16/4/1
+    # rows of T = 1,024/4,096/16,384), compiled as the trainer does on CUDA (--compile auto), then eager
+    step throughput ${TP_TIMEOUT:-400} $PY bench/compare_models.py throughput --device cuda --sizes ${SIZES:-1024,4096,16384} \
+      --tokens-per-step 16384 --micro-tokens 16384 --dtype bf16 --archs ${ARCHS:-mmrec-linear,gpt,mmrec} \
+      --budget-s $(( ${TP_TIMEOUT:-400} - 10 )) --worker-timeout 200 --out "$OUT/throughput_cuda.json"
+    step eager ${EAGER_TIMEOUT:-150} $PY bench/compare_models.py throughput --device cuda --compile off \
+      --sizes ${SIZES:-1024,4096,16384} --tokens-per-step 16384 --micro-tokens 16384 --dtype bf16 \
+      --archs ${ARCHS:-mmrec-linear,gpt,mmrec} --budget-s $(( ${EAGER_TIMEOUT:-150} - 10 )) --worker-timeout 80 \
+      --out "$OUT/throughput_cuda_eager.json"
+    ;;
+  sweep)
+    # the nonlinear variant, compiled, T = 1,024, one micro-batch of 64K / 128K / 256K tokens per step: where it fills
+    # the GPU (an out-of-memory row is a result)
+    for n in ${SWEEP_TOKENS:-65536 131072 262144}; do
+      step "sweep$n" 150 $PY bench/compare_models.py throughput --device cuda --sizes 1024 --tokens-per-step "$n" \
+        --micro-tokens "$n" --dtype bf16 --archs mmrec --steps 3 --budget-s 140 --worker-timeout 140 \
+        --out "$OUT/sweep_$n.json"
+    done
+    ;;
+  generate)
     # bf16 weights; prefill in 16,384-token chunks, then 8 + 64 greedy decode steps; batch 1, then batch 8
     step generate 215 $PY bench/compare_models.py generate --device cuda --contexts 1024,4096,16384,65536 \
       --batches 1,8 --new-tokens 64 --prefill-chunk 16384 --budget-s 200 --worker-timeout 90 \

@@ -168,16 +168,19 @@ def decode_rows(ds: DecodeState, logits: Tensor, prev: Tensor, max_new_tokens: i
     """The decode loop after prefill: sample from logits [B, V], hand the column to `rows`, step `ds`. A finished
     row keeps being fed its last token (rows stay in the batch; their output is cut at the finish). feed_last:
     step the state with the last sampled token too (a carried conversation). On CUDA (cuda_graph None or True)
-    the loop runs as CUDA-graph replays, the host checking stop conditions every `check_every` tokens.
+    the loop runs as CUDA-graph replays, the host checking stop conditions every `check_every` tokens;
+    cuda_graph="compiled" captures the step compiled by torch.compile (fewer kernels; compiles on first use).
     Returns the logits drawn from (return_logits) or []."""
     def draw(lg: Tensor, gen) -> Tensor:
         return sample(lg, temperature, top_k, top_p, gen)
 
-    use_graph = ds.device.type == "cuda" if cuda_graph is None else cuda_graph
+    if cuda_graph not in (None, True, False, "compiled"):
+        raise ValueError(f"generate: cuda_graph must be None, True, False or 'compiled', got {cuda_graph!r}")
+    use_graph = ds.device.type == "cuda" if cuda_graph is None else bool(cuda_graph)
     if use_graph and not return_logits and max_new_tokens > 0:
         from .decode_cuda import GraphDecoder                                           # CUDA only
         eos = torch.tensor(sorted(rows.eos), device=ds.device, dtype=torch.long) if rows.eos else None
-        dec = GraphDecoder(ds, logits, prev, max_new_tokens, draw, generator, eos)
+        dec = GraphDecoder(ds, logits, prev, max_new_tokens, draw, generator, eos, compiled=cuda_graph == "compiled")
         dec.run(max_new_tokens, rows.push, rows.take_stopped, check_every)          # each replay feeds its token
         return []
     drawn: List[Tensor] = []

@@ -311,7 +311,7 @@ class MMRecLM(nn.Module):
                  top_p: Optional[float] = None, eos: Optional[Union[int, Iterable[int]]] = None, *,
                  generator: Optional[torch.Generator] = None, seed: Optional[int] = None,
                  state: Optional[MMRecState] = None, return_logits: bool = False, stop_strings=None, decode=None,
-                 on_token=None, cuda_graph: Optional[bool] = None):
+                 on_token=None, cuda_graph: Union[bool, str, None] = None):
         """Prefill each prompt in one forward call, then sample one token at a time through the one-token step
         (constant time and memory per token; a CUDA graph on GPU). ids: [B, T], [T], or a list of B id lists
         of different lengths (each row prefilled from its own prompt). temperature 0 = greedy. A row finishes on

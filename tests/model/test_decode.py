@@ -141,12 +141,30 @@ def test_bad_input_is_refused():
         continue_stream(model, [], None, 3)
 
 
+def test_compiled_step_equals_the_eager_step():
+    """The step the compiled CUDA graph captures (decode_cuda.GraphDecoder(compiled=True)), compiled in one graph
+    (fullgraph: no breaks), gives the eager step's logits and state, with and without the slot update."""
+    from mmrec_model.decode import completion_mask, step_tensors
+    model = tiny_model(recurrence="nonlinear", n_layers=1)
+    compiled = torch.compile(step_tensors, fullgraph=True, dynamic=False)
+    ds_eager, ds_comp = model.decode_state(batch_size=2), model.decode_state(batch_size=2)
+    ids = torch.randint(0, V, (2, 10))
+    for t in range(10):                                                      # chunk_len 8: token 7 updates slots
+        ref = step_tensors(ds_eager, ids[:, t], completion_mask(ds_eager))
+        got = compiled(ds_comp, ids[:, t], completion_mask(ds_comp))
+        assert rel_err(got, ref) < 1e-5
+    for a, b in zip(ds_comp.mem + ds_comp.chunk_sum, ds_eager.mem + ds_eager.chunk_sum):
+        assert rel_err(a, b) < 1e-5
+    assert torch.equal(ds_comp.pos, ds_eager.pos)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 @pytest.mark.parametrize("kwargs", [dict(temperature=0.0), dict(temperature=1.0, top_k=20, top_p=0.9)])
-def test_cuda_graph_decode_equals_eager_decode(variant, kwargs):
+@pytest.mark.parametrize("graph_kind", [True, "compiled"])
+def test_cuda_graph_decode_equals_eager_decode(variant, kwargs, graph_kind):
     model = tiny_model(recurrence=variant).cuda()
     prompts = [torch.randint(0, V, (L,)).tolist() for L in (3, 8, 21)]       # three chunk phases
-    graph = model.generate(prompts, 40, seed=5, cuda_graph=True, **kwargs)
+    graph = model.generate(prompts, 40, seed=5, cuda_graph=graph_kind, **kwargs)
     eager = model.generate(prompts, 40, seed=5, cuda_graph=False, **kwargs)
     for g, e in zip(graph, eager):
         assert torch.equal(g, e)
