@@ -190,9 +190,8 @@ def bench_hf(compiled: bool, args, device, contexts, batches) -> List[Dict]:
         torch.manual_seed(0)
         cfg = GPT2Config(n_positions=ctx + args.tokens + 16)                          # GPT-2 small, random weights
         model = GPT2LMHeadModel(cfg).to(device=device, dtype=args.dtype).eval()
-        if compiled:
+        if compiled:     # transformers compiles the forward itself for a static cache (generation_config.compile_config)
             model.generation_config.cache_implementation = "static"
-            model.forward = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)
         for B in batches:
             ids = torch.randint(0, cfg.vocab_size, (B, ctx), device=device)
             mask = torch.ones_like(ids)
@@ -271,24 +270,36 @@ def main() -> None:
                dtype=str(args.dtype), tokens=args.tokens, load_before=load_before)
     print(f"bench_decode: {env}")
     rows: List[Dict] = []
+    errors: Dict[str, str] = {}
+    env["load_after"] = load_before
     for name in models:
-        print(f"- {name}")
-        if name.startswith("mmrec-"):
-            if name.endswith("-compiled") and not cuda:
-                print("  (skipped: the compiled step is captured in a CUDA graph, GPU only)")
-                continue
-            rows += bench_mmrec(name.split("-")[1], args, device, contexts, batches, name.endswith("-forward"),
-                                name.endswith("-compiled"))
-        elif name == "gpt":
-            rows += bench_gpt(args, device, contexts, batches)
-        else:
-            rows += bench_hf(name.endswith("compile"), args, device, contexts, batches)
-    env["load_after"] = os.getloadavg()
+        print(f"- {name}", flush=True)
+        if name.endswith("-compiled") and not cuda:
+            print("  (skipped: the compiled step is captured in a CUDA graph, GPU only)")
+            continue
+        try:                                  # a failing model is reported and the others still run
+            if name.startswith("mmrec-"):
+                new = bench_mmrec(name.split("-")[1], args, device, contexts, batches, name.endswith("-forward"),
+                                  name.endswith("-compiled"))
+            elif name == "gpt":
+                new = bench_gpt(args, device, contexts, batches)
+            else:
+                new = bench_hf(name.endswith("compile"), args, device, contexts, batches)
+        except Exception as e:  # noqa: BLE001
+            errors[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+            print(f"  {name} failed: {errors[name]}", flush=True)
+            new = []
+        for r in new:
+            print(f"  {r['context']:>6} x B={r['batch']:<3} {r['ms_per_token']:8.3f} ms/token {r['tokens_per_s']:10.0f} "
+                  f"tokens/s", flush=True)
+        rows += new
+        env["load_after"] = os.getloadavg()
+        if args.json:                         # rewritten after every model: a run cut short keeps its rows
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(dict(env=env, command=" ".join(sys.argv), rows=rows, errors=errors),
+                                                  indent=1) + "\n")
     print(table(rows))
     print(f"load average (1, 5, 15 min) before {load_before}, after {env['load_after']}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(dict(env=env, command=" ".join(sys.argv), rows=rows), indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -51,7 +51,10 @@ class GraphDecoder:
         self.hist.scatter_(1, self.counter.expand(B, 1), token[:, None])
         self.counter.add_(1)
         update = completion_mask(self.ds) if masked else None
-        self.logits.copy_(self.step(self.ds, token, update))
+        # one compiled graph per (batch, dtype, model shape, update kind): more than dynamo's default limit of 8
+        # in a session that decodes several batch sizes or models; fullgraph turns the limit into an error
+        with torch._dynamo.config.patch(recompile_limit=256):
+            self.logits.copy_(self.step(self.ds, token, update))
 
     def _buffers(self) -> List[Tensor]:
         return [*self.ds.mem, *self.ds.chunk_sum, self.ds.pos, self.logits, self.prev, self.done, self.hist,
