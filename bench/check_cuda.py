@@ -87,7 +87,7 @@ def scan_cases(small: bool):
 
 def recurrence_cases(small: bool):
     cases = []
-    shapes = [(3, 5, 2, 8)] if small else [(5, 50, 8, 128), (16, 64, 8, 128), (2, 7, 1, 1024), (3, 33, 3, 40),
+    shapes = [(3, 5, 2, 8), (3, 5, 2, 32)] if small else [(5, 50, 8, 128), (16, 64, 8, 128), (2, 7, 1, 1024), (3, 33, 3, 40),
                                            (1, 200, 4, 64)]
     dtypes = [torch.float32] if small else [torch.float32, torch.bfloat16, torch.float64]
     for B, T, H, d in shapes:

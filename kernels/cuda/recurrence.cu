@@ -13,6 +13,7 @@
 #include <type_traits>
 
 #include "cuda/check.cuh"
+#include "cuda/recurrence_latency.cuh"
 #include "cuda/runtime.h"
 
 namespace mmrec::cuda {
@@ -343,6 +344,16 @@ int recurrence_fwd(DType dt, const void* z, const void* gamma, const void* w, co
                    void* h, int64_t B, int64_t T_, int64_t H, int64_t d, void* stream) {
   return run_entry(dims_ok(B, T_, H, d), dt, stream, [&](auto tag, cudaStream_t st) -> int {
     using T = decltype(tag);
+    if constexpr (!std::is_same_v<T, double>) {
+      if (latency::takes(d)) {
+        DeviceLimits lim;
+        if (int err = device_limits(&lim)) return err;
+        return latency::launch<T, false>(d, B, H, lim.sm_count, st, static_cast<const T*>(z),
+                                         static_cast<const T*>(gamma), static_cast<const T*>(w),
+                                         static_cast<const T*>(bias), static_cast<const T*>(h0), static_cast<T*>(h),
+                                         B, T_);
+      }
+    }
     const dim3 grid(unsigned((B + kRows - 1) / kRows), unsigned(H));
     return launch_sequential<T>(recurrence_fwd_kernel<T, true>, recurrence_fwd_kernel<T, false>, grid, int(d), st,
                                 static_cast<const T*>(z), static_cast<const T*>(gamma), static_cast<const T*>(w),
@@ -383,13 +394,25 @@ int recurrence_bwd(DType dt, const void* grad, const void* z, const void* gamma,
     recurrence_gate_kernel<T><<<dim3(unsigned((rows + 31) / 32), unsigned(dtiles), unsigned(H)), 256, 0, st>>>(
         w_, static_cast<const T*>(bias), h_, h0_, s, rows, T_, int(H), int(d));
     MMREC_CHECK_LAUNCH();
-    const dim3 grid(unsigned((B + kRows - 1) / kRows), unsigned(H));
-    if (int err = launch_sequential<T>(recurrence_bwd_kernel<T, true>, recurrence_bwd_kernel<T, false>, grid, int(d),
-                                       st, static_cast<const T*>(grad), static_cast<const T*>(z),
-                                       static_cast<const T*>(gamma), w_, h_, h0_, static_cast<const A*>(s), e,
-                                       static_cast<T*>(dz), static_cast<T*>(dgamma), static_cast<T*>(dh0), B, T_,
-                                       int(H), int(d)))
-      return err;
+    bool fast = false;
+    if constexpr (!std::is_same_v<T, double>) fast = latency::takes(d);
+    if (fast) {
+      if constexpr (!std::is_same_v<T, double>) {
+        if (int err = latency::launch<T, true>(d, B, H, lim.sm_count, st, static_cast<const T*>(grad),
+                                               static_cast<const T*>(z), static_cast<const T*>(gamma), w_, h_, h0_,
+                                               static_cast<const A*>(s), e, static_cast<T*>(dz),
+                                               static_cast<T*>(dgamma), static_cast<T*>(dh0), B, T_))
+          return err;
+      }
+    } else {
+      const dim3 grid(unsigned((B + kRows - 1) / kRows), unsigned(H));
+      if (int err = launch_sequential<T>(recurrence_bwd_kernel<T, true>, recurrence_bwd_kernel<T, false>, grid,
+                                         int(d), st, static_cast<const T*>(grad), static_cast<const T*>(z),
+                                         static_cast<const T*>(gamma), w_, h_, h0_, static_cast<const A*>(s), e,
+                                         static_cast<T*>(dz), static_cast<T*>(dgamma), static_cast<T*>(dh0), B, T_,
+                                         int(H), int(d)))
+        return err;
+    }
     recurrence_dw_kernel<T><<<dim3(unsigned(dtiles * dtiles), unsigned(H), unsigned(nparts)), 256, 0, st>>>(
         e, h_, h0_, dw_part, db_part, rows, rows_per_part, T_, int(H), int(d));
     MMREC_CHECK_LAUNCH();
