@@ -2,7 +2,9 @@
 // backward: delta_t = G_t + gamma_{t+1} delta_{t+1} + W^T e_{t+1}; e_t = delta_t z_t s_t (1 - s_t);
 //           dz = delta s; dgamma = delta h_{t-1}; dbias = sum e; dW[k] = sum e^k (h_{t-1}^k)^T; dh0 = gamma_0 delta_0 + W^T e_0.
 //
-// Forward: a persistent block per (4 batch rows, head) loops over all T; output i of its head (for the 4 rows) is
+// d in {32, 64, 128} (float32, bf16, f16) takes the latency kernels of recurrence_latency.cuh (W in registers, one
+// barrier per step; the 16-bit forward on tensor cores); float64 and every other d take the general kernels below.
+// General forward: a persistent block per (4 batch rows, head) loops over all T; output i of its head (for the 4 rows) is
 // summed by up to 8 threads, each over a d/8 range of j, their partials added in a fixed order by the owner
 // thread; W^T (float) and h (as [d][4] so one 16-byte load gives 4 rows) live in shared memory (W is read from
 // global memory when it does not fit); z and gamma of step t+1 are loaded during step t.

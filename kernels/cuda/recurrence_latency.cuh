@@ -214,6 +214,117 @@ __global__ void __launch_bounds__(D * kSplit, 1)
     if (live[kk]) store(dh0 + (b0 + q * RPL + kk) * Dm + col, g_next[kk] * delta[kk] + acc[kk]);
 }
 
+// Tensor-core forward for 16-bit storage (bf16, f16), d in {32, 64, 128}: one block per (8 batch rows, head),
+// d / 16 warps; warp m computes outputs 16m .. 16m + 15 of the 8 rows as the m16n8 tile C = W[16m.., :] H, where
+// H[j][n] = h_{t-1}[row n][j] rounded to the storage type (the only rounding of h: the lanes keep h in float).
+// mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}, lane l, g = l / 4, c = l % 4 (PTX ISA, "Matrix Fragments for
+// mma.m16n8k16 with floating point type"; lower-indexed element in the low 16 bits of each register):
+//   A (16 x 16, row-major), K tile kt: a[0] = W[g][2c, 2c+1], a[1] = W[g+8][2c, 2c+1], a[2] = W[g][2c+8, 2c+9],
+//     a[3] = W[g+8][2c+8, 2c+9] (rows 16m + .., columns 16 kt + ..), held in registers for the whole sequence;
+//   B (16 x 8, column-major): b0 = H[2c, 2c+1][g], b1 = H[2c+8, 2c+9][g]: two 32-bit words of row g of the
+//     shared [8][d] h array (row stride d/2 + 4 words: the 8 rows x 4 lanes hit 32 distinct banks);
+//   C (16 x 8): c[0] = C[g][2c], c[1] = C[g][2c+1], c[2] = C[g+8][2c], c[3] = C[g+8][2c+1]: the lane owns outputs
+//     16m + g, 16m + g + 8 of rows 2c, 2c + 1, and keeps their float h across steps.
+// Even and odd K tiles accumulate into two fragments (half the dependent mma chain), added in a fixed order.
+template <class T>
+__device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>)
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  else
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ unsigned short bits16(__nv_bfloat16 x) { return __bfloat16_as_ushort(x); }
+__device__ __forceinline__ unsigned short bits16(__half x) { return __half_as_ushort(x); }
+
+constexpr int kMmaRows = 8;  // batch rows per block of the tensor-core forward (the n8 of the tile)
+
+// grid (ceil(B / 8), H), block 2 d threads (d / 16 warps).
+template <class T, int D>
+__global__ void __launch_bounds__(2 * D, 1)
+    fwd_mma_kernel(const T* __restrict__ z, const T* __restrict__ gamma, const T* __restrict__ w,
+                   const T* __restrict__ bias, const T* __restrict__ h0, T* __restrict__ h, int64_t B, int64_t T_,
+                   int H) {
+  static_assert(D % 16 == 0 && D <= 128, "tile shape");
+  constexpr int KT = D / 16, SW = D / 2 + 4, P = D >= 128 ? 6 : 8;
+  __shared__ __align__(16) uint32_t hs[2 * kMmaRows * SW];  // [2][8 rows][SW words]: h_{t-1}, h_t in storage type
+  const int lane = threadIdx.x % 32, m = threadIdx.x / 32, g = lane / 4, c = lane % 4;
+  const int64_t b0 = int64_t(blockIdx.x) * kMmaRows, Dm = int64_t(H) * D, k = blockIdx.y;
+  const unsigned short* wb = reinterpret_cast<const unsigned short*>(w) + k * D * D;
+  auto wpair = [&](int row, int col) { return uint32_t(wb[row * D + col]) | (uint32_t(wb[row * D + col + 1]) << 16); };
+  uint32_t a[KT][4];
+#pragma unroll
+  for (int kt = 0; kt < KT; ++kt) {
+    const int r0 = 16 * m + g, c0 = 16 * kt + 2 * c;
+    a[kt][0] = wpair(r0, c0);
+    a[kt][1] = wpair(r0 + 8, c0);
+    a[kt][2] = wpair(r0, c0 + 8);
+    a[kt][3] = wpair(r0 + 8, c0 + 8);
+  }
+  // Owned pair e (0..3): output 16m + g + 8 (e / 2), row 2c + e % 2.
+  int64_t col[4], rowoff[4];
+  bool live[4];
+  float bi[4], hreg[4];
+  unsigned short* hs16 = reinterpret_cast<unsigned short*>(hs);
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    const int i = 16 * m + g + 8 * (e / 2), n = 2 * c + e % 2;
+    const int64_t b = b0 + n;
+    col[e] = k * D + i;
+    live[e] = b < B;
+    rowoff[e] = b * T_ * Dm + col[e];
+    bi[e] = bias ? load(bias + col[e]) : 0.0f;
+    hreg[e] = (live[e] && h0) ? load(h0 + b * Dm + col[e]) : 0.0f;
+    hs16[n * 2 * SW + i] = bits16(cvt<T>(hreg[e]));
+  }
+  T zr[P][4], gr[P][4];
+  const T zero = T(0.0f);
+  auto fetch = [&](int64_t t, T (&zz)[4], T (&gg)[4]) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const bool ok = live[e] && t < T_;
+      zz[e] = ok ? z[rowoff[e] + t * Dm] : zero;
+      gg[e] = ok ? gamma[rowoff[e] + t * Dm] : zero;
+    }
+  };
+#pragma unroll
+  for (int p = 0; p < P; ++p) fetch(p, zr[p], gr[p]);
+  __syncthreads();
+  int cur = 0;
+  for (int64_t t0 = 0; t0 < T_; t0 += P) {
+#pragma unroll
+    for (int p = 0; p < P; ++p) {
+      const int64_t t = t0 + p;
+      if (t >= T_) break;  // block-uniform
+      const uint32_t* hb = hs + cur * (kMmaRows * SW) + g * SW;
+      float even[4] = {0.0f, 0.0f, 0.0f, 0.0f}, odd[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+      for (int kt = 0; kt < KT; ++kt) {
+        const uint32_t bw0 = hb[8 * kt + c], bw1 = hb[8 * kt + 4 + c];
+        if (kt % 2 == 0)
+          mma_16816<T>(even, a[kt], bw0, bw1);
+        else
+          mma_16816<T>(odd, a[kt], bw0, bw1);
+      }
+      unsigned short* hn = hs16 + (cur ^ 1) * (kMmaRows * SW * 2);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float pre = (even[e] + odd[e]) + bi[e];
+        hreg[e] = to_acc(zr[p][e]) * sigmoid(pre) + to_acc(gr[p][e]) * hreg[e];
+        hn[(2 * c + e % 2) * 2 * SW + 16 * m + g + 8 * (e / 2)] = bits16(cvt<T>(hreg[e]));
+        if (live[e]) store(h + rowoff[e] + t * Dm, hreg[e]);
+      }
+      fetch(t + P, zr[p], gr[p]);
+      __syncthreads();
+      cur ^= 1;
+    }
+  }
+}
+
 // Rows per block: 4 while the blocks of 4 rows fit on the multiprocessors at one per SM (fewer rows per block =
 // fewer FMAs on each step's chain), else 8.
 inline int rows_per_block(int64_t B, int64_t H, int sm_count) {
@@ -231,7 +342,8 @@ int launch_tile(K kernel, int64_t B, int64_t H, cudaStream_t stream, Args... arg
   return 0;
 }
 
-// Dispatches d (32, 64, 128) and R (4, 8) to the forward (BWD = false) or backward kernel.
+// Dispatches d (32, 64, 128) and R (4, 8) to the forward (BWD = false) or backward kernel; the 16-bit forward
+// takes the tensor-core kernel (8 rows per block).
 template <class T, bool BWD, class... Args>
 int launch(int64_t d, int64_t B, int64_t H, int sm_count, cudaStream_t stream, Args... args) {
   const int R = rows_per_block(B, H, sm_count);
@@ -243,7 +355,15 @@ int launch(int64_t d, int64_t B, int64_t H, int sm_count, cudaStream_t stream, A
       return launch_tile<D, RR>(fwd_kernel<T, D, RR>, B, H, stream, args..., int(H));
   };
   auto with_r = [&](auto dtag) -> int {
-    return R == 4 ? go(dtag, std::integral_constant<int, 4>{}) : go(dtag, std::integral_constant<int, 8>{});
+    if constexpr (!BWD && !std::is_same_v<T, float>) {
+      constexpr int D = decltype(dtag)::value;
+      fwd_mma_kernel<T, D><<<dim3(unsigned((B + kMmaRows - 1) / kMmaRows), unsigned(H)), 2 * D, 0, stream>>>(
+          args..., int(H));
+      MMREC_CHECK_LAUNCH();
+      return 0;
+    } else {
+      return R == 4 ? go(dtag, std::integral_constant<int, 4>{}) : go(dtag, std::integral_constant<int, 8>{});
+    }
   };
   switch (d) {
     case 32: return with_r(std::integral_constant<int, 32>{});
