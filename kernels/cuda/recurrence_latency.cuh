@@ -241,7 +241,24 @@ __device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4],
 __device__ __forceinline__ unsigned short bits16(__nv_bfloat16 x) { return __bfloat16_as_ushort(x); }
 __device__ __forceinline__ unsigned short bits16(__half x) { return __half_as_ushort(x); }
 
-constexpr int kMmaRows = 8;  // batch rows per block of the tensor-core forward (the n8 of the tile)
+constexpr int kMmaRows = 8;  // batch rows per block of the tensor-core kernels (the n8 of the tile)
+
+// d / 16 dependent-pair mma over the K tiles of vector buffer `vb` (row g of the [8][SW] array): C += A V.
+template <class T, int D>
+__device__ __forceinline__ void mma_tile(const uint32_t (&a)[D / 16][4], const uint32_t* vb, int c, float (&out)[4]) {
+  constexpr int KT = D / 16;
+  float even[4] = {0.0f, 0.0f, 0.0f, 0.0f}, odd[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+  for (int kt = 0; kt < KT; ++kt) {
+    const uint32_t bw0 = vb[8 * kt + c], bw1 = vb[8 * kt + 4 + c];
+    if (kt % 2 == 0)
+      mma_16816<T>(even, a[kt], bw0, bw1);
+    else
+      mma_16816<T>(odd, a[kt], bw0, bw1);
+  }
+#pragma unroll
+  for (int e = 0; e < 4; ++e) out[e] = even[e] + odd[e];
+}
 
 // grid (ceil(B / 8), H), block 2 d threads (d / 16 warps).
 template <class T, int D>
@@ -300,20 +317,12 @@ __global__ void __launch_bounds__(2 * D, 1)
     for (int p = 0; p < P; ++p) {
       const int64_t t = t0 + p;
       if (t >= T_) break;  // block-uniform
-      const uint32_t* hb = hs + cur * (kMmaRows * SW) + g * SW;
-      float even[4] = {0.0f, 0.0f, 0.0f, 0.0f}, odd[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-      for (int kt = 0; kt < KT; ++kt) {
-        const uint32_t bw0 = hb[8 * kt + c], bw1 = hb[8 * kt + 4 + c];
-        if (kt % 2 == 0)
-          mma_16816<T>(even, a[kt], bw0, bw1);
-        else
-          mma_16816<T>(odd, a[kt], bw0, bw1);
-      }
+      float wh[4];  // W h_{t-1}
+      mma_tile<T, D>(a, hs + cur * (kMmaRows * SW) + g * SW, c, wh);
       unsigned short* hn = hs16 + (cur ^ 1) * (kMmaRows * SW * 2);
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const float pre = (even[e] + odd[e]) + bi[e];
+        const float pre = wh[e] + bi[e];
         hreg[e] = to_acc(zr[p][e]) * sigmoid(pre) + to_acc(gr[p][e]) * hreg[e];
         hn[(2 * c + e % 2) * 2 * SW + 16 * m + g + 8 * (e / 2)] = bits16(cvt<T>(hreg[e]));
         if (live[e]) store(h + rowoff[e] + t * Dm, hreg[e]);
@@ -323,6 +332,103 @@ __global__ void __launch_bounds__(2 * D, 1)
       cur ^= 1;
     }
   }
+}
+
+// Tensor-core reverse loop for 16-bit storage, the forward's layout with A = W^T (warp m: outputs j = 16m ..,
+// a[kt] from the columns 16m + g, 16m + g + 8 of W) and B = e_{t+1} rounded to the storage type; each lane keeps
+// the float delta and gamma_{t+1} of its 4 (j, row) pairs. grid (ceil(B / 8), H), block 2 d threads.
+template <class T, int D>
+__global__ void __launch_bounds__(2 * D, 1)
+    bwd_mma_kernel(const T* __restrict__ grad, const T* __restrict__ z, const T* __restrict__ gamma,
+                   const T* __restrict__ w, const T* __restrict__ h, const T* __restrict__ h0,
+                   const float* __restrict__ s, float* __restrict__ e_out, T* __restrict__ dz,
+                   T* __restrict__ dgamma, T* __restrict__ dh0, int64_t B, int64_t T_, int H) {
+  static_assert(D % 16 == 0 && D <= 128, "tile shape");
+  constexpr int KT = D / 16, SW = D / 2 + 4, P = kRingBwd;
+  __shared__ __align__(16) uint32_t es[2 * kMmaRows * SW];  // [2][8 rows][SW words]: e_{t+1}, e_t (storage type)
+  const int lane = threadIdx.x % 32, m = threadIdx.x / 32, g = lane / 4, c = lane % 4;
+  const int64_t b0 = int64_t(blockIdx.x) * kMmaRows, Dm = int64_t(H) * D, k = blockIdx.y;
+  const unsigned short* wb = reinterpret_cast<const unsigned short*>(w) + k * D * D;
+  // W^T[row][col], W^T[row][col + 1] = W[col][row], W[col + 1][row]
+  auto wtpair = [&](int row, int col) {
+    return uint32_t(wb[col * D + row]) | (uint32_t(wb[(col + 1) * D + row]) << 16);
+  };
+  uint32_t a[KT][4];
+#pragma unroll
+  for (int kt = 0; kt < KT; ++kt) {
+    const int r0 = 16 * m + g, c0 = 16 * kt + 2 * c;
+    a[kt][0] = wtpair(r0, c0);
+    a[kt][1] = wtpair(r0 + 8, c0);
+    a[kt][2] = wtpair(r0, c0 + 8);
+    a[kt][3] = wtpair(r0 + 8, c0 + 8);
+  }
+  for (int idx = threadIdx.x; idx < kMmaRows * SW; idx += blockDim.x) es[idx] = 0u;  // e_T = 0
+  // Owned pair e (0..3): output j = 16m + g + 8 (e / 2), row 2c + e % 2.
+  int64_t col[4], rowoff[4];
+  bool live[4];
+  float delta[4], g_next[4];
+  unsigned short* es16 = reinterpret_cast<unsigned short*>(es);
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    const int64_t b = b0 + 2 * c + e % 2;
+    col[e] = k * D + 16 * m + g + 8 * (e / 2);
+    live[e] = b < B;
+    rowoff[e] = b * T_ * Dm + col[e];
+    delta[e] = 0.0f;
+    g_next[e] = 0.0f;
+  }
+  T Gr[P][4], zr[P][4], hr[P][4], gmr[P][4];  // step t: G, z, h_{t-1}, gamma (storage type)
+  float sr[P][4];
+  const T zero = T(0.0f);
+  auto fetch = [&](int64_t u, T (&G)[4], T (&Z)[4], float (&S)[4], T (&Hp)[4], T (&Gm)[4]) {  // t = T - 1 - u
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int64_t t = T_ - 1 - u;
+      const bool ok = live[e] && t >= 0;
+      const int64_t off = rowoff[e] + t * Dm;
+      G[e] = ok ? grad[off] : zero;
+      Z[e] = ok ? z[off] : zero;
+      S[e] = ok ? s[off] : 0.0f;
+      Gm[e] = ok ? gamma[off] : zero;
+      Hp[e] = !ok ? zero : t > 0 ? h[off - Dm] : h0 ? h0[(b0 + 2 * c + e % 2) * Dm + col[e]] : zero;
+    }
+  };
+#pragma unroll
+  for (int p = 0; p < P; ++p) fetch(p, Gr[p], zr[p], sr[p], hr[p], gmr[p]);
+  __syncthreads();
+  int cur = 0;
+  for (int64_t u0 = 0; u0 < T_; u0 += P) {
+#pragma unroll
+    for (int p = 0; p < P; ++p) {
+      const int64_t u = u0 + p, t = T_ - 1 - u;
+      if (u >= T_) break;  // block-uniform
+      float wte[4];  // W^T e_{t+1}
+      mma_tile<T, D>(a, es + cur * (kMmaRows * SW) + g * SW, c, wte);
+      unsigned short* en = es16 + (cur ^ 1) * (kMmaRows * SW * 2);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float sv = sr[p][e];
+        delta[e] = to_acc(Gr[p][e]) + g_next[e] * delta[e] + wte[e];
+        const float ev = delta[e] * to_acc(zr[p][e]) * sv * (1.0f - sv);
+        en[(2 * c + e % 2) * 2 * SW + 16 * m + g + 8 * (e / 2)] = bits16(cvt<T>(ev));
+        if (live[e]) {
+          const int64_t off = rowoff[e] + t * Dm;
+          e_out[off] = ev;
+          store(dz + off, delta[e] * sv);
+          store(dgamma + off, delta[e] * to_acc(hr[p][e]));
+        }
+        g_next[e] = to_acc(gmr[p][e]);
+      }
+      fetch(u + P, Gr[p], zr[p], sr[p], hr[p], gmr[p]);
+      __syncthreads();
+      cur ^= 1;
+    }
+  }
+  float wte[4];  // W^T e_0
+  mma_tile<T, D>(a, es + cur * (kMmaRows * SW) + g * SW, c, wte);
+#pragma unroll
+  for (int e = 0; e < 4; ++e)
+    if (live[e]) store(dh0 + (b0 + 2 * c + e % 2) * Dm + col[e], g_next[e] * delta[e] + wte[e]);
 }
 
 // Rows per block: 4 while the blocks of 4 rows fit on the multiprocessors at one per SM (fewer rows per block =
@@ -342,8 +448,8 @@ int launch_tile(K kernel, int64_t B, int64_t H, cudaStream_t stream, Args... arg
   return 0;
 }
 
-// Dispatches d (32, 64, 128) and R (4, 8) to the forward (BWD = false) or backward kernel; the 16-bit forward
-// takes the tensor-core kernel (8 rows per block).
+// Dispatches d (32, 64, 128) and R (4, 8) to the forward (BWD = false) or backward kernel: float32 to the FMA
+// kernels, 16-bit storage to the tensor-core kernels (8 rows per block).
 template <class T, bool BWD, class... Args>
 int launch(int64_t d, int64_t B, int64_t H, int sm_count, cudaStream_t stream, Args... args) {
   const int R = rows_per_block(B, H, sm_count);
@@ -355,10 +461,13 @@ int launch(int64_t d, int64_t B, int64_t H, int sm_count, cudaStream_t stream, A
       return launch_tile<D, RR>(fwd_kernel<T, D, RR>, B, H, stream, args..., int(H));
   };
   auto with_r = [&](auto dtag) -> int {
-    if constexpr (!BWD && !std::is_same_v<T, float>) {
+    if constexpr (!std::is_same_v<T, float>) {
       constexpr int D = decltype(dtag)::value;
-      fwd_mma_kernel<T, D><<<dim3(unsigned((B + kMmaRows - 1) / kMmaRows), unsigned(H)), 2 * D, 0, stream>>>(
-          args..., int(H));
+      const dim3 grid(unsigned((B + kMmaRows - 1) / kMmaRows), unsigned(H));
+      if constexpr (BWD)
+        bwd_mma_kernel<T, D><<<grid, 2 * D, 0, stream>>>(args..., int(H));
+      else
+        fwd_mma_kernel<T, D><<<grid, 2 * D, 0, stream>>>(args..., int(H));
       MMREC_CHECK_LAUNCH();
       return 0;
     } else {

@@ -95,10 +95,11 @@ def test_gradients_float64(backend, device, H, d, B, T):
     _check(backend, args, torch.float64, 1e-10, f"H={H} d={d} B={B} T={T}")
 
 
-# The CUDA backend's latency kernels (kernels/cuda/recurrence_latency.cuh) take d in {32, 64, 128} for float32 and
-# 16-bit types, with 4 rows per block while ceil(B / 4) * H blocks fit on the multiprocessors, else 8 (H = 70 at B = 9
-# gives 210 blocks of 4 rows, more than any current GPU has SMs: 8 rows, the second tile with one live row). Other
-# shapes (d = 16, 256) and float64 take the general kernels. Each case runs the forward and every gradient.
+# The CUDA backend's latency kernels (kernels/cuda/recurrence_latency.cuh) take d in {32, 64, 128}: float32 on FMA
+# kernels with 4 rows per block while ceil(B / 4) * H blocks fit on the multiprocessors, else 8 (H = 70 at B = 9
+# gives 210 blocks of 4 rows, more than any current GPU has SMs: 8 rows, the second tile with one live row);
+# bf16/f16 on tensor-core kernels with 8 rows per block (B = 9: a second tile with one live row). Other d (16, 256)
+# and float64 take the general kernels. Each case runs the forward and every gradient.
 LATENCY_SHAPES = {  # id: (B, T, H, d, gamma range, bias, h0)
     "d32-B5-R4": (5, 17, 3, 32, "mid", True, True),
     "d64-B1-T1": (1, 1, 2, 64, "mid", True, True),
