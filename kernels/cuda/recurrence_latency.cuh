@@ -2,14 +2,15 @@
 //   forward  h_t = z_t s_t + gamma_t h_{t-1}, s_t = sigmoid(W h_{t-1} + bias), W: [H, d, d] block-diagonal;
 //   backward delta_t = G_t + gamma_{t+1} delta_{t+1} + W^T e_{t+1}, e_t = delta_t z_t s_t (1 - s_t).
 //
-// One block per (R batch rows, head), d * kSplit threads, float accumulation (storage float, bf16 or half;
-// d in {32, 64, 128}). Thread (i, q) = threadIdx (i * kSplit + q) holds W[i][q*JS .. q*JS + JS) (backward: the
+// d in {32, 64, 128}. float32 storage (FMA kernels): one block per (R batch rows, head), d * kSplit threads.
+// Thread (i, q) = threadIdx (i * kSplit + q) holds W[i][q*JS .. q*JS + JS) (backward: the
 // column W[q*JS .., j]) in JS = d / kSplit registers for the whole sequence. The kSplit lanes of one output are
 // adjacent in a warp; their R partial sums are reduce-scattered by __shfl_xor_sync so that lane q ends with the
 // totals of rows q*RPL .. q*RPL + RPL (RPL = R / kSplit), whose state it keeps in float registers across steps.
 // The step's input vector (h_{t-1}, or e_{t+1} in the backward) of the R rows lives in a double-buffered shared
 // array; one __syncthreads per step. Per-step inputs are loaded kRing steps ahead into a register ring indexed by
 // a statically unrolled loop, so no step waits on global memory.
+// bf16 / f16 storage: the same loops on tensor cores (fwd_mma_kernel, bwd_mma_kernel below), float accumulation.
 #pragma once
 
 #include <type_traits>
