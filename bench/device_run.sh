@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One command on a GPU machine: build with CUDA, run the op test suite, the long-shape self-check, compute-sanitizer
 # (memcheck, racecheck) on one tiny call per kernel, and the benchmark; STEPS picks steps (also: tritontests, the op
-# suite on the triton backend; readtests/readcheck/readmemcheck, memory_read; modeltests/decodebench, the model on
-# CUDA; and peers, bench/bench_peers.py). Run from anywhere:
+# suite on the triton backend; rectests/recbench, the recurrence's cuda tests and per-step latency table;
+# readtests/readcheck/readmemcheck, memory_read; modeltests/decodebench, the model on CUDA; and peers,
+# bench/bench_peers.py). Run from anywhere:
 #     OUT=/some/dir [STEPS="check bench"] bash bench/device_run.sh
 # Every step is teed to $OUT/<step>.log; $OUT/summary.log lists each step's exit code and seconds; the benchmark
 # JSON goes to $OUT/bench_cuda.json. Expected ~7 minutes; the step timeouts add up to 9.5 minutes.
@@ -39,6 +40,10 @@ print('has_cuda', _C.has_cuda, 'devices', torch.cuda.device_count()); print(mmre
     tests) step tests 300 $PY -m pytest tests/ops -q -p no:cacheprovider --maxfail=25 -k cuda-cuda ;;
     scantests) step scantests 150 $PY -m pytest tests/ops/test_scan.py tests/ops/test_contract.py -q \
       -p no:cacheprovider -k "scan and cuda-cuda" ;;
+    # issue 16: the recurrence's cuda op suite (every latency-kernel variant) and its per-step latency table
+    rectests) step rectests 300 $PY -m pytest tests/ops/test_recurrence.py -q -p no:cacheprovider --maxfail=25 \
+      -k "recurrence and cuda-cuda" ;;
+    recbench) step recbench 300 $PY bench/bench_recurrence_latency.py --out "$OUT/recurrence_latency.json" ;;
     profile) step profile 120 $PY bench/bench_cuda.py --profile --ops "${PROFILE_OPS:-scan}" ;;
     tritontests) step tritontests 420 $PY -m pytest tests/ops -q -p no:cacheprovider --maxfail=25 -k triton-cuda ;;
     bench) step bench 200 $PY bench/bench_cuda.py --out "$OUT/bench_cuda.json" ;;

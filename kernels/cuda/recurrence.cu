@@ -2,7 +2,9 @@
 // backward: delta_t = G_t + gamma_{t+1} delta_{t+1} + W^T e_{t+1}; e_t = delta_t z_t s_t (1 - s_t);
 //           dz = delta s; dgamma = delta h_{t-1}; dbias = sum e; dW[k] = sum e^k (h_{t-1}^k)^T; dh0 = gamma_0 delta_0 + W^T e_0.
 //
-// Forward: a persistent block per (4 batch rows, head) loops over all T; output i of its head (for the 4 rows) is
+// d in {32, 64, 128} (float32, bf16, f16) takes the latency kernels of recurrence_latency.cuh (W in registers, one
+// barrier per step; the 16-bit forward on tensor cores); float64 and every other d take the general kernels below.
+// General forward: a persistent block per (4 batch rows, head) loops over all T; output i of its head (for the 4 rows) is
 // summed by up to 8 threads, each over a d/8 range of j, their partials added in a fixed order by the owner
 // thread; W^T (float) and h (as [d][4] so one 16-byte load gives 4 rows) live in shared memory (W is read from
 // global memory when it does not fit); z and gamma of step t+1 are loaded during step t.
@@ -13,6 +15,7 @@
 #include <type_traits>
 
 #include "cuda/check.cuh"
+#include "cuda/recurrence_latency.cuh"
 #include "cuda/runtime.h"
 
 namespace mmrec::cuda {
@@ -343,6 +346,16 @@ int recurrence_fwd(DType dt, const void* z, const void* gamma, const void* w, co
                    void* h, int64_t B, int64_t T_, int64_t H, int64_t d, void* stream) {
   return run_entry(dims_ok(B, T_, H, d), dt, stream, [&](auto tag, cudaStream_t st) -> int {
     using T = decltype(tag);
+    if constexpr (!std::is_same_v<T, double>) {
+      if (latency::takes(d)) {
+        DeviceLimits lim;
+        if (int err = device_limits(&lim)) return err;
+        return latency::launch<T, false>(d, B, H, lim.sm_count, st, static_cast<const T*>(z),
+                                         static_cast<const T*>(gamma), static_cast<const T*>(w),
+                                         static_cast<const T*>(bias), static_cast<const T*>(h0), static_cast<T*>(h),
+                                         B, T_);
+      }
+    }
     const dim3 grid(unsigned((B + kRows - 1) / kRows), unsigned(H));
     return launch_sequential<T>(recurrence_fwd_kernel<T, true>, recurrence_fwd_kernel<T, false>, grid, int(d), st,
                                 static_cast<const T*>(z), static_cast<const T*>(gamma), static_cast<const T*>(w),
@@ -383,13 +396,25 @@ int recurrence_bwd(DType dt, const void* grad, const void* z, const void* gamma,
     recurrence_gate_kernel<T><<<dim3(unsigned((rows + 31) / 32), unsigned(dtiles), unsigned(H)), 256, 0, st>>>(
         w_, static_cast<const T*>(bias), h_, h0_, s, rows, T_, int(H), int(d));
     MMREC_CHECK_LAUNCH();
-    const dim3 grid(unsigned((B + kRows - 1) / kRows), unsigned(H));
-    if (int err = launch_sequential<T>(recurrence_bwd_kernel<T, true>, recurrence_bwd_kernel<T, false>, grid, int(d),
-                                       st, static_cast<const T*>(grad), static_cast<const T*>(z),
-                                       static_cast<const T*>(gamma), w_, h_, h0_, static_cast<const A*>(s), e,
-                                       static_cast<T*>(dz), static_cast<T*>(dgamma), static_cast<T*>(dh0), B, T_,
-                                       int(H), int(d)))
-      return err;
+    bool fast = false;
+    if constexpr (!std::is_same_v<T, double>) fast = latency::takes(d);
+    if (fast) {
+      if constexpr (!std::is_same_v<T, double>) {
+        if (int err = latency::launch<T, true>(d, B, H, lim.sm_count, st, static_cast<const T*>(grad),
+                                               static_cast<const T*>(z), static_cast<const T*>(gamma), w_, h_, h0_,
+                                               static_cast<const A*>(s), e, static_cast<T*>(dz),
+                                               static_cast<T*>(dgamma), static_cast<T*>(dh0), B, T_))
+          return err;
+      }
+    } else {
+      const dim3 grid(unsigned((B + kRows - 1) / kRows), unsigned(H));
+      if (int err = launch_sequential<T>(recurrence_bwd_kernel<T, true>, recurrence_bwd_kernel<T, false>, grid,
+                                         int(d), st, static_cast<const T*>(grad), static_cast<const T*>(z),
+                                         static_cast<const T*>(gamma), w_, h_, h0_, static_cast<const A*>(s), e,
+                                         static_cast<T*>(dz), static_cast<T*>(dgamma), static_cast<T*>(dh0), B, T_,
+                                         int(H), int(d)))
+        return err;
+    }
     recurrence_dw_kernel<T><<<dim3(unsigned(dtiles * dtiles), unsigned(H), unsigned(nparts)), 256, 0, st>>>(
         e, h_, h0_, dw_part, db_part, rows, rows_per_part, T_, int(H), int(d));
     MMREC_CHECK_LAUNCH();

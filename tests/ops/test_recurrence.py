@@ -95,6 +95,39 @@ def test_gradients_float64(backend, device, H, d, B, T):
     _check(backend, args, torch.float64, 1e-10, f"H={H} d={d} B={B} T={T}")
 
 
+# The CUDA backend's latency kernels (kernels/cuda/recurrence_latency.cuh) take d in {32, 64, 128}: float32 on FMA
+# kernels with 4 rows per block while ceil(B / 4) * H blocks fit on the multiprocessors, else 8 (H = 70 at B = 9
+# gives 210 blocks of 4 rows, more than any current GPU has SMs: 8 rows, the second tile with one live row);
+# bf16/f16 on tensor-core kernels with 8 rows per block (B = 9: a second tile with one live row). Other d (16, 256)
+# and float64 take the general kernels. Each case runs the forward and every gradient.
+LATENCY_SHAPES = {  # id: (B, T, H, d, gamma range, bias, h0)
+    "d32-B5-R4": (5, 17, 3, 32, "mid", True, True),
+    "d64-B1-T1": (1, 1, 2, 64, "mid", True, True),
+    "d64-B1-T1-none": (1, 1, 2, 64, "mid", False, False),
+    "d64-B6-R4-nobias": (6, 33, 2, 64, "near1", False, True),
+    "d64-B3-T3000": (3, 3000, 2, 64, "mid", True, True),
+    "d128-B7-R4-noh0": (7, 40, 2, 128, "mid", True, False),
+    "d32-B9-R8": (9, 5, 70, 32, "mid", True, True),
+    "d64-B9-R8": (9, 5, 70, 64, "near0", False, True),
+    "d128-B9-R8": (9, 3, 70, 128, "mid", True, False),
+    "d16-general": (5, 9, 2, 16, "mid", True, True),
+    "d256-general": (3, 6, 1, 256, "mid", True, True),
+}
+CUDA_CASES = [c for c in backend_cases("recurrence") if c.values[1] == "cuda"]
+
+
+@pytest.mark.parametrize("backend,device", CUDA_CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["f32", "bf16", "f16"])
+@pytest.mark.parametrize("shape", list(LATENCY_SHAPES))
+def test_cuda_kernel_variants(backend, device, dtype, shape):
+    B, T, H, d, gamma, bias, h0 = LATENCY_SHAPES[shape]
+    if T > 1000 and dtype == torch.float16:
+        pytest.skip("the long sequence runs in float32 and bfloat16; float16 shares their kernel")
+    args = _inputs(torch.Generator().manual_seed(B * 7 + T + d), B, T, H, d, dtype, device, GAMMA[gamma], bias, h0)
+    grad_tol = 1e-4 if dtype == torch.float32 else 5e-2
+    _check(backend, args, dtype, grad_tol, f"{shape} B={B} T={T} H={H} d={d} {dtype}")
+
+
 @BACKENDS
 def test_optional_arguments_none(backend, device):
     gen = torch.Generator().manual_seed(11)
