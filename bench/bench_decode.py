@@ -181,7 +181,7 @@ def bench_hf(compiled: bool, args, device, contexts, batches) -> List[Dict]:
         print(f"  {name}: skipped on CPU (the peer is measured on the GPU run only)")
         return []
     try:
-        from transformers import GPT2Config, GPT2LMHeadModel
+        from transformers import GPT2Config, GPT2LMHeadModel, StoppingCriteria, StoppingCriteriaList
     except ImportError as e:
         print(f"  {name}: skipped, transformers is not importable ({e})")
         return []
@@ -196,12 +196,24 @@ def bench_hf(compiled: bool, args, device, contexts, batches) -> List[Dict]:
             ids = torch.randint(0, cfg.vocab_size, (B, ctx), device=device)
             mask = torch.ones_like(ids)
 
+            class StopAt(StoppingCriteria):
+                """Ends generation at `length` tokens: every call asks for the same max_new_tokens, so the static
+                cache (sized prompt + max_new_tokens) and its compiled graph are the same (a new size recompiles)."""
+                def __init__(self, length: int):
+                    self.length = length
+
+                def __call__(self, input_ids, scores, **kwargs):
+                    return torch.full((input_ids.shape[0],), input_ids.shape[1] >= self.length, dtype=torch.bool,
+                                      device=input_ids.device)
+
             def gen(n):
-                return model.generate(ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                                      pad_token_id=0)
+                return model.generate(ids, attention_mask=mask, max_new_tokens=args.tokens + 1,
+                                      min_new_tokens=args.tokens + 1, do_sample=False, pad_token_id=0,
+                                      stopping_criteria=StoppingCriteriaList([StopAt(ctx + n)]))
             try:
                 with torch.no_grad():
-                    gen(args.tokens)                                                    # warm (compiles)
+                    for _ in range(2):
+                        gen(args.tokens + 1)                                            # warm (compiles)
                     t1 = _timed(lambda: gen(1), device)                                 # prefill + 1 token
                     tn = _timed(lambda: gen(args.tokens + 1), device)
                 secs = max(tn - t1, 1e-9)
