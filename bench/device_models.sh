@@ -8,7 +8,8 @@
 # Every step is teed to $OUT/<step>.log and $OUT/summary.log lists each step's exit code and seconds. The JSONs
 # ($OUT/{throughput,generate,quality}_cuda.json) are rewritten after every finished worker or run, so a step cut
 # by its timeout still leaves its finished rows; copy them to bench/results/models/ and run
-# `python bench/plot_benchmarks.py`. Budgets: throughput 220 s + generate 200 s; quality 440 s (+ env up to 30 s).
+# `python bench/plot_benchmarks.py`. Budgets (seconds): throughput TP_TIMEOUT (400) + EAGER_TIMEOUT (150), sizes
+# SIZES / EAGER_SIZES, archs ARCHS; sweep 3 x 150; generate 215; quality 455 (+ env up to 30 s each).
 set -u
 cd "$(dirname "$0")/.."
 MODE=${1:-}
@@ -33,7 +34,7 @@ torch.backends.cudnn.version(), torch.cuda.get_device_name()); print(mmrec_ops.a
       --tokens-per-step 16384 --micro-tokens 16384 --dtype bf16 --archs ${ARCHS:-mmrec-linear,gpt,mmrec} \
       --budget-s $(( ${TP_TIMEOUT:-400} - 10 )) --worker-timeout 200 --out "$OUT/throughput_cuda.json"
     step eager ${EAGER_TIMEOUT:-150} $PY bench/compare_models.py throughput --device cuda --compile off \
-      --sizes ${SIZES:-1024,4096,16384} --tokens-per-step 16384 --micro-tokens 16384 --dtype bf16 \
+      --sizes ${EAGER_SIZES:-${SIZES:-1024,4096,16384}} --tokens-per-step 16384 --micro-tokens 16384 --dtype bf16 \
       --archs ${ARCHS:-mmrec-linear,gpt,mmrec} --budget-s $(( ${EAGER_TIMEOUT:-150} - 10 )) --worker-timeout 80 \
       --out "$OUT/throughput_cuda_eager.json"
     ;;
