@@ -2,9 +2,9 @@
 //   [z f q v (g) c] = W_in rms(x) + b_in; h = sigmoid(f) h + z sigmoid(W_g h + b_g | g); m_n += (1 - g_n)(v - m_n);
 //   r = read over {h, m, slots}; y = x + W_o r; x = y + W_down swiglu(W_up rms(y)); slots updated on a chunk's
 //   last token; logits = W_lm rms(x). Inference only (no backward).
-// One OpenMP region per step: the GEMVs split their packed column tiles over the threads (each thread streams a
-// contiguous run of weights), the per-row work between them (gates, banks, read, slot update) runs on thread 0
-// between barriers; RMSNorm and SwiGLU inputs are recomputed per thread into private buffers (no barrier for them).
+// Threads (decode_step.h): the GEMV tiles of a phase go to whichever thread takes them next from an atomic counter;
+// the per-row work between GEMVs (gates, banks, read, slot update) runs on the caller's thread; a thread recomputes
+// the RMSNorm / SwiGLU input of a GEMV into its private buffer when it takes its first tile of the phase.
 #include "cpu/decode_step.h"
 
 #include <immintrin.h>
@@ -14,9 +14,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <thread>
 #include <type_traits>
 
-#include "cpu/parallel.h"
 #include "cpu/scalar.h"
 
 namespace mmrec::cpu {
@@ -114,37 +114,40 @@ void tile(const T* w, int64_t K, const T* x, int64_t ldx, int nb, T* acc) {
   tile_generic(w, K, x, ldx, nb, acc);
 }
 
-// The tiles of `jobs` owned by thread `tid` of `nt`: contiguous runs of equal weight volume.
+// Tile t of `job` for all B rows.
 template <class T>
-void run_jobs(const Job<T>* jobs, int n_jobs, int64_t B, int tid, int nt) {
-  int64_t total = 0;
-  for (int j = 0; j < n_jobs; ++j)
-    for (const auto& t : jobs[j].m->tiles) total += t.K;
+void run_tile(const Job<T>& job, const typename Packed<T>::Tile& t, int64_t B) {
   alignas(64) T acc[kRows * kTile];
-  int64_t seen = 0;
-  for (int j = 0; j < n_jobs; ++j) {
-    const Job<T>& job = jobs[j];
-    for (const auto& t : job.m->tiles) {
-      const int64_t owner = ((seen + t.K / 2) * nt) / total;
-      seen += t.K;
-      if (owner != tid) continue;
-      const T* w = job.m->w.get() + t.w_off;
-      for (int64_t b0 = 0; b0 < B; b0 += kRows) {
-        const int nb = int(std::min<int64_t>(kRows, B - b0));
-        tile(w, t.K, job.x + b0 * job.ldx + t.k_off, job.ldx, nb, acc);
-        for (int r = 0; r < nb; ++r) {
-          T* out = job.out + (b0 + r) * job.ldo + t.n_off;
-          const T* res = job.res ? job.res + (b0 + r) * job.ldres + t.n_off : nullptr;
-          const T* bias = job.bias ? job.bias + t.n_off : nullptr;
-          for (int c = 0; c < t.n_valid; ++c) {
-            T v = acc[r * kTile + c];
-            if (bias) v += bias[c];
-            if (res) v += res[c];
-            out[c] = v;
-          }
-        }
+  const T* w = job.m->w.get() + t.w_off;
+  for (int64_t b0 = 0; b0 < B; b0 += kRows) {
+    const int nb = int(std::min<int64_t>(kRows, B - b0));
+    tile(w, t.K, job.x + b0 * job.ldx + t.k_off, job.ldx, nb, acc);
+    for (int r = 0; r < nb; ++r) {
+      T* out = job.out + (b0 + r) * job.ldo + t.n_off;
+      const T* res = job.res ? job.res + (b0 + r) * job.ldres + t.n_off : nullptr;
+      const T* bias = job.bias ? job.bias + t.n_off : nullptr;
+      for (int c = 0; c < t.n_valid; ++c) {
+        T v = acc[r * kTile + c];
+        if (bias) v += bias[c];
+        if (res) v += res[c];
+        out[c] = v;
       }
     }
+  }
+}
+
+MMREC_INLINE void cpu_relax() {
+#if defined(__x86_64__)
+  _mm_pause();
+#endif
+}
+
+// Spins (then yields: a loaded machine may run the awaited thread on this core) until `a` reaches `target`.
+template <class I>
+void wait_for(const std::atomic<I>& a, I target) {
+  for (int i = 0; a.load(std::memory_order_acquire) < target; ++i) {
+    if (i < 2000) cpu_relax();
+    else std::this_thread::yield();
   }
 }
 
@@ -306,7 +309,7 @@ void mix_row(const DecodeDims& d, int64_t W, const typename DecodeStep<T>::Block
     dot_a += blk.w_a[i] * s_mean[i];
   }
   const Job<T> kj{&blk.w_key, s_mean, D, key, D, nullptr, nullptr, 0};
-  run_jobs(&kj, 1, 1, 0, 1);
+  for (const auto& t : blk.w_key.tiles) run_tile(kj, t, 1);
   const T strength = sigmoid<T>(blk.b_a + dot_a);
   T* slots = mem + (1 + N) * D;
   T* addr = rho;  // [S] scores, then weights
@@ -331,54 +334,148 @@ void mix_row(const DecodeDims& d, int64_t W, const typename DecodeStep<T>::Block
 }  // namespace
 
 template <class T>
-void DecodeStep<T>::run(const int64_t* tokens, int64_t B, T* const* mem, T* const* chunk_sum, int64_t* pos, T* logits,
-                        int threads) {
-  threads = std::max(threads, 1);
-  reserve(B, threads);
-  const int64_t D = d_.D, F = d_.F, V = d_.V, I = 1 + d_.N + d_.S;
+void DecodeStep<T>::work(int worker) {
+  const int64_t B = B_, D = d_.D, F = d_.F, V = d_.V, I = 1 + d_.N + d_.S, L = d_.L;
   const T eps = T(d_.eps);
-  for (int64_t b = 0; b < B; ++b) update_[b] = (pos[b] % d_.C) == d_.C - 1;
-
-#pragma omp parallel num_threads(threads)
-  {
-    const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
-    T* u = u_priv_.data() + int64_t(tid) * cap_B_ * D;
-    T* a = a_priv_.data() + int64_t(tid) * cap_B_ * F;
-    if (tid == 0)
-      for (int64_t b = 0; b < B; ++b) std::memcpy(&x_[b * D], &embed_[tokens[b] * D], D * sizeof(T));
-#pragma omp barrier
-    for (int64_t l = 0; l < d_.L; ++l) {
-      const Block& blk = blocks_[l];
-      T* m = mem[l];
-      rms_rows(x_.data(), B, D, blk.norm_in.data(), eps, u);
-      const Job<T> in_jobs[2] = {{&blk.in_proj, u, D, proj_.data(), W_, blk.b_in.data(), nullptr, 0},
-                                 {&blk.w_g, m, I * D, p_.data(), D, blk.b_g.data(), nullptr, 0}};
-      run_jobs(in_jobs, d_.linear ? 1 : 2, B, tid, nt);
-#pragma omp barrier
-      if (tid == 0)
-        for (int64_t b = 0; b < B; ++b)
-          mix_row<T>(d_, W_, blk, &proj_[b * W_], &p_[b * D], m + b * I * D, chunk_sum[l] + b * D, &r_[b * D],
-                     update_[b], key_.data());
-#pragma omp barrier
-      const Job<T> o_job{&blk.w_o, r_.data(), D, y_.data(), D, nullptr, x_.data(), D};
-      run_jobs(&o_job, 1, B, tid, nt);
-#pragma omp barrier
-      rms_rows(y_.data(), B, D, blk.norm_ffn.data(), eps, u);
-      const Job<T> up_job{&blk.w_up, u, D, gv_.data(), 2 * F, nullptr, nullptr, 0};
-      run_jobs(&up_job, 1, B, tid, nt);
-#pragma omp barrier
+  T* u = u_priv_.data() + int64_t(worker) * cap_B_ * D;
+  T* a = a_priv_.data() + int64_t(worker) * cap_B_ * F;
+  // Takes the tiles of phase `ph` (jobs[0]'s, then jobs[1]'s) one at a time; `prepare` fills this thread's
+  // input buffer before its first tile (the phase cannot complete, so its input cannot change, while a tile is out).
+  auto phase = [&](int64_t ph, const Job<T>* jobs, int n_jobs, auto&& prepare) {
+    const int64_t n0 = int64_t(jobs[0].m->tiles.size()), n = n0 + (n_jobs > 1 ? int64_t(jobs[1].m->tiles.size()) : 0);
+    bool ready = false;
+    for (int64_t i; (i = next_[ph].fetch_add(1, std::memory_order_acq_rel)) < n;) {
+      if (!ready) {
+        prepare();
+        ready = true;
+      }
+      const Job<T>& job = i < n0 ? jobs[0] : jobs[1];
+      run_tile(job, job.m->tiles[i < n0 ? i : i - n0], B);
+      done_[ph].fetch_add(1, std::memory_order_release);
+    }
+  };
+  auto tiles = [](const Packed<T>& m) { return int64_t(m.tiles.size()); };
+  for (int64_t l = 0; l < L; ++l) {
+    const Block& blk = blocks_[l];
+    T* m = mem_[l];
+    const int64_t p_in = 4 * l, p_o = p_in + 1, p_up = p_in + 2, p_down = p_in + 3;
+    if (l > 0) wait_for(done_[p_in - 1], tiles(blocks_[l - 1].w_down));
+    const Job<T> in_jobs[2] = {{&blk.in_proj, u, D, proj_.data(), W_, blk.b_in.data(), nullptr, 0},
+                               {&blk.w_g, m, I * D, p_.data(), D, blk.b_g.data(), nullptr, 0}};
+    phase(p_in, in_jobs, d_.linear ? 1 : 2, [&] { rms_rows(x_.data(), B, D, blk.norm_in.data(), eps, u); });
+    if (worker == 0) {
+      wait_for(done_[p_in], tiles(blk.in_proj) + (d_.linear ? 0 : tiles(blk.w_g)));
+      for (int64_t b = 0; b < B; ++b)
+        mix_row<T>(d_, W_, blk, &proj_[b * W_], &p_[b * D], m + b * I * D, chunk_sum_[l] + b * D, &r_[b * D],
+                   update_[b], key_.data());
+      mixed_[l].store(1, std::memory_order_release);
+    }
+    wait_for(mixed_[l], 1);
+    const Job<T> o_job{&blk.w_o, r_.data(), D, y_.data(), D, nullptr, x_.data(), D};
+    phase(p_o, &o_job, 1, [] {});
+    wait_for(done_[p_o], tiles(blk.w_o));
+    const Job<T> up_job{&blk.w_up, u, D, gv_.data(), 2 * F, nullptr, nullptr, 0};
+    phase(p_up, &up_job, 1, [&] { rms_rows(y_.data(), B, D, blk.norm_ffn.data(), eps, u); });
+    wait_for(done_[p_up], tiles(blk.w_up));
+    const Job<T> down_job{&blk.w_down, a, F, x_.data(), D, nullptr, y_.data(), D};
+    phase(p_down, &down_job, 1, [&] {
       for (int64_t b = 0; b < B; ++b)
         for (int64_t i = 0; i < F; ++i) {
           const T g = gv_[b * 2 * F + i];
           a[b * F + i] = g * sigmoid<T>(g) * gv_[b * 2 * F + F + i];
         }
-      const Job<T> down_job{&blk.w_down, a, F, x_.data(), D, nullptr, y_.data(), D};
-      run_jobs(&down_job, 1, B, tid, nt);
-#pragma omp barrier
+    });
+  }
+  wait_for(done_[4 * L - 1], tiles(blocks_[L - 1].w_down));
+  const Job<T> lm_job{&lm_head_, u, D, logits_, V, nullptr, nullptr, 0};
+  phase(4 * L, &lm_job, 1, [&] { rms_rows(x_.data(), B, D, norm_w_.data(), eps, u); });
+  if (worker == 0) wait_for(done_[4 * L], tiles(lm_head_));
+}
+
+template <class T>
+void DecodeStep<T>::helper_loop(int worker) {
+  uint64_t seen = epoch_.load();
+  for (;;) {
+    // between steps: spin ~0.1 ms (the caller samples the next token meanwhile), then sleep
+    for (int i = 0; i < 20000 && epoch_.load(std::memory_order_acquire) == seen && !stop_.load(); ++i) cpu_relax();
+    if (epoch_.load() == seen && !stop_.load()) {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [&] { return epoch_.load() != seen || stop_.load(); });
     }
-    rms_rows(x_.data(), B, D, norm_w_.data(), eps, u);
-    const Job<T> lm_job{&lm_head_, u, D, logits, V, nullptr, nullptr, 0};
-    run_jobs(&lm_job, 1, B, tid, nt);
+    if (stop_.load()) return;
+    seen = epoch_.load();
+    active_.fetch_add(1);           // then look: run() closes the step, then waits for active_ == 0
+    if (open_.load()) work(worker);
+    active_.fetch_sub(1);
+  }
+}
+
+template <class T>
+void DecodeStep<T>::start_helpers(int n) {
+  for (int w = 1; w <= n; ++w) helpers_.emplace_back([this, w] { helper_loop(w); });
+}
+
+template <class T>
+void DecodeStep<T>::stop_helpers() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_.store(true);
+  }
+  cv_.notify_all();
+  for (auto& t : helpers_) t.join();
+  helpers_.clear();
+  stop_.store(false);
+}
+
+template <class T>
+DecodeStep<T>::~DecodeStep() {
+  stop_helpers();
+}
+
+template <class T>
+void DecodeStep<T>::run(const int64_t* tokens, int64_t B, T* const* mem, T* const* chunk_sum, int64_t* pos, T* logits,
+                        int threads) {
+  threads = std::max(threads, 1);
+  if (size_t(threads - 1) != helpers_.size()) {
+    stop_helpers();
+    reserve(B, threads);
+    start_helpers(threads - 1);
+  }
+  reserve(B, threads);
+  const int64_t D = d_.D, n_phases = 4 * d_.L + 1;
+  if (!next_) {
+    next_.reset(new std::atomic<int64_t>[n_phases]);
+    done_.reset(new std::atomic<int64_t>[n_phases]);
+    mixed_.reset(new std::atomic<int>[d_.L]);
+  }
+  for (int64_t p = 0; p < n_phases; ++p) {
+    next_[p].store(0, std::memory_order_relaxed);
+    done_[p].store(0, std::memory_order_relaxed);
+  }
+  for (int64_t l = 0; l < d_.L; ++l) mixed_[l].store(0, std::memory_order_relaxed);
+  B_ = B;
+  mem_ = mem;
+  chunk_sum_ = chunk_sum;
+  logits_ = logits;
+  for (int64_t b = 0; b < B; ++b) {
+    update_[b] = (pos[b] % d_.C) == d_.C - 1;
+    std::memcpy(&x_[b * D], &embed_[tokens[b] * D], D * sizeof(T));
+  }
+  if (!helpers_.empty()) {
+    open_.store(true);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      epoch_.fetch_add(1);
+    }
+    cv_.notify_all();
+  }
+  work(0);
+  if (!helpers_.empty()) {
+    open_.store(false);  // a helper that has not joined by now stays out; one that has is waited for
+    for (int i = 0; active_.load() != 0; ++i) {
+      if (i < 2000) cpu_relax();
+      else std::this_thread::yield();
+    }
   }
   for (int64_t b = 0; b < B; ++b) pos[b] += 1;
 }

@@ -1,6 +1,10 @@
 #pragma once
+#include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <memory>
+#include <mutex>
+#include <thread>
 #include <vector>
 
 namespace mmrec::cpu {
@@ -42,12 +46,19 @@ struct Packed {
 
 // The whole model's one-token step with its weights packed once; state buffers are the caller's:
 // mem[l] [B, 1 + N + S, D] = (h, banks, slots), chunk_sum[l] [B, D], pos [B] (int64, advanced by one).
+// Threads: the caller's thread and `threads - 1` helper threads owned by the object. A step is a chain of phases
+// (per block: in_proj + W_g GEMV, the per-row work, out_proj, up, down; then lm_head); the GEMV tiles of a phase
+// are taken one at a time from an atomic counter by whichever thread is running, so a helper that the OS does not
+// schedule (a loaded machine) never stalls the step: the caller's thread does its share.
 template <class T>
 class DecodeStep {
  public:
   DecodeStep(const DecodeDims& dims, const T* embed, const T* norm_w, const T* lm_head,
              const BlockParams<T>* blocks);
-  // tokens [B] in [0, V) -> logits [B, V]; the state advances one token in place; `threads` OpenMP threads.
+  ~DecodeStep();
+  DecodeStep(const DecodeStep&) = delete;
+  DecodeStep& operator=(const DecodeStep&) = delete;
+  // tokens [B] in [0, V) -> logits [B, V]; the state advances one token in place. Not reentrant.
   void run(const int64_t* tokens, int64_t B, T* const* mem, T* const* chunk_sum, int64_t* pos, T* logits,
            int threads);
   const DecodeDims& dims() const { return d_; }
@@ -60,6 +71,10 @@ class DecodeStep {
 
  private:
   void reserve(int64_t B, int threads);
+  void start_helpers(int n);
+  void stop_helpers();
+  void helper_loop(int worker);
+  void work(int worker);          // every phase of the open step, from `worker`'s side
   DecodeDims d_;
   int64_t W_;                       // in_proj width
   std::vector<T> embed_, norm_w_;
@@ -70,6 +85,20 @@ class DecodeStep {
   int cap_threads_ = 0;
   std::vector<T> x_, y_, proj_, p_, r_, gv_, key_, u_priv_, a_priv_;
   std::vector<uint8_t> update_;
+  // the open step
+  int64_t B_ = 0;
+  T* const* mem_ = nullptr;
+  T* const* chunk_sum_ = nullptr;
+  T* logits_ = nullptr;
+  std::unique_ptr<std::atomic<int64_t>[]> next_, done_;   // per GEMV phase: tiles taken, tiles finished
+  std::unique_ptr<std::atomic<int>[]> mixed_;             // per block: the per-row work is done
+  // helpers
+  std::vector<std::thread> helpers_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::atomic<uint64_t> epoch_{0};
+  std::atomic<bool> open_{false}, stop_{false};
+  std::atomic<int> active_{0};
 };
 
 }  // namespace mmrec::cpu
