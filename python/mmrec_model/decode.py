@@ -255,7 +255,9 @@ def step_tensors(state: DecodeState, tokens: Tensor, update) -> Tensor:
     [B, V]; `update` as in block_step. The CPU kernel decides the completing rows from `state.pos` itself."""
     if state.kernel is not None:
         logits = torch.empty(state.batch_size, state.config.vocab_size, dtype=state.dtype)
-        state.kernel.step(tokens.to(torch.long).contiguous(), logits, torch.get_num_threads())
+        if tokens.dtype != torch.long or not tokens.is_contiguous():
+            tokens = tokens.to(torch.long).contiguous()
+        state.kernel.step(tokens, logits, torch.get_num_threads())
         return logits
     x = F.embedding(tokens, state.embed)                                              # [B, D]
     for w, mem, csum in zip(state.weights, state.mem, state.chunk_sum):
