@@ -435,6 +435,7 @@ DecodeStep<T>::~DecodeStep() {
 template <class T>
 void DecodeStep<T>::run(const int64_t* tokens, int64_t B, T* const* mem, T* const* chunk_sum, int64_t* pos, T* logits,
                         int threads) {
+  std::lock_guard<std::mutex> serial(run_mu_);
   threads = std::max(threads, 1);
   if (size_t(threads - 1) != helpers_.size()) {
     stop_helpers();

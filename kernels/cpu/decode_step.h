@@ -58,7 +58,7 @@ class DecodeStep {
   ~DecodeStep();
   DecodeStep(const DecodeStep&) = delete;
   DecodeStep& operator=(const DecodeStep&) = delete;
-  // tokens [B] in [0, V) -> logits [B, V]; the state advances one token in place. Not reentrant.
+  // tokens [B] in [0, V) -> logits [B, V]; the state advances one token in place. Calls are serialised.
   void run(const int64_t* tokens, int64_t B, T* const* mem, T* const* chunk_sum, int64_t* pos, T* logits,
            int threads);
   const DecodeDims& dims() const { return d_; }
@@ -94,6 +94,7 @@ class DecodeStep {
   std::unique_ptr<std::atomic<int>[]> mixed_;             // per block: the per-row work is done
   // helpers
   std::vector<std::thread> helpers_;
+  std::mutex run_mu_;              // one step at a time (states of one model share the scratch and helpers)
   std::mutex mu_;
   std::condition_variable cv_;
   std::atomic<uint64_t> epoch_{0};
