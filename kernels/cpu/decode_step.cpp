@@ -24,6 +24,7 @@ namespace {
 
 constexpr int kTile = 16;  // output columns per packed tile: one 64-byte line of float32 per input element
 constexpr int kRows = 4;   // batch rows per pass over a tile (8 accumulators of 8 floats)
+constexpr int64_t kGrain = 16384;  // weights per take of a GEMV phase's tiles (64 KiB of float32: ~4 tiles of K=256)
 
 // A GEMV over packed tiles: out[b, n_off + c] = res[b, n_off + c] + bias[n_off + c] + sum_k W[n, k] x[b, k_off + k].
 template <class T>
@@ -142,11 +143,13 @@ MMREC_INLINE void cpu_relax() {
 #endif
 }
 
-// Spins (then yields: a loaded machine may run the awaited thread on this core) until `a` reaches `target`.
+// Spins briefly, then yields (a loaded machine may be running the awaited thread on this core), until `a` reaches
+// `target`. Spinning 16x longer before the yield was no faster on the loaded 2-core machine (within its noise).
+constexpr int kSpins = 2000;
 template <class I>
 void wait_for(const std::atomic<I>& a, I target) {
   for (int i = 0; a.load(std::memory_order_acquire) < target; ++i) {
-    if (i < 2000) cpu_relax();
+    if (i < kSpins) cpu_relax();
     else std::this_thread::yield();
   }
 }
@@ -339,19 +342,25 @@ void DecodeStep<T>::work(int worker) {
   const T eps = T(d_.eps);
   T* u = u_priv_.data() + int64_t(worker) * cap_B_ * D;
   T* a = a_priv_.data() + int64_t(worker) * cap_B_ * F;
-  // Takes the tiles of phase `ph` (jobs[0]'s, then jobs[1]'s) one at a time; `prepare` fills this thread's
-  // input buffer before its first tile (the phase cannot complete, so its input cannot change, while a tile is out).
-  auto phase = [&](int64_t ph, const Job<T>* jobs, int n_jobs, auto&& prepare) {
-    const int64_t n0 = int64_t(jobs[0].m->tiles.size()), n = n0 + (n_jobs > 1 ? int64_t(jobs[1].m->tiles.size()) : 0);
+  // Takes the tiles of phase `ph` (first's, then second's if any) in runs of ~kGrain weights (one atomic per run:
+  // the counters' cache line moves between cores on every take); `prepare` fills this thread's input buffer before
+  // its first run (the phase cannot complete, so its input cannot change, while a run is out).
+  auto phase = [&](int64_t ph, const Job<T>& first, const Job<T>* second, auto&& prepare) {
+    const int64_t n0 = int64_t(first.m->tiles.size()), n = n0 + (second ? int64_t(second->m->tiles.size()) : 0);
+    const int64_t grain = std::max<int64_t>(1, kGrain / (int64_t(first.m->tiles[0].K) * kTile));
+    Phase& sync = phases_[ph];
     bool ready = false;
-    for (int64_t i; (i = next_[ph].fetch_add(1, std::memory_order_acq_rel)) < n;) {
+    for (int64_t i0; (i0 = sync.next.fetch_add(grain, std::memory_order_acq_rel)) < n;) {
       if (!ready) {
         prepare();
         ready = true;
       }
-      const Job<T>& job = i < n0 ? jobs[0] : jobs[1];
-      run_tile(job, job.m->tiles[i < n0 ? i : i - n0], B);
-      done_[ph].fetch_add(1, std::memory_order_release);
+      const int64_t i1 = std::min(n, i0 + grain);
+      for (int64_t i = i0; i < i1; ++i) {
+        const Job<T>& job = i < n0 ? first : *second;
+        run_tile(job, job.m->tiles[i < n0 ? i : i - n0], B);
+      }
+      sync.done.fetch_add(i1 - i0, std::memory_order_release);
     }
   };
   auto tiles = [](const Packed<T>& m) { return int64_t(m.tiles.size()); };
@@ -359,26 +368,26 @@ void DecodeStep<T>::work(int worker) {
     const Block& blk = blocks_[l];
     T* m = mem_[l];
     const int64_t p_in = 4 * l, p_o = p_in + 1, p_up = p_in + 2, p_down = p_in + 3;
-    if (l > 0) wait_for(done_[p_in - 1], tiles(blocks_[l - 1].w_down));
-    const Job<T> in_jobs[2] = {{&blk.in_proj, u, D, proj_.data(), W_, blk.b_in.data(), nullptr, 0},
-                               {&blk.w_g, m, I * D, p_.data(), D, blk.b_g.data(), nullptr, 0}};
-    phase(p_in, in_jobs, d_.linear ? 1 : 2, [&] { rms_rows(x_.data(), B, D, blk.norm_in.data(), eps, u); });
+    if (l > 0) wait_for(phases_[p_in - 1].done, tiles(blocks_[l - 1].w_down));
+    const Job<T> in_job{&blk.in_proj, u, D, proj_.data(), W_, blk.b_in.data(), nullptr, 0},
+        g_job{&blk.w_g, m, I * D, p_.data(), D, blk.b_g.data(), nullptr, 0};
+    phase(p_in, in_job, d_.linear ? nullptr : &g_job, [&] { rms_rows(x_.data(), B, D, blk.norm_in.data(), eps, u); });
     if (worker == 0) {
-      wait_for(done_[p_in], tiles(blk.in_proj) + (d_.linear ? 0 : tiles(blk.w_g)));
+      wait_for(phases_[p_in].done, tiles(blk.in_proj) + (d_.linear ? 0 : tiles(blk.w_g)));
       for (int64_t b = 0; b < B; ++b)
         mix_row<T>(d_, W_, blk, &proj_[b * W_], &p_[b * D], m + b * I * D, chunk_sum_[l] + b * D, &r_[b * D],
                    update_[b], key_.data());
-      mixed_[l].store(1, std::memory_order_release);
+      mixed_[l].set.store(1, std::memory_order_release);
     }
-    wait_for(mixed_[l], 1);
+    wait_for(mixed_[l].set, int64_t(1));
     const Job<T> o_job{&blk.w_o, r_.data(), D, y_.data(), D, nullptr, x_.data(), D};
-    phase(p_o, &o_job, 1, [] {});
-    wait_for(done_[p_o], tiles(blk.w_o));
+    phase(p_o, o_job, nullptr, [] {});
+    wait_for(phases_[p_o].done, tiles(blk.w_o));
     const Job<T> up_job{&blk.w_up, u, D, gv_.data(), 2 * F, nullptr, nullptr, 0};
-    phase(p_up, &up_job, 1, [&] { rms_rows(y_.data(), B, D, blk.norm_ffn.data(), eps, u); });
-    wait_for(done_[p_up], tiles(blk.w_up));
+    phase(p_up, up_job, nullptr, [&] { rms_rows(y_.data(), B, D, blk.norm_ffn.data(), eps, u); });
+    wait_for(phases_[p_up].done, tiles(blk.w_up));
     const Job<T> down_job{&blk.w_down, a, F, x_.data(), D, nullptr, y_.data(), D};
-    phase(p_down, &down_job, 1, [&] {
+    phase(p_down, down_job, nullptr, [&] {
       for (int64_t b = 0; b < B; ++b)
         for (int64_t i = 0; i < F; ++i) {
           const T g = gv_[b * 2 * F + i];
@@ -386,10 +395,10 @@ void DecodeStep<T>::work(int worker) {
         }
     });
   }
-  wait_for(done_[4 * L - 1], tiles(blocks_[L - 1].w_down));
+  wait_for(phases_[4 * L - 1].done, tiles(blocks_[L - 1].w_down));
   const Job<T> lm_job{&lm_head_, u, D, logits_, V, nullptr, nullptr, 0};
-  phase(4 * L, &lm_job, 1, [&] { rms_rows(x_.data(), B, D, norm_w_.data(), eps, u); });
-  if (worker == 0) wait_for(done_[4 * L], tiles(lm_head_));
+  phase(4 * L, lm_job, nullptr, [&] { rms_rows(x_.data(), B, D, norm_w_.data(), eps, u); });
+  if (worker == 0) wait_for(phases_[4 * L].done, tiles(lm_head_));
 }
 
 template <class T>
@@ -444,16 +453,15 @@ void DecodeStep<T>::run(const int64_t* tokens, int64_t B, T* const* mem, T* cons
   }
   reserve(B, threads);
   const int64_t D = d_.D, n_phases = 4 * d_.L + 1;
-  if (!next_) {
-    next_.reset(new std::atomic<int64_t>[n_phases]);
-    done_.reset(new std::atomic<int64_t>[n_phases]);
-    mixed_.reset(new std::atomic<int>[d_.L]);
+  if (!phases_) {
+    phases_.reset(new Phase[n_phases]);
+    mixed_.reset(new Flag[d_.L]);
   }
   for (int64_t p = 0; p < n_phases; ++p) {
-    next_[p].store(0, std::memory_order_relaxed);
-    done_[p].store(0, std::memory_order_relaxed);
+    phases_[p].next.store(0, std::memory_order_relaxed);
+    phases_[p].done.store(0, std::memory_order_relaxed);
   }
-  for (int64_t l = 0; l < d_.L; ++l) mixed_[l].store(0, std::memory_order_relaxed);
+  for (int64_t l = 0; l < d_.L; ++l) mixed_[l].set.store(0, std::memory_order_relaxed);
   B_ = B;
   mem_ = mem;
   chunk_sum_ = chunk_sum;
@@ -474,7 +482,7 @@ void DecodeStep<T>::run(const int64_t* tokens, int64_t B, T* const* mem, T* cons
   if (!helpers_.empty()) {
     open_.store(false);  // a helper that has not joined by now stays out; one that has is waited for
     for (int i = 0; active_.load() != 0; ++i) {
-      if (i < 2000) cpu_relax();
+      if (i < kSpins) cpu_relax();
       else std::this_thread::yield();
     }
   }

@@ -90,8 +90,14 @@ class DecodeStep {
   T* const* mem_ = nullptr;
   T* const* chunk_sum_ = nullptr;
   T* logits_ = nullptr;
-  std::unique_ptr<std::atomic<int64_t>[]> next_, done_;   // per GEMV phase: tiles taken, tiles finished
-  std::unique_ptr<std::atomic<int>[]> mixed_;             // per block: the per-row work is done
+  struct alignas(64) Phase {       // one cache line per GEMV phase
+    std::atomic<int64_t> next{0}, done{0};  // tiles taken, tiles finished
+  };
+  struct alignas(64) Flag {
+    std::atomic<int64_t> set{0};
+  };
+  std::unique_ptr<Phase[]> phases_;
+  std::unique_ptr<Flag[]> mixed_;  // per block: the per-row work is done
   // helpers
   std::vector<std::thread> helpers_;
   std::mutex run_mu_;              // one step at a time (states of one model share the scratch and helpers)
