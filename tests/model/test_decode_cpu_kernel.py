@@ -41,10 +41,11 @@ def assert_states_close(a: DecodeState, b: DecodeState, tol: float) -> None:
 
 
 @pytest.mark.parametrize("dtype, tol", TOLERANCES)
-@pytest.mark.parametrize("lengths", [[5], [3, 8, 13]])
+@pytest.mark.parametrize("lengths", [[5], [3, 8, 13], [2, 3, 5, 7, 8, 9]])
 def test_kernel_step_equals_torch_step(variant, dtype, tol, lengths):
-    """B = 1 and B = 3 rows at ragged positions, 20 fed tokens: every row crosses chunk boundaries (slot updates)
-    on different steps; logits and the whole state match the torch-op step."""
+    """B = 1, 3 and 6 rows (the GEMV passes over 4 rows at a time) at ragged positions, 20 fed tokens: every row
+    crosses chunk boundaries (slot updates) on different steps; logits and the whole state match the torch-op
+    step."""
     model = tiny_model(recurrence=variant, dtype=dtype)
     streams = [torch.randint(0, V, (L + 20,)) for L in lengths]
     fast, slow, _ = both_states(model, [s[:L] for s, L in zip(streams, lengths)])
