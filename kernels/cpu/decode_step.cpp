@@ -7,7 +7,9 @@
 // the RMSNorm / SwiGLU input of a GEMV into its private buffer when it takes its first tile of the phase.
 #include "cpu/decode_step.h"
 
+#if defined(__x86_64__)
 #include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <cmath>
