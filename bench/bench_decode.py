@@ -1,5 +1,6 @@
 """Decode speed against context and batch (issue 18): MM-Rec (both variants) through its one-token step
-(decode.py; a CUDA graph on GPU), MM-Rec through ``model(token[:, None], state)`` per token (the path
+(decode.py; on CPU one C++ kernel call per token, on GPU a CUDA graph), the same step in torch ops
+(`mmrec-nonlinear-torchops`, CPU: decode.py's path for other dtypes), MM-Rec through ``model(token[:, None], state)`` per token (the path
 generation took before the step: custom ops per token), the project's GPT baseline (bench/baselines.py, KV cache, eager), and on
 a GPU the Hugging Face GPT-2 `generate()` eager and with a static cache + torch.compile.
 
@@ -31,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 MODELS = ("mmrec-nonlinear", "mmrec-linear", "mmrec-nonlinear-compiled", "mmrec-linear-compiled",
-          "mmrec-nonlinear-forward", "gpt", "hf-gpt2", "hf-gpt2-static-compile")
+          "mmrec-nonlinear-torchops", "mmrec-nonlinear-forward", "gpt", "hf-gpt2", "hf-gpt2-static-compile")
 
 
 def _sync(device: torch.device) -> None:
@@ -64,7 +65,7 @@ def _fwd_share_ms(model, V: int, device, repeat: int = 3) -> float:
 
 # ------------------------------------------------------------------------------------------ MM-Rec
 def bench_mmrec(recurrence: str, args, device, contexts, batches, forward: bool = False,
-                compiled: bool = False) -> List[Dict]:
+                compiled: bool = False, torch_ops: bool = False) -> List[Dict]:
     from mmrec_model import MMRecConfig, MMRecLM
     from mmrec_model.generate import prefill, sample
 
@@ -83,6 +84,11 @@ def bench_mmrec(recurrence: str, args, device, contexts, batches, forward: bool 
                 for s in range(0, ctx - 1, args.prefill_chunk):                       # all but the last token
                     _, state = model(ids[:, s:min(s + args.prefill_chunk, ctx - 1)], state, last_only=True)
                 ds, logits = prefill(model, list(ids[:, -1:]), state)                  # the last token per row
+                if torch_ops:
+                    from mmrec_model.decode import DecodeState
+                    ops = DecodeState(model, B, kernel=False)
+                    ops.load(ds.export())
+                    ds = ops
             state_mib = sum(t.numel() * t.element_size() for t in ds.mem + ds.chunk_sum) / 2**20
             if forward:
                 def loop(n):
@@ -113,7 +119,8 @@ def bench_mmrec(recurrence: str, args, device, contexts, batches, forward: bool 
                 with torch.no_grad():
                     loop(4)
                     secs = _timed(lambda: loop(args.tokens), device)
-            name = f"mmrec-{recurrence}" + ("-forward" if forward else "") + ("-compiled" if compiled else "")
+            name = (f"mmrec-{recurrence}" + ("-forward" if forward else "-torchops" if torch_ops else "")
+                    + ("-compiled" if compiled else ""))
             rows.append(_row(name, ctx, B, secs, args.tokens, share, state_mib, device))
     return rows
 
@@ -292,7 +299,7 @@ def main() -> None:
         try:                                  # a failing model is reported and the others still run
             if name.startswith("mmrec-"):
                 new = bench_mmrec(name.split("-")[1], args, device, contexts, batches, name.endswith("-forward"),
-                                  name.endswith("-compiled"))
+                                  name.endswith("-compiled"), name.endswith("-torchops"))
             elif name == "gpt":
                 new = bench_gpt(args, device, contexts, batches)
             else:

@@ -137,5 +137,6 @@ void bind_recurrence(nb::module_& m);
 void bind_mdi(nb::module_& m);
 void bind_memory_update(nb::module_& m);
 void bind_memory_read(nb::module_& m);
+void bind_decode_step(nb::module_& m);
 
 }  // namespace mmrec::bind

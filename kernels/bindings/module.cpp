@@ -10,4 +10,5 @@ NB_MODULE(_C, m) {
   mmrec::bind::bind_mdi(m);
   mmrec::bind::bind_memory_update(m);
   mmrec::bind::bind_memory_read(m);
+  mmrec::bind::bind_decode_step(m);
 }

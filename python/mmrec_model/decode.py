@@ -15,6 +15,9 @@ position, and a row's slot memory is updated on the step that completes its chun
 some rows complete). Which rows complete is known on the host (positions advance by one per step), so no
 step waits on the device to decide.
 
+On CPU float32/float64 the whole step is one call of a C++ kernel with packed weights (mmrec_ops.decode_step_cpu,
+kernels/cpu/decode_step.cpp) on the same buffers; the torch ops below serve other devices and dtypes.
+
 This module takes the model as an argument (blocks, embed, norm, lm_head, config) and imports nothing above
 it, so generate.py can use it.
 """
@@ -24,6 +27,7 @@ import math
 import weakref
 from typing import Dict, List, Optional, Sequence
 
+import mmrec_ops
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -80,10 +84,12 @@ class _BlockWeights:
 class DecodeState:
     """Preallocated decode state of B rows: per layer `mem` [B, 1 + N + S, D] = (h, m^1..N, slots) and the
     open chunk's running sum `chunk_sum` [B, D] (float32; float64 for a float64 model), and every row's
-    stream position (host list `positions`, device tensor `pos`). `model.step` updates it in place."""
+    stream position (host list `positions`, device tensor `pos`). `model.step` updates it in place.
+    kernel: None = the CPU kernel where it applies (CPU, float32/float64 weights of the state's dtype, a build
+    with it), True = require it, False = the torch ops."""
 
     @torch.no_grad()
-    def __init__(self, model, batch_size: int, device=None, dtype=None):
+    def __init__(self, model, batch_size: int, device=None, dtype=None, kernel: Optional[bool] = None):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"DecodeState: batch_size must be an int >= 1, got {batch_size!r}")
         cfg = model.config
@@ -91,8 +97,6 @@ class DecodeState:
         self.device = ref.device if device is None else torch.device(device)
         self.dtype = ref.dtype if dtype is None else dtype
         self.config = cfg
-        self.weights = [_BlockWeights(b) for b in model.blocks]
-        self.embed, self.norm_w, self.lm_head_t = model.embed.weight, model.norm.weight, _t(model.lm_head.weight)
         B, D, N, S = batch_size, cfg.d_model, cfg.n_banks, cfg.n_slots
         self.batch_size = B
         kw = dict(device=self.device, dtype=self.dtype)
@@ -102,6 +106,15 @@ class DecodeState:
             mem[:, 1 + N:] = block.M0.detach().to(**kw)                               # a fresh stream: slots = M0
         self.positions: List[int] = [0] * B
         self.pos = torch.zeros(B, dtype=torch.long, device=self.device)
+        applies = (self.device.type == "cpu" and self.dtype in (torch.float32, torch.float64)
+                   and ref.dtype == self.dtype and mmrec_ops.has_decode_step_cpu())
+        if kernel and not applies:
+            raise ValueError("DecodeState: kernel=True needs CPU float32/float64 weights of the state's dtype and a "
+                             "build of mmrec_ops._C with the decode step")
+        self.kernel = _cpu_kernel(model, self) if applies and kernel is not False else None
+        if self.kernel is None:                     # the torch ops' weights (transposed copies on CPU)
+            self.weights = [_BlockWeights(b) for b in model.blocks]
+            self.embed, self.norm_w, self.lm_head_t = model.embed.weight, model.norm.weight, _t(model.lm_head.weight)
 
     # --------------------------------------------------------------------------------- state transfer
     @torch.no_grad()
@@ -145,6 +158,32 @@ class DecodeState:
         if all(done):
             return True
         return (torch.remainder(self.pos, C) == C - 1).to(self.dtype)[:, None]    # [B, 1]
+
+
+_PACKED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()     # model -> (weights key, packed weights)
+
+
+def _cpu_kernel(model, state: DecodeState):
+    """The C++ one-token step over `state`'s buffers. The packed weights are built once per model and reused until a
+    parameter changes (its version counter or storage): packing `small` takes ~0.1 s, binding a state microseconds."""
+    params = list(model.parameters())
+    key = tuple((p._version, p.data_ptr(), p.dtype) for p in params)
+    hit = _PACKED.get(model)
+    if hit is None or hit[0] != key:
+        cfg = model.config
+        blocks = [dict(norm_in=b.norm_in.weight, w_in=b.in_proj.weight, b_in=b.in_proj.bias,
+                       w_g=None if b.linear else b.w_g, b_g=None if b.linear else b.b_g, base=b.base,
+                       w_key=b.key_proj.weight, w_a=b.strength_proj.weight, b_a=b.strength_proj.bias,
+                       w_o=b.out_proj.weight, norm_ffn=b.norm_ffn.weight, w_up=b.ffn.up.weight,
+                       w_down=b.ffn.down.weight)
+                  for b in model.blocks]
+        packed = mmrec_ops.decode_step_cpu(model.embed.weight, model.norm.weight, model.lm_head.weight, blocks,
+                                           n_heads=cfg.n_heads, n_read_heads=cfg.n_read_heads, n_slots=cfg.n_slots,
+                                           chunk_len=cfg.chunk_len, eps=cfg.norm_eps, mdi_eps=cfg.mdi_eps,
+                                           linear=cfg.recurrence == "linear")
+        hit = (key, packed)
+        _PACKED[model] = hit
+    return hit[1].bind(state.mem, state.chunk_sum, state.pos)
 
 
 # ------------------------------------------------------------------------------------------- the step
@@ -225,7 +264,13 @@ def completion_mask(state: DecodeState) -> Tensor:
 
 def step_tensors(state: DecodeState, tokens: Tensor, update) -> Tensor:
     """The device work of one step (no host bookkeeping; what a CUDA graph captures). tokens [B] -> logits
-    [B, V]; `update` as in block_step."""
+    [B, V]; `update` as in block_step. The CPU kernel decides the completing rows from `state.pos` itself."""
+    if state.kernel is not None:
+        logits = torch.empty(state.batch_size, state.config.vocab_size, dtype=state.dtype)
+        if tokens.dtype != torch.long or not tokens.is_contiguous():
+            tokens = tokens.to(torch.long).contiguous()
+        state.kernel.step(tokens, logits, torch.get_num_threads())
+        return logits
     x = F.embedding(tokens, state.embed)                                              # [B, D]
     for w, mem, csum in zip(state.weights, state.mem, state.chunk_sum):
         x = block_step(w, x, mem, csum, update)
@@ -236,6 +281,6 @@ def step_tensors(state: DecodeState, tokens: Tensor, update) -> Tensor:
 @torch.no_grad()
 def step(state: DecodeState, tokens: Tensor) -> Tensor:
     """tokens [B] (int) -> logits [B, V]; state advances one position in place."""
-    logits = step_tensors(state, tokens, state.completing())
+    logits = step_tensors(state, tokens, None if state.kernel is not None else state.completing())
     state.positions = [p + 1 for p in state.positions]
     return logits

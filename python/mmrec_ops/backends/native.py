@@ -119,3 +119,24 @@ def memory_read_backward(grad_r: Tensor, grad_m: Tensor, q: Tensor, h: Tensor, v
 
 TABLE: Dict[str, Wrappers] = {op: Wrappers(globals()[f"{op}_forward"], globals()[f"{op}_backward"])
                               for op in ("scan", "recurrence", "mdi", "memory_update", "memory_read")}
+
+
+# ------------------------------------------------------------------------------------------- decode step
+def has_decode_step_cpu() -> bool:
+    """True if this build of mmrec_ops._C has the CPU one-token step kernel (kernels/cpu/decode_step.cpp)."""
+    return _C is not None and hasattr(_C, "DecodeModelCpu")
+
+
+def decode_step_cpu(embed: Tensor, norm_w: Tensor, lm_head: Tensor, blocks, *, n_heads: int, n_read_heads: int,
+                    n_slots: int, chunk_len: int, eps: float, mdi_eps: float, linear: bool):
+    """MMRecLM's weights packed for the one-token step on CPU float32/float64 tensors: embed, lm_head [V, D], norm_w
+    [D], and per block a dict of norm_in, w_in, b_in, w_g, b_g (nonlinear), base, w_key, w_a, b_a, w_o, norm_ffn,
+    w_up, w_down in the nn.Linear layouts (copied: later changes to them are not seen). Its
+    ``bind(mem, chunk_sum, pos)`` takes a state's buffers (mem[l] [B, 1 + N + S, D], chunk_sum[l] [B, D], pos [B]
+    int64, updated in place) and returns an object whose ``step(tokens [B] int64, logits [B, V], threads)`` runs
+    one token: one C++ call, no torch dispatch."""
+    if not has_decode_step_cpu():
+        raise RuntimeError(f"mmrec_ops._C has no CPU decode step ({IMPORT_ERROR or 'an older build'})")
+    plain = [{k: _in(v) for k, v in b.items() if v is not None} for b in blocks]
+    return _C.DecodeModelCpu(_in(embed), _in(norm_w), _in(lm_head), plain, n_heads, n_read_heads, n_slots, chunk_len,
+                             float(eps), float(mdi_eps), bool(linear))
