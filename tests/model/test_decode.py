@@ -144,10 +144,11 @@ def test_bad_input_is_refused():
 def test_compiled_step_equals_the_eager_step():
     """The step the compiled CUDA graph captures (decode_cuda.GraphDecoder(compiled=True)), compiled in one graph
     (fullgraph: no breaks), gives the eager step's logits and state, with and without the slot update."""
-    from mmrec_model.decode import completion_mask, step_tensors
+    from mmrec_model.decode import DecodeState, completion_mask, step_tensors
     model = tiny_model(recurrence="nonlinear", n_layers=1)
     compiled = torch.compile(step_tensors, fullgraph=True, dynamic=False)
-    ds_eager, ds_comp = model.decode_state(batch_size=2), model.decode_state(batch_size=2)
+    # the torch-op step (on CPU the default is one C++ call per token, which a CUDA graph never sees)
+    ds_eager, ds_comp = DecodeState(model, 2, kernel=False), DecodeState(model, 2, kernel=False)
     ids = torch.randint(0, V, (2, 10))
     for t in range(10):                                                      # chunk_len 8: token 7 updates slots
         ref = step_tensors(ds_eager, ids[:, t], completion_mask(ds_eager))
