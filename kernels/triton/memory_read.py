@@ -80,7 +80,9 @@ def carry_kernel(ta_ptr, tx_ptr, init_ptr, entry_ptr, last_ptr, NC, ND,
     else:
         state = tl.zeros([BLOCK], ACC)
     for i in range(NC):
-        c = NC - 1 - i if REVERSE else i
+        c = i
+        if REVERSE:
+            c = NC - 1 - i
         at = (bi * NC + c) * ND + offs
         tl.store(entry_ptr + at, state, mask=ok)
         state = tl.load(ta_ptr + at, mask=ok, other=0.0) * state + tl.load(tx_ptr + at, mask=ok, other=0.0)

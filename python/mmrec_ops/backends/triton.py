@@ -358,6 +358,14 @@ def _mr_carry(ta: Tensor, tx: Tensor, init: Optional[Tensor], entry: Tensor, las
                                                       BLOCK=block, num_warps=1 if INTERPRET else 4)
 
 
+def _slot_chunks_per_time_chunk(block_l: int, chunk_len: int, k0: int) -> int:
+    """How many slot chunks the BLOCK_L tokens of one time chunk can read: one when the slot chunks are whole
+    time chunks (chunk_len and k0 multiples of BLOCK_L), else up to (BLOCK_L - 1) // chunk_len + 2."""
+    if chunk_len % block_l == 0:
+        return 1 if k0 % block_l == 0 else 2
+    return (block_l - 1) // chunk_len + 2
+
+
 def memory_read_forward(q, h, v, mod, base, Ms, m0, k0, chunk_len, n_heads, eps, norm_eps):
     q, h, v, mod, base, Ms, m0 = (_in(x) for x in (q, h, v, mod, base, Ms, m0))
     _check_device(q)
@@ -381,7 +389,7 @@ def memory_read_backward(grad_r, grad_m, q, h, v, mod, base, Ms, m0, k0, chunk_l
     block_l = blocks["BLOCK_L"]
     entry = _mr_entries(v, mod, base, m0, consts, block_l, None)   # [B, NC, N, D]
     nc = entry.shape[1]
-    J = (block_l - 1) // chunk_len + 2                               # slot chunks one time chunk can read
+    J = _slot_chunks_per_time_chunk(block_l, chunk_len, k0)
     acc = acc_dtype(q.dtype)
     ba, by, carry, dbase_part = (torch.empty_like(entry) for _ in range(4))
     dms_part = torch.empty(B, nc, J, S, D, dtype=acc, device=q.device)
