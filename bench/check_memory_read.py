@@ -33,9 +33,9 @@ def unfused(q, h, v, mod, base, Ms, m0, k0, C, Hr, eps, ne):
     return r.reshape(B, T, D), m[:, -1]
 
 
-def inputs(B, T, D, N, S, C, dtype, seed=0):
+def inputs(B, T, D, N, S, C, dtype, seed=0, k0=0):
     g = torch.Generator(device="cuda").manual_seed(seed)
-    L = -(-T // C)
+    L = -(-(k0 + T) // C)
     rn = lambda *s: torch.randn(*s, generator=g, device="cuda", dtype=torch.float32)  # noqa: E731
     xs = [rn(B, T, D), rn(B, T, D), rn(B, T, D), 2 * rn(B, T, N), 1 + rn(N, D), rn(B, L, S, D), rn(B, N, D)]
     return [x.to(dtype).requires_grad_() for x in xs]
@@ -47,11 +47,16 @@ def rel(a, b):
 
 
 def check(backends, dtypes):
-    B, T, D, N, S, C, Hr = 2, 77, 96, 3, 5, 16, 3
-    cfg = (0, C, Hr, 1e-6, 1e-6)
-    print(f"accuracy vs float64 reference (B={B} T={T} D={D} N={N} S={S} C={C} heads={Hr})")
+    B, T, D, N, S, Hr = 2, 77, 96, 3, 5, 3
+    for k0, C in ((0, 16), (3, 5)):
+        print(f"accuracy vs float64 reference (B={B} T={T} D={D} N={N} S={S} C={C} k0={k0} heads={Hr})")
+        _check_one(backends, dtypes, B, T, D, N, S, Hr, k0, C)
+
+
+def _check_one(backends, dtypes, B, T, D, N, S, Hr, k0, C):
+    cfg = (k0, C, Hr, 1e-6, 1e-6)
     for dtype in dtypes:
-        xs = inputs(B, T, D, N, S, C, dtype)
+        xs = inputs(B, T, D, N, S, C, dtype, k0=k0)
         ys = [x.detach().double().requires_grad_() for x in xs]
         wr, wm = reference.memory_read(*ys, *cfg)
         gr, gm = torch.randn_like(wr), torch.randn_like(wm)
@@ -92,7 +97,8 @@ def bench(a, backends):
     paths["unfused mdi+read"] = lambda: _run(None, unfused, xs, cfg)
     if "triton" in backends and a.sweep:
         for fwd_l, bwd_l, warps in ((8, 4, 4), (16, 8, 8), (32, 8, 8), (32, 16, 8), (64, 16, 8)):
-            paths[f"triton L={fwd_l}/{bwd_l} w{warps}"] = lambda f=fwd_l, b=bwd_l, w=warps: _run_chunks(f, b, w, xs, cfg)
+            paths[f"triton L={fwd_l}/{bwd_l} w{warps}"] = (
+                lambda f=fwd_l, b=bwd_l, w=warps: _run_chunks(f, b, w, xs, cfg))
     for name, make in paths.items():
         fwd_fn, both_fn = make()
         fwd, both = timed(fwd_fn), timed(both_fn)
