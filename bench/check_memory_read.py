@@ -3,7 +3,7 @@ gradients; max|out-ref|/max|ref|), then fwd and fwd+bwd times against the unfuse
 [B, T, N, D], then the read in PyTorch) and a memory-traffic floor (inputs read once, r written once).
     python bench/check_memory_read.py [--B 8 --T 2048 --D 768 --heads 12 --N 4 --S 16 --C 64]
 --chunks F,B sets the triton backend's time chunk (tokens) of the forward and the backward; --sweep times the
-triton backend at several chunk pairs after the check (each pair compiles anew: ~10 s)."""
+triton backend at several chunk pairs after the check (each pair compiles anew); --skip-check times only."""
 from __future__ import annotations
 
 import argparse
@@ -149,6 +149,7 @@ if __name__ == "__main__":
         p.add_argument(f"--{k}", type=int, default=v)
     p.add_argument("--chunks", default=None, help="F,B: the triton time chunks of the forward and the backward")
     p.add_argument("--sweep", action="store_true", help="also time the triton backend at several chunk pairs")
+    p.add_argument("--skip-check", action="store_true", help="timing only")
     args = p.parse_args()
     if args.chunks:
         from mmrec_ops.backends import triton as triton_backend
@@ -157,5 +158,6 @@ if __name__ == "__main__":
     if not torch.cuda.is_available():
         raise SystemExit("check_memory_read.py needs a CUDA device")
     backends = [b for b in ("cuda", "triton") if b in mmrec_ops.built_backends()]
-    check(backends, [torch.float32, torch.float64, torch.bfloat16])
+    if not args.skip_check:
+        check(backends, [torch.float32, torch.float64, torch.bfloat16])
     bench(args, backends)
