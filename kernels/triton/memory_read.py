@@ -4,8 +4,8 @@
 #   dx_i = rho_i (dn_i - n_i mean(dn_i n_i)); the banks' dx run mdi's reverse-time backward (delta_t = dx_t + g_{t+1} delta_{t+1}).
 # Parallel over time in chunks of BLOCK_L tokens (the [B, T, N, D] bank tensor never exists):
 #   chunk_transfer_kernel: per (b, chunk, channel block) the chunk's product of g and the state reached from zero;
-#   carry_kernel: per (b, channel block) a sequential walk over the chunks giving each chunk's entry state (forward) or
-#     the bank gradient entering it from the later chunks (backward);
+#   carry_kernel: per (b, channel block) a scan over the chunks (blocks of BLOCK_NC chunks, carry handed on) giving each
+#     chunk's entry state (forward) or the bank gradient entering it from the later chunks (backward);
 #   memory_read_fwd_kernel / memory_read_bwd_kernel: per (b, read head, chunk) rebuild the chunk's banks from the entry
 #     state with tl.associative_scan along time and do the read (or its backward) for all BLOCK_L tokens at once. The
 #     backward runs twice: FINAL=False leaves each chunk's reverse-time transfer (prod g, delta from zero), FINAL=True
@@ -68,24 +68,42 @@ def chunk_transfer_kernel(v_ptr, mod_ptr, base_ptr, bounds_ptr, ta_ptr, tx_ptr, 
 @triton.jit
 def carry_kernel(ta_ptr, tx_ptr, init_ptr, entry_ptr, last_ptr, NC, ND,
                  HAS_INIT: tl.constexpr, REVERSE: tl.constexpr, STORE_LAST: tl.constexpr,
-                 ACC: tl.constexpr, BLOCK: tl.constexpr):
+                 ACC: tl.constexpr, BLOCK_NC: tl.constexpr, BLOCK: tl.constexpr):
     """ta, tx, entry: [B, NC, N * D] (accumulation dtype); init, last: [B, N * D]. entry[c] = the state before
-    chunk c is applied, walking c = 0.. (or NC - 1.. when REVERSE), state <- ta[c] state + tx[c].
-    Grid: (B, cdiv(N * D, BLOCK))."""
+    chunk c is applied, walking c = 0.. (or NC - 1.. when REVERSE), state <- ta[c] state + tx[c]: a scan over
+    BLOCK_NC chunks at a time, the carry handed from block to block. Grid: (B, cdiv(N * D, BLOCK))."""
     bi = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     ok = offs < ND
+    rows = tl.arange(0, BLOCK_NC)
     if HAS_INIT:
         state = tl.load(init_ptr + bi * ND + offs, mask=ok, other=0.0).to(ACC)
     else:
         state = tl.zeros([BLOCK], ACC)
-    for i in range(NC):
-        c = i
+    n_blocks = tl.cdiv(NC, BLOCK_NC)
+    for ib in range(n_blocks):
+        blk = ib
         if REVERSE:
-            c = NC - 1 - i
-        at = (bi * NC + c) * ND + offs
-        tl.store(entry_ptr + at, state, mask=ok)
-        state = tl.load(ta_ptr + at, mask=ok, other=0.0) * state + tl.load(tx_ptr + at, mask=ok, other=0.0)
+            blk = n_blocks - 1 - ib
+        c = blk * BLOCK_NC + rows
+        c_ok = c < NC
+        at = (bi * NC + c[:, None]) * ND + offs[None, :]                                   # [BLOCK_NC, BLOCK]
+        m2 = c_ok[:, None] & ok[None, :]
+        a = tl.load(ta_ptr + at, mask=m2, other=1.0)
+        x = tl.load(tx_ptr + at, mask=m2, other=0.0)
+        if REVERSE:
+            a_cum, x_cum = tl.associative_scan((a, x), 0, combine, reverse=True)
+            after = a_cum * state[None, :] + x_cum        # the state entering chunk c's predecessor
+            tl.store(entry_ptr + at - ND, after, mask=m2 & (rows > 0)[:, None])
+            last_c = tl.minimum(NC - 1 - blk * BLOCK_NC, BLOCK_NC - 1)
+            tl.store(entry_ptr + (bi * NC + blk * BLOCK_NC + last_c) * ND + offs, state, mask=ok)
+            state = tl.sum(tl.where((rows == 0)[:, None], after, 0.0), 0)
+        else:
+            a_cum, x_cum = tl.associative_scan((a, x), 0, combine)
+            after = a_cum * state[None, :] + x_cum            # the state after chunk c
+            tl.store(entry_ptr + at + ND, after, mask=m2 & (c + 1 < NC)[:, None] & (rows < BLOCK_NC - 1)[:, None])
+            tl.store(entry_ptr + (bi * NC + blk * BLOCK_NC) * ND + offs, state, mask=ok)
+            state = tl.sum(tl.where((rows == BLOCK_NC - 1)[:, None], after, 0.0), 0)
     if STORE_LAST:
         tl.store(last_ptr + bi * ND + offs, state.to(last_ptr.dtype.element_ty), mask=ok)
 

@@ -312,7 +312,7 @@ def memory_update_backward(grad: Tensor, M0: Tensor, key: Tensor, value: Tensor,
 
 # ------------------------------------------------------------------------------ memory_read
 MR_CHUNK = {False: 16, True: 8}  # tokens per time chunk {forward, backward}; tuning override (powers of two)
-MR_WARPS = {False: 4, True: 4}
+MR_WARPS = {False: 8, True: 8}
 
 
 def _mr_setup(q: Tensor, base: Tensor, Ms: Tensor, n_heads: int, eps: float, norm_eps: float, backward: bool):
@@ -339,7 +339,7 @@ def _mr_entries(v: Tensor, mod: Tensor, base: Tensor, m0: Optional[Tensor], cons
     acc = acc_dtype(v.dtype)
     ta, tx, entry = (torch.empty(B, nc, N, D, dtype=acc, device=v.device) for _ in range(3))
     block_n = triton.next_power_of_2(N)
-    block_c = min(triton.next_power_of_2(D), 8 if INTERPRET else max(16, 2048 // (block_l * block_n)))
+    block_c = min(triton.next_power_of_2(D), 8 if INTERPRET else max(64, 4096 // (block_l * block_n)))
     _mr.chunk_transfer_kernel[(B * nc, triton.cdiv(D, block_c))](v, mod, base, consts, ta, tx, T, N, D, nc,
                                                                  ACC=_tl_acc(v.dtype), BLOCK_L=block_l,
                                                                  BLOCK_N=block_n, BLOCK_C=block_c,
@@ -349,13 +349,17 @@ def _mr_entries(v: Tensor, mod: Tensor, base: Tensor, m0: Optional[Tensor], cons
 
 
 def _mr_carry(ta: Tensor, tx: Tensor, init: Optional[Tensor], entry: Tensor, last: Optional[Tensor], reverse: bool):
+    """Entry states per chunk from the chunk transfers (ta, tx): [BLOCK_NC chunks, BLOCK channels] tiles, 4
+    chunks per tile in the interpreter so that the tests' short sequences span several tiles."""
     B, nc, N, D = ta.shape
-    block = 64 if INTERPRET else 256
+    block_nc = 4 if INTERPRET else min(64, triton.next_power_of_2(nc))
+    block = 64 if INTERPRET else 4096 // block_nc
     _mr.carry_kernel[(B, triton.cdiv(N * D, block))](ta, tx, _dummy(ta) if init is None else init, entry,
                                                       _dummy(ta) if last is None else last, nc, N * D,
                                                       HAS_INIT=init is not None, REVERSE=reverse,
                                                       STORE_LAST=last is not None, ACC=_tl_acc(ta.dtype),
-                                                      BLOCK=block, num_warps=1 if INTERPRET else 4)
+                                                      BLOCK_NC=block_nc, BLOCK=block,
+                                                      num_warps=1 if INTERPRET else 4)
 
 
 def _slot_chunks_per_time_chunk(block_l: int, chunk_len: int, k0: int) -> int:
