@@ -48,7 +48,7 @@ print('has_cuda', _C.has_cuda, 'devices', torch.cuda.device_count()); print(mmre
     readtests) step readtests 240 $PY -m pytest tests/ops/test_memory_read.py -q -p no:cacheprovider --maxfail=10 \
       -k "cuda-cuda or triton-cuda" ;;
     readcheck) step readcheck 150 $PY bench/check_memory_read.py ;;
-    # the triton memory_read at time chunks of 1..16 tokens and bf16/fp16 I/O; then its timing at 5 chunk pairs
+    # the triton memory_read at time chunks of 1..16 tokens and bf16/fp16 I/O; then its timing at 6 chunk pairs
     readtriton) step readtriton 240 $PY -m pytest tests/ops/test_triton.py -q -p no:cacheprovider -k memory_read ;;
     readsweep) step readsweep 240 $PY bench/check_memory_read.py --sweep --skip-check ;;
     readmemcheck) step readmemcheck 120 $SAN --tool memcheck $PY bench/check_memory_read.py --B 1 --T 70 --D 64 \
