@@ -101,7 +101,11 @@ def bench(a, backends):
                 lambda f=fwd_l, b=bwd_l, w=warps: _run_chunks(f, b, w, xs, cfg))
     for name, make in paths.items():
         fwd_fn, both_fn = make()
-        fwd, both = timed(fwd_fn), timed(both_fn)
+        try:
+            fwd, both = timed(fwd_fn), timed(both_fn)
+        except Exception as err:  # a sweep configuration that does not compile (resources) is reported, not fatal
+            print(f"  {name:22s} failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+            continue
         print(f"  {name:22s} {fwd:9.3f} {both:11.3f} {floor_ms / fwd:10.3f} {floor_ms / both:14.3f}")
 
 
