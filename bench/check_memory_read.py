@@ -1,7 +1,9 @@
 """On a CUDA device: memory_read's cuda and triton backends against the float64 reference (r, m_last and all
 gradients; max|out-ref|/max|ref|), then fwd and fwd+bwd times against the unfused path (mdi materialising
 [B, T, N, D], then the read in PyTorch) and a memory-traffic floor (inputs read once, r written once).
-    python bench/check_memory_read.py [--B 8 --T 2048 --D 768 --heads 12 --N 4 --S 16 --C 64]"""
+    python bench/check_memory_read.py [--B 8 --T 2048 --D 768 --heads 12 --N 4 --S 16 --C 64]
+--chunks F,B sets the triton backend's time chunk (tokens) of the forward and the backward; --sweep times the
+triton backend at several chunk pairs after the check (each pair compiles anew); --skip-check times only."""
 from __future__ import annotations
 
 import argparse
@@ -31,9 +33,9 @@ def unfused(q, h, v, mod, base, Ms, m0, k0, C, Hr, eps, ne):
     return r.reshape(B, T, D), m[:, -1]
 
 
-def inputs(B, T, D, N, S, C, dtype, seed=0):
+def inputs(B, T, D, N, S, C, dtype, seed=0, k0=0):
     g = torch.Generator(device="cuda").manual_seed(seed)
-    L = -(-T // C)
+    L = -(-(k0 + T) // C)
     rn = lambda *s: torch.randn(*s, generator=g, device="cuda", dtype=torch.float32)  # noqa: E731
     xs = [rn(B, T, D), rn(B, T, D), rn(B, T, D), 2 * rn(B, T, N), 1 + rn(N, D), rn(B, L, S, D), rn(B, N, D)]
     return [x.to(dtype).requires_grad_() for x in xs]
@@ -45,11 +47,16 @@ def rel(a, b):
 
 
 def check(backends, dtypes):
-    B, T, D, N, S, C, Hr = 2, 77, 96, 3, 5, 16, 3
-    cfg = (0, C, Hr, 1e-6, 1e-6)
-    print(f"accuracy vs float64 reference (B={B} T={T} D={D} N={N} S={S} C={C} heads={Hr})")
+    B, T, D, N, S, Hr = 2, 77, 96, 3, 5, 3
+    for k0, C in ((0, 16), (3, 5)):
+        print(f"accuracy vs float64 reference (B={B} T={T} D={D} N={N} S={S} C={C} k0={k0} heads={Hr})")
+        _check_one(backends, dtypes, B, T, D, N, S, Hr, k0, C)
+
+
+def _check_one(backends, dtypes, B, T, D, N, S, Hr, k0, C):
+    cfg = (k0, C, Hr, 1e-6, 1e-6)
     for dtype in dtypes:
-        xs = inputs(B, T, D, N, S, C, dtype)
+        xs = inputs(B, T, D, N, S, C, dtype, k0=k0)
         ys = [x.detach().double().requires_grad_() for x in xs]
         wr, wm = reference.memory_read(*ys, *cfg)
         gr, gm = torch.randn_like(wr), torch.randn_like(wm)
@@ -85,13 +92,21 @@ def bench(a, backends):
     floor_ms = nbytes / 4.8e12 * 1e3  # H200 HBM3e ~4.8 TB/s
     print(f"\ntiming bf16 B={B} T={T} D={D} N={N} S={S} C={C} heads={Hr} on {bw.name}; "
           f"traffic floor {nbytes / 2**20:.1f} MiB = {floor_ms:.3f} ms")
-    print(f"  {'path':22s} {'fwd ms':>9s} {'fwd+bwd ms':>11s}")
+    print(f"  {'path':22s} {'fwd ms':>9s} {'fwd+bwd ms':>11s} {'floor/fwd':>10s} {'floor/fwd+bwd':>14s}")
     paths = {f"fused/{be}": (lambda be=be: _run(be, mmrec_ops.memory_read, xs, cfg)) for be in backends}
     paths["unfused mdi+read"] = lambda: _run(None, unfused, xs, cfg)
+    if "triton" in backends and a.sweep:
+        for fwd_l, bwd_l, warps in ((8, 4, 4), (16, 8, 4), (16, 16, 8), (32, 8, 8), (32, 16, 8), (64, 16, 8)):
+            paths[f"triton L={fwd_l}/{bwd_l} w{warps}"] = (
+                lambda f=fwd_l, b=bwd_l, w=warps: _run_chunks(f, b, w, xs, cfg))
     for name, make in paths.items():
         fwd_fn, both_fn = make()
-        fwd, both = timed(fwd_fn), timed(both_fn)
-        print(f"  {name:22s} {fwd:9.3f} {both:11.3f}")
+        try:
+            fwd, both = timed(fwd_fn), timed(both_fn)
+        except Exception as err:  # a sweep configuration that does not compile (resources) is reported, not fatal
+            print(f"  {name:22s} failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+            continue
+        print(f"  {name:22s} {fwd:9.3f} {both:11.3f} {floor_ms / fwd:10.3f} {floor_ms / both:14.3f}")
 
 
 def _run(be, fn, xs, cfg):
@@ -108,6 +123,25 @@ def _run(be, fn, xs, cfg):
     return (lambda: _with(be, fwd)), (lambda: _with(be, both))
 
 
+def _run_chunks(fwd_l, bwd_l, warps, xs, cfg):
+    """The triton backend with time chunks of fwd_l (forward) and bwd_l (backward) tokens, `warps` per program."""
+    from mmrec_ops.backends import triton as triton_backend
+    fwd, both = _run("triton", mmrec_ops.memory_read, xs, cfg)
+
+    def chunked(f):
+        def g():
+            saved = dict(triton_backend.MR_CHUNK), dict(triton_backend.MR_WARPS)
+            triton_backend.MR_CHUNK.update({False: fwd_l, True: bwd_l})
+            triton_backend.MR_WARPS.update({False: warps, True: warps})
+            try:
+                return f()
+            finally:
+                triton_backend.MR_CHUNK.update(saved[0])
+                triton_backend.MR_WARPS.update(saved[1])
+        return g
+    return chunked(fwd), chunked(both)
+
+
 def _with(be, f):
     with mmrec_ops.backend(be):
         return f()
@@ -117,9 +151,17 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser()
     for k, v in dict(B=8, T=2048, D=768, heads=12, N=4, S=16, C=64).items():
         p.add_argument(f"--{k}", type=int, default=v)
+    p.add_argument("--chunks", default=None, help="F,B: the triton time chunks of the forward and the backward")
+    p.add_argument("--sweep", action="store_true", help="also time the triton backend at several chunk pairs")
+    p.add_argument("--skip-check", action="store_true", help="timing only")
     args = p.parse_args()
+    if args.chunks:
+        from mmrec_ops.backends import triton as triton_backend
+        fwd_l, bwd_l = (int(x) for x in args.chunks.split(","))
+        triton_backend.MR_CHUNK.update({False: fwd_l, True: bwd_l})
     if not torch.cuda.is_available():
         raise SystemExit("check_memory_read.py needs a CUDA device")
     backends = [b for b in ("cuda", "triton") if b in mmrec_ops.built_backends()]
-    check(backends, [torch.float32, torch.float64, torch.bfloat16])
+    if not args.skip_check:
+        check(backends, [torch.float32, torch.float64, torch.bfloat16])
     bench(args, backends)

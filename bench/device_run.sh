@@ -2,8 +2,8 @@
 # One command on a GPU machine: build with CUDA, run the op test suite, the long-shape self-check, compute-sanitizer
 # (memcheck, racecheck) on one tiny call per kernel, and the benchmark; STEPS picks steps (also: tritontests, the op
 # suite on the triton backend; rectests/recbench, the recurrence's cuda tests and per-step latency table;
-# readtests/readcheck/readmemcheck, memory_read; modeltests/decodebench, the model on CUDA; and peers,
-# bench/bench_peers.py). Run from anywhere:
+# readtests/readcheck/readmemcheck/readtriton/readsweep, memory_read; modeltests/decodebench, the model on CUDA;
+# and peers, bench/bench_peers.py). Run from anywhere:
 #     OUT=/some/dir [STEPS="check bench"] bash bench/device_run.sh
 # Every step is teed to $OUT/<step>.log; $OUT/summary.log lists each step's exit code and seconds; the benchmark
 # JSON goes to $OUT/bench_cuda.json. Expected ~7 minutes; the step timeouts add up to 9.5 minutes.
@@ -53,6 +53,9 @@ print('has_cuda', _C.has_cuda, 'devices', torch.cuda.device_count()); print(mmre
     readtests) step readtests 240 $PY -m pytest tests/ops/test_memory_read.py -q -p no:cacheprovider --maxfail=10 \
       -k "cuda-cuda or triton-cuda" ;;
     readcheck) step readcheck 150 $PY bench/check_memory_read.py ;;
+    # the triton memory_read at time chunks of 1..16 tokens and bf16/fp16 I/O; then its timing at 6 chunk pairs
+    readtriton) step readtriton 240 $PY -m pytest tests/ops/test_triton.py -q -p no:cacheprovider -k memory_read ;;
+    readsweep) step readsweep 240 $PY bench/check_memory_read.py --sweep --skip-check ;;
     readmemcheck) step readmemcheck 120 $SAN --tool memcheck $PY bench/check_memory_read.py --B 1 --T 70 --D 64 \
       --heads 2 --N 2 --S 3 --C 16 ;;
     # the model on CUDA (fused read, CUDA-graph decode against eager decode)

@@ -1,14 +1,20 @@
-# memory_read: banks st_t = g_t (st_{t-1} - v_t) + v_t, g = clamp(sig(base) sig(mod), eps, 1-eps); per read head the items
+# memory_read: banks m_t = g_t (m_{t-1} - v_t) + v_t, g = clamp(sig(base) sig(mod), eps, 1-eps); per read head the items
 #   {h_t, m_t^1..N, Ms[c(t), 1..S]} are RMS-normalised (n_i = x_i rho_i), w = softmax(<q_t, n_i> / sqrt(dh)), r_t = sum_i w_i n_i.
 # backward: a_i = <G, n_i>, ds_i = w_i (a_i - sum_j w_j a_j), dq = sum_i ds_i n_i / sqrt(dh), dn_i = w_i G + ds_i q / sqrt(dh),
 #   dx_i = rho_i (dn_i - n_i mean(dn_i n_i)); the banks' dx run mdi's reverse-time backward (delta_t = dx_t + g_{t+1} delta_{t+1}).
-# One program = (batch row, read head) walks time with its [N, dh] banks in registers: the [B, T, N, D] bank tensor
-# never exists. The backward sweeps forward once to store a checkpoint of the banks every K steps (scratch
-# [programs, blocks, BLOCK_N, BLOCK_DH]), then walks the blocks backwards, recomputing each block's K states into
-# a [programs, K, BLOCK_N, BLOCK_DH] scratch that it reads back in reverse. dmod (a sum over heads) and dbase (a
-# sum over batch rows) leave as per-program partials that the caller reduces in a fixed order.
+# Parallel over time in chunks of BLOCK_L tokens (the [B, T, N, D] bank tensor never exists):
+#   chunk_transfer_kernel: per (b, chunk, channel block) the chunk's product of g and the state reached from zero;
+#   carry_kernel: per (b, channel block) a scan over the chunks (blocks of BLOCK_NC chunks, carry handed on) giving each
+#     chunk's entry state (forward) or the bank gradient entering it from the later chunks (backward);
+#   memory_read_fwd_kernel / memory_read_bwd_kernel: per (b, read head, chunk) rebuild the chunk's banks from the entry
+#     state with tl.associative_scan along time and do the read (or its backward) for all BLOCK_L tokens at once. The
+#     backward runs twice: FINAL=False leaves each chunk's reverse-time transfer (prod g, delta from zero), FINAL=True
+#     writes the gradients. dMs, dmod and dbase leave as per-chunk / per-head partials that the caller sums in a fixed
+#     order (dMs through dms_reduce_kernel).
 import triton
 import triton.language as tl
+
+from .scan import combine
 
 
 @triton.jit
@@ -17,52 +23,135 @@ def _sig(x):
 
 
 @triton.jit
-def _rms_rows(x, dh, ne):
-    """x: [R, BLOCK_DH] zero-padded -> (x rho, rho) with rho = rsqrt(mean over the dh real columns + ne)."""
-    rho = 1.0 / tl.sqrt(tl.sum(x * x, 1) / dh + ne)
-    return x * rho[:, None], rho
+def _row(x, i, BLOCK_L: tl.constexpr):
+    """Row i of x [BLOCK_L, R, C] as [R, C]."""
+    return tl.sum(tl.where((tl.arange(0, BLOCK_L) == i)[:, None, None], x, 0.0), 0)
 
 
 @triton.jit
-def _step(st, sb, mod_ptr, v_ptr, row, n, n_ok, cols, d_ok, N, D, lo, hi, ACC: tl.constexpr):
-    """One bank step of the head's channels: st [BLOCK_N, BLOCK_DH]."""
-    sm = _sig(tl.load(mod_ptr + row * N + n, mask=n_ok, other=0.0).to(ACC))
-    g = tl.minimum(tl.maximum(sb * sm[:, None], lo), hi)
-    vt = tl.load(v_ptr + row * D + cols, mask=d_ok, other=0.0).to(ACC)
-    return g * (st - vt[None, :]) + vt[None, :]
+def _gate(mod_ptr, sb, bi, t, N, T, n, n_ok, lo, hi, pad, ACC: tl.constexpr):
+    """g at tokens t [BLOCK_L] for the channels of sb [BLOCK_N, BLOCK_C]: [BLOCK_L, BLOCK_N, BLOCK_C]; `pad` where
+    t is outside [0, T). Also returns x = sig(base) sig(mod) before the clamp."""
+    t_ok = (t >= 0) & (t < T)
+    mod = tl.load(mod_ptr + (bi * T + t[:, None]) * N + n[None, :], mask=t_ok[:, None] & n_ok[None, :],
+                  other=0.0).to(ACC)                                                     # [BLOCK_L, BLOCK_N]
+    x = sb[None, :, :] * _sig(mod)[:, :, None]
+    g = tl.where(t_ok[:, None, None], tl.minimum(tl.maximum(x, lo), hi), pad)
+    return g, x
 
 
 @triton.jit
-def _read(qa, h_ptr, Ms_ptr, st, bi, row, t, k0, C, L, S, D, dh, ne, scale, cols, d_ok, n_ok, j, s_ok,
-          ACC: tl.constexpr):
-    """Normalised items and softmax weights of one token: (nh, rho_h, w_h), (nm, rho_m, w_m), (nM, rho_M, w_M)."""
-    hrow = tl.load(h_ptr + row * D + cols, mask=d_ok, other=0.0).to(ACC)
-    nh, rho_h = _rms_rows(hrow[None, :], dh, ne)
-    c = (k0 + t) // C
-    Mc = tl.load(Ms_ptr + ((bi * L + c) * S + j[:, None]) * D + cols[None, :], mask=s_ok[:, None] & d_ok[None, :],
-                 other=0.0).to(ACC)
-    nM, rho_M = _rms_rows(Mc, dh, ne)
-    nm, rho_m = _rms_rows(st, dh, ne)
-    s_h = tl.sum(nh * qa[None, :], 1) * scale                                       # [1]
-    s_m = tl.where(n_ok, tl.sum(nm * qa[None, :], 1) * scale, float("-inf"))        # [BLOCK_N]
-    s_M = tl.where(s_ok, tl.sum(nM * qa[None, :], 1) * scale, float("-inf"))        # [BLOCK_S]
-    mx = tl.maximum(tl.max(s_h, 0), tl.maximum(tl.max(s_m, 0), tl.max(s_M, 0)))
-    e_h, e_m, e_M = tl.exp(s_h - mx), tl.exp(s_m - mx), tl.exp(s_M - mx)
-    z = tl.sum(e_h, 0) + tl.sum(e_m, 0) + tl.sum(e_M, 0)
-    return nh, rho_h, e_h / z, nm, rho_m, e_m / z, nM, rho_M, e_M / z
+def chunk_transfer_kernel(v_ptr, mod_ptr, base_ptr, bounds_ptr, ta_ptr, tx_ptr, T, N, D, NC,
+                          ACC: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+    """v: [B, T, D]; mod: [B, T, N]; base: [N, D]; bounds: [eps, 1 - eps]; ta, tx: [B, NC, N, D] (accumulation dtype):
+    the chunk's prod of g and its end state from a zero entry. Grid: (B * NC, cdiv(D, BLOCK_C))."""
+    bi = (tl.program_id(0) // NC).to(tl.int64)
+    c = tl.program_id(0) % NC
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = cols < D
+    n = tl.arange(0, BLOCK_N)
+    n_ok = n < N
+    nd_ok = n_ok[:, None] & c_ok[None, :]
+    nd_offs = n[:, None] * D + cols[None, :]
+    lo, hi = tl.load(bounds_ptr).to(ACC), tl.load(bounds_ptr + 1).to(ACC)
+    sb = _sig(tl.load(base_ptr + nd_offs, mask=nd_ok, other=0.0).to(ACC))
+    t = c * BLOCK_L + tl.arange(0, BLOCK_L)
+    g, _ = _gate(mod_ptr, sb, bi, t, N, T, n, n_ok, lo, hi, 1.0, ACC)                   # [BLOCK_L, BLOCK_N, BLOCK_C]
+    v = tl.load(v_ptr + (bi * T + t[:, None]) * D + cols[None, :], mask=(t < T)[:, None] & c_ok[None, :],
+                other=0.0).to(ACC)                                                       # [BLOCK_L, BLOCK_C]
+    g_cum, x_cum = tl.associative_scan((g, (1.0 - g) * v[:, None, :]), 0, combine)
+    out = (bi * NC + c) * N * D + nd_offs
+    tl.store(ta_ptr + out, _row(g_cum, BLOCK_L - 1, BLOCK_L), mask=nd_ok)
+    tl.store(tx_ptr + out, _row(x_cum, BLOCK_L - 1, BLOCK_L), mask=nd_ok)
 
 
 @triton.jit
-def memory_read_fwd_kernel(q_ptr, h_ptr, v_ptr, mod_ptr, base_ptr, Ms_ptr, m0_ptr, r_ptr, mlast_ptr, consts_ptr,
-                           T, N, D, L, S, H, k0, C, HAS_M0: tl.constexpr, ACC: tl.constexpr,
+def carry_kernel(ta_ptr, tx_ptr, init_ptr, entry_ptr, last_ptr, NC, ND,
+                 HAS_INIT: tl.constexpr, REVERSE: tl.constexpr, STORE_LAST: tl.constexpr,
+                 ACC: tl.constexpr, BLOCK_NC: tl.constexpr, BLOCK: tl.constexpr):
+    """ta, tx, entry: [B, NC, N * D] (accumulation dtype); init, last: [B, N * D]. entry[c] = the state before
+    chunk c is applied, walking c = 0.. (or NC - 1.. when REVERSE), state <- ta[c] state + tx[c]: a scan over
+    BLOCK_NC chunks at a time, the carry handed from block to block. Grid: (B, cdiv(N * D, BLOCK))."""
+    bi = tl.program_id(0).to(tl.int64)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < ND
+    rows = tl.arange(0, BLOCK_NC)
+    if HAS_INIT:
+        state = tl.load(init_ptr + bi * ND + offs, mask=ok, other=0.0).to(ACC)
+    else:
+        state = tl.zeros([BLOCK], ACC)
+    n_blocks = tl.cdiv(NC, BLOCK_NC)
+    for ib in range(n_blocks):
+        blk = ib
+        if REVERSE:
+            blk = n_blocks - 1 - ib
+        c = blk * BLOCK_NC + rows
+        c_ok = c < NC
+        at = (bi * NC + c[:, None]) * ND + offs[None, :]                                   # [BLOCK_NC, BLOCK]
+        m2 = c_ok[:, None] & ok[None, :]
+        a = tl.load(ta_ptr + at, mask=m2, other=1.0)
+        x = tl.load(tx_ptr + at, mask=m2, other=0.0)
+        if REVERSE:
+            a_cum, x_cum = tl.associative_scan((a, x), 0, combine, reverse=True)
+            after = a_cum * state[None, :] + x_cum        # the state entering chunk c's predecessor
+            tl.store(entry_ptr + at - ND, after, mask=m2 & (rows > 0)[:, None])
+            last_c = tl.minimum(NC - 1 - blk * BLOCK_NC, BLOCK_NC - 1)
+            tl.store(entry_ptr + (bi * NC + blk * BLOCK_NC + last_c) * ND + offs, state, mask=ok)
+            state = tl.sum(tl.where((rows == 0)[:, None], after, 0.0), 0)
+        else:
+            a_cum, x_cum = tl.associative_scan((a, x), 0, combine)
+            after = a_cum * state[None, :] + x_cum            # the state after chunk c
+            tl.store(entry_ptr + at + ND, after, mask=m2 & (c + 1 < NC)[:, None] & (rows < BLOCK_NC - 1)[:, None])
+            tl.store(entry_ptr + (bi * NC + blk * BLOCK_NC) * ND + offs, state, mask=ok)
+            state = tl.sum(tl.where((rows == BLOCK_NC - 1)[:, None], after, 0.0), 0)
+    if STORE_LAST:
+        tl.store(last_ptr + bi * ND + offs, state.to(last_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _rms(x, dh, ne):
+    """x: [L, R, BLOCK_DH] zero-padded -> (x rho, rho [L, R]), rho = rsqrt(mean over the dh real columns + ne)."""
+    rho = 1.0 / tl.sqrt(tl.sum(x * x, 2) / dh + ne)
+    return x * rho[:, :, None], rho
+
+
+@triton.jit
+def _read(q, hx, m, Mx, n_ok, s_ok, dh, ne, scale):
+    """q, hx: [L, DH]; m: [L, N, DH]; Mx: [L, S, DH] -> normalised items, their rho and softmax weights."""
+    nh, rho_h = _rms(hx[:, None, :], dh, ne)                                            # [L, 1, DH]
+    nm, rho_m = _rms(m, dh, ne)
+    nM, rho_M = _rms(Mx, dh, ne)
+    s_h = tl.sum(nh * q[:, None, :], 2) * scale                                         # [L, 1]
+    s_m = tl.where(n_ok[None, :], tl.sum(nm * q[:, None, :], 2) * scale, float("-inf"))  # [L, N]
+    s_M = tl.where(s_ok[None, :], tl.sum(nM * q[:, None, :], 2) * scale, float("-inf"))  # [L, S]
+    mx = tl.maximum(tl.max(s_h, 1), tl.maximum(tl.max(s_m, 1), tl.max(s_M, 1)))          # [L]
+    e_h, e_m, e_M = tl.exp(s_h - mx[:, None]), tl.exp(s_m - mx[:, None]), tl.exp(s_M - mx[:, None])
+    z = tl.sum(e_h, 1) + tl.sum(e_m, 1) + tl.sum(e_M, 1)
+    return nh, rho_h, e_h / z[:, None], nm, rho_m, e_m / z[:, None], nM, rho_M, e_M / z[:, None]
+
+
+@triton.jit
+def _slots(Ms_ptr, bi, t, t_ok, k0, C, NS, S, D, cols, d_ok, j, s_ok, ACC: tl.constexpr):
+    """Ms[bi, (k0 + t) // C] for the tokens t [L]: [L, BLOCK_S, BLOCK_DH]."""
+    sc = (k0 + t) // C
+    offs = ((bi * NS + sc[:, None, None]) * S + j[None, :, None]) * D + cols[None, None, :]
+    mask = t_ok[:, None, None] & s_ok[None, :, None] & d_ok[None, None, :]
+    return tl.load(Ms_ptr + offs, mask=mask, other=0.0).to(ACC)
+
+
+@triton.jit
+def memory_read_fwd_kernel(q_ptr, h_ptr, v_ptr, mod_ptr, base_ptr, Ms_ptr, entry_ptr, r_ptr, consts_ptr,
+                           T, N, D, NS, S, H, k0, C, NC, ACC: tl.constexpr, BLOCK_L: tl.constexpr,
                            BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_DH: tl.constexpr):
-    """q, h, v, r: [B, T, D]; mod: [B, T, N]; base: [N, D]; Ms: [B, L, S, D]; m0, m_last: [B, N, D];
-    consts: [eps, 1 - eps, norm_eps, 1 / sqrt(dh)] in the accumulation dtype. Grid: B * H."""
+    """q, h, v, r: [B, T, D]; mod: [B, T, N]; base: [N, D]; Ms: [B, NS, S, D]; entry: [B, NC, N, D] (the banks
+    before each chunk, accumulation dtype); consts: [eps, 1 - eps, norm_eps, 1 / sqrt(dh)]. Grid: (B * H, NC)."""
     pid = tl.program_id(0)
+    c = tl.program_id(1)
     bi = (pid // H).to(tl.int64)
     dh = D // H
-    cols = (pid % H) * dh + tl.arange(0, BLOCK_DH)
-    d_ok = tl.arange(0, BLOCK_DH) < dh
+    dd = tl.arange(0, BLOCK_DH)
+    cols = (pid % H) * dh + dd
+    d_ok = dd < dh
     n = tl.arange(0, BLOCK_N)
     n_ok = n < N
     j = tl.arange(0, BLOCK_S)
@@ -71,110 +160,133 @@ def memory_read_fwd_kernel(q_ptr, h_ptr, v_ptr, mod_ptr, base_ptr, Ms_ptr, m0_pt
     nd_offs = n[:, None] * D + cols[None, :]
     lo, hi = tl.load(consts_ptr).to(ACC), tl.load(consts_ptr + 1).to(ACC)
     ne, scale = tl.load(consts_ptr + 2).to(ACC), tl.load(consts_ptr + 3).to(ACC)
-    sb = _sig(tl.load(base_ptr + nd_offs, mask=nd_ok, other=0.0).to(ACC))
-    if HAS_M0:
-        st = tl.load(m0_ptr + bi * N * D + nd_offs, mask=nd_ok, other=0.0).to(ACC)
-    else:
-        st = tl.zeros([BLOCK_N, BLOCK_DH], ACC)
-    for t in range(T):
-        row = bi * T + t
-        st = _step(st, sb, mod_ptr, v_ptr, row, n, n_ok, cols, d_ok, N, D, lo, hi, ACC)
-        qa = tl.load(q_ptr + row * D + cols, mask=d_ok, other=0.0).to(ACC)
-        nh, _, w_h, nm, _, w_m, nM, _, w_M = _read(qa, h_ptr, Ms_ptr, st, bi, row, t, k0, C, L, S, D, dh, ne, scale,
-                                                   cols, d_ok, n_ok, j, s_ok, ACC)
-        r = tl.sum(w_h[:, None] * nh, 0) + tl.sum(w_m[:, None] * nm, 0) + tl.sum(w_M[:, None] * nM, 0)
-        tl.store(r_ptr + row * D + cols, r.to(r_ptr.dtype.element_ty), mask=d_ok)
-    tl.store(mlast_ptr + bi * N * D + nd_offs, st.to(mlast_ptr.dtype.element_ty), mask=nd_ok)
+    sb = _sig(tl.load(base_ptr + nd_offs, mask=nd_ok, other=0.0).to(ACC))                # [BLOCK_N, BLOCK_DH]
+    t = c * BLOCK_L + tl.arange(0, BLOCK_L)
+    t_ok = t < T
+    td_ok = t_ok[:, None] & d_ok[None, :]
+    td_offs = (bi * T + t[:, None]) * D + cols[None, :]                                  # [BLOCK_L, BLOCK_DH]
+    g, _ = _gate(mod_ptr, sb, bi, t, N, T, n, n_ok, lo, hi, 1.0, ACC)
+    v = tl.load(v_ptr + td_offs, mask=td_ok, other=0.0).to(ACC)
+    g_cum, x_cum = tl.associative_scan((g, (1.0 - g) * v[:, None, :]), 0, combine)
+    entry = tl.load(entry_ptr + (bi * NC + c) * N * D + nd_offs, mask=nd_ok, other=0.0)
+    m = g_cum * entry[None, :, :] + x_cum                                                # [BLOCK_L, BLOCK_N, BLOCK_DH]
+    q = tl.load(q_ptr + td_offs, mask=td_ok, other=0.0).to(ACC)
+    hx = tl.load(h_ptr + td_offs, mask=td_ok, other=0.0).to(ACC)
+    Mx = _slots(Ms_ptr, bi, t, t_ok, k0, C, NS, S, D, cols, d_ok, j, s_ok, ACC)
+    nh, _, w_h, nm, _, w_m, nM, _, w_M = _read(q, hx, m, Mx, n_ok, s_ok, dh, ne, scale)
+    r = tl.sum(w_h[:, :, None] * nh, 1) + tl.sum(w_m[:, :, None] * nm, 1) + tl.sum(w_M[:, :, None] * nM, 1)
+    tl.store(r_ptr + td_offs, r.to(r_ptr.dtype.element_ty), mask=td_ok)
 
 
 @triton.jit
-def memory_read_bwd_kernel(grad_r_ptr, grad_m_ptr, q_ptr, h_ptr, v_ptr, mod_ptr, base_ptr, Ms_ptr, m0_ptr,
-                           consts_ptr, ckpt_ptr, buf_ptr, dq_ptr, dh_ptr, dv_ptr, dMs_ptr, dm0_ptr, dmod_part_ptr,
-                           dbase_part_ptr, T, N, D, L, S, H, k0, C, K, blocks,
-                           HAS_M0: tl.constexpr, ACC: tl.constexpr,
+def _dx(w, ds, G, q, nx, rho, dh):
+    """Gradient of items x [L, R, DH] from their weights w and score gradients ds [L, R]."""
+    dn = w[:, :, None] * G[:, None, :] + ds[:, :, None] * q[:, None, :]
+    return rho[:, :, None] * (dn - nx * (tl.sum(dn * nx, 2) / dh)[:, :, None])
+
+
+@triton.jit
+def memory_read_bwd_kernel(grad_r_ptr, q_ptr, h_ptr, v_ptr, mod_ptr, base_ptr, Ms_ptr, entry_ptr, consts_ptr,
+                           ba_ptr, by_ptr, carry_ptr, dq_ptr, dh_ptr, dv_ptr, dm0_ptr, dms_part_ptr,
+                           dmod_part_ptr, dbase_part_ptr, T, N, D, NS, S, H, k0, C, NC, J,
+                           FINAL: tl.constexpr, ACC: tl.constexpr, BLOCK_L: tl.constexpr,
                            BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_DH: tl.constexpr):
-    """grad_r, dq, dh, dv: [B, T, D]; grad_m, dm0: [B, N, D]; dMs: [B, L, S, D]; scratch in the accumulation
-    dtype: ckpt [B * H, blocks, BLOCK_N, BLOCK_DH], buf [B * H, K, BLOCK_N, BLOCK_DH], dmod_part [B * H, T, N]
-    (before the sigmoid'(mod) factor), dbase_part [B, N, D]. Grid: B * H."""
+    """grad_r, dq, dh, dv: [B, T, D]; dm0: [B, N, D]; accumulation-dtype scratch: entry, ba, by, carry [B, NC, N, D]
+    (banks before each chunk; the chunk's reverse transfer prod_{s>t0} g_s (g_T = 1) and delta from a zero carry at
+    its first token; delta at the first token of the next chunk, grad m_last for the last), dms_part [B, NC, J, S, D]
+    (the chunk's dMs for slot chunks c(t0) + 0..J-1), dmod_part [B, H, T, N] (before the sig'(mod) factor),
+    dbase_part [B, NC, N, D]. FINAL=False writes ba, by only. Grid: (B * H, NC)."""
     pid = tl.program_id(0)
+    c = tl.program_id(1)
     bi = (pid // H).to(tl.int64)
     dh = D // H
-    cols = (pid % H) * dh + tl.arange(0, BLOCK_DH)
-    d_ok = tl.arange(0, BLOCK_DH) < dh
+    dd = tl.arange(0, BLOCK_DH)
+    cols = (pid % H) * dh + dd
+    d_ok = dd < dh
     n = tl.arange(0, BLOCK_N)
     n_ok = n < N
     j = tl.arange(0, BLOCK_S)
     s_ok = j < S
     nd_ok = n_ok[:, None] & d_ok[None, :]
     nd_offs = n[:, None] * D + cols[None, :]
-    tile = n[:, None] * BLOCK_DH + tl.arange(0, BLOCK_DH)[None, :]  # [BLOCK_N, BLOCK_DH] offsets in scratch
-    ckpt = ckpt_ptr + pid.to(tl.int64) * blocks * BLOCK_N * BLOCK_DH
-    buf = buf_ptr + pid.to(tl.int64) * K * BLOCK_N * BLOCK_DH
+    chunk_offs = (bi * NC + c) * N * D + nd_offs
     lo, hi = tl.load(consts_ptr).to(ACC), tl.load(consts_ptr + 1).to(ACC)
     ne, scale = tl.load(consts_ptr + 2).to(ACC), tl.load(consts_ptr + 3).to(ACC)
     base = tl.load(base_ptr + nd_offs, mask=nd_ok, other=0.0).to(ACC)
-    sb, sbneg = _sig(base), _sig(-base)
-    if HAS_M0:
-        st = tl.load(m0_ptr + bi * N * D + nd_offs, mask=nd_ok, other=0.0).to(ACC)
+    sb = _sig(base)
+    l_idx = tl.arange(0, BLOCK_L)
+    t = c * BLOCK_L + l_idx
+    t_ok = t < T
+    td_ok = t_ok[:, None] & d_ok[None, :]
+    td_offs = (bi * T + t[:, None]) * D + cols[None, :]
+    # m_{t-1}: scan of the previous tokens' steps, the chunk's first row an identity step
+    g_prev, _ = _gate(mod_ptr, sb, bi, t - 1, N, T, n, n_ok, lo, hi, 1.0, ACC)
+    first = (l_idx == 0)[:, None, None]
+    g_prev = tl.where(first, 1.0, g_prev)
+    v_prev = tl.load(v_ptr + td_offs - D, mask=td_ok & (l_idx > 0)[:, None], other=0.0).to(ACC)
+    gp_cum, xp_cum = tl.associative_scan((g_prev, (1.0 - g_prev) * v_prev[:, None, :]), 0, combine)
+    entry = tl.load(entry_ptr + chunk_offs, mask=nd_ok, other=0.0)
+    m_prev = gp_cum * entry[None, :, :] + xp_cum                                         # [BLOCK_L, BLOCK_N, BLOCK_DH]
+    g, x = _gate(mod_ptr, sb, bi, t, N, T, n, n_ok, lo, hi, 1.0, ACC)
+    v = tl.load(v_ptr + td_offs, mask=td_ok, other=0.0).to(ACC)
+    m = g * (m_prev - v[:, None, :]) + v[:, None, :]
+    q = tl.load(q_ptr + td_offs, mask=td_ok, other=0.0).to(ACC)
+    hx = tl.load(h_ptr + td_offs, mask=td_ok, other=0.0).to(ACC)
+    G = tl.load(grad_r_ptr + td_offs, mask=td_ok, other=0.0).to(ACC)
+    Mx = _slots(Ms_ptr, bi, t, t_ok, k0, C, NS, S, D, cols, d_ok, j, s_ok, ACC)
+    nh, rho_h, w_h, nm, rho_m, w_m, nM, rho_M, w_M = _read(q, hx, m, Mx, n_ok, s_ok, dh, ne, scale)
+    a_h = tl.sum(nh * G[:, None, :], 2)                                                  # [L, 1]
+    a_m = tl.sum(nm * G[:, None, :], 2)                                                  # [L, N]
+    a_M = tl.sum(nM * G[:, None, :], 2)                                                  # [L, S]
+    abar = tl.sum(w_h * a_h, 1) + tl.sum(w_m * a_m, 1) + tl.sum(w_M * a_M, 1)            # [L]
+    ds_m = w_m * (a_m - abar[:, None]) * scale
+    dx_m = tl.where(nd_ok[None, :, :], _dx(w_m, ds_m, G, q, nm, rho_m, dh), 0.0)         # [L, N, DH]
+    g_next, _ = _gate(mod_ptr, sb, bi, t + 1, N, T, n, n_ok, lo, hi, 1.0, ACC)
+    a_cum, d_loc = tl.associative_scan((g_next, dx_m), 0, combine, reverse=True)
+    if not FINAL:
+        tl.store(ba_ptr + chunk_offs, _row(a_cum, 0, BLOCK_L), mask=nd_ok)
+        tl.store(by_ptr + chunk_offs, _row(d_loc, 0, BLOCK_L), mask=nd_ok)
     else:
-        st = tl.zeros([BLOCK_N, BLOCK_DH], ACC)
-    tl.store(ckpt + tile, st)
-    for t in range((blocks - 1) * K):
-        st = _step(st, sb, mod_ptr, v_ptr, bi * T + t, n, n_ok, cols, d_ok, N, D, lo, hi, ACC)
-        if (t + 1) % K == 0:
-            tl.store(ckpt + (t + 1) // K * BLOCK_N * BLOCK_DH + tile, st)
-    tl.debug_barrier()
-    carry = tl.load(grad_m_ptr + bi * N * D + nd_offs, mask=nd_ok, other=0.0).to(ACC)
-    dbase_acc = tl.zeros([BLOCK_N, BLOCK_DH], ACC)
-    dMs_acc = tl.zeros([BLOCK_S, BLOCK_DH], ACC)
-    for bb in range(blocks):
-        blk = blocks - 1 - bb
-        t0 = blk * K
-        nt = tl.minimum(T - t0, K)
-        first = tl.load(ckpt + blk * BLOCK_N * BLOCK_DH + tile)
-        st = first
-        for i in range(nt):
-            st = _step(st, sb, mod_ptr, v_ptr, bi * T + t0 + i, n, n_ok, cols, d_ok, N, D, lo, hi, ACC)
-            tl.store(buf + i * BLOCK_N * BLOCK_DH + tile, st)
-        tl.debug_barrier()
-        for i in range(nt):
-            li = nt - 1 - i
-            t = t0 + li
-            row = bi * T + t
-            mt = tl.load(buf + li * BLOCK_N * BLOCK_DH + tile)
-            mprev = tl.load(buf + tl.maximum(li - 1, 0) * BLOCK_N * BLOCK_DH + tile)
-            mprev = tl.where(li > 0, mprev, first)
-            qa = tl.load(q_ptr + row * D + cols, mask=d_ok, other=0.0).to(ACC)
-            G = tl.load(grad_r_ptr + row * D + cols, mask=d_ok, other=0.0).to(ACC)
-            nh, rho_h, w_h, nm, rho_m, w_m, nM, rho_M, w_M = _read(qa, h_ptr, Ms_ptr, mt, bi, row, t, k0, C, L, S,
-                                                                   D, dh, ne, scale, cols, d_ok, n_ok, j, s_ok, ACC)
-            a_h, a_m, a_M = tl.sum(nh * G[None, :], 1), tl.sum(nm * G[None, :], 1), tl.sum(nM * G[None, :], 1)
-            abar = tl.sum(w_h * a_h, 0) + tl.sum(w_m * a_m, 0) + tl.sum(w_M * a_M, 0)
-            ds_h, ds_m, ds_M = w_h * (a_h - abar) * scale, w_m * (a_m - abar) * scale, w_M * (a_M - abar) * scale
-            dq = tl.sum(ds_h[:, None] * nh, 0) + tl.sum(ds_m[:, None] * nm, 0) + tl.sum(ds_M[:, None] * nM, 0)
-            tl.store(dq_ptr + row * D + cols, dq.to(dq_ptr.dtype.element_ty), mask=d_ok)
-            dn = w_h[:, None] * G[None, :] + ds_h[:, None] * qa[None, :]
-            dx_h = rho_h[:, None] * (dn - nh * (tl.sum(dn * nh, 1) / dh)[:, None])
-            tl.store(dh_ptr + row * D + cols[None, :], dx_h.to(dh_ptr.dtype.element_ty), mask=d_ok[None, :])
-            dn = w_M[:, None] * G[None, :] + ds_M[:, None] * qa[None, :]
-            dMs_acc += rho_M[:, None] * (dn - nM * (tl.sum(dn * nM, 1) / dh)[:, None])
-            c = (k0 + t) // C
-            chunk_start = ((k0 + t) % C == 0) | (t == 0)  # backwards in time: the chunk's last token visited
-            tl.store(dMs_ptr + ((bi * L + c) * S + j[:, None]) * D + cols[None, :],
-                     dMs_acc.to(dMs_ptr.dtype.element_ty), mask=s_ok[:, None] & d_ok[None, :] & chunk_start)
-            dMs_acc = tl.where(chunk_start, 0.0, dMs_acc)
-            dn = w_m[:, None] * G[None, :] + ds_m[:, None] * qa[None, :]
-            delta = rho_m[:, None] * (dn - nm * (tl.sum(dn * nm, 1) / dh)[:, None]) + carry
-            sm = _sig(tl.load(mod_ptr + row * N + n, mask=n_ok, other=0.0).to(ACC))
-            x = sb * sm[:, None]
-            g = tl.minimum(tl.maximum(x, lo), hi)
-            vt = tl.load(v_ptr + row * D + cols, mask=d_ok, other=0.0).to(ACC)
-            dxg = tl.where((x >= lo) & (x <= hi) & nd_ok, delta * (mprev - vt[None, :]), 0.0)
-            dbase_acc += dxg * x * sbneg
-            tl.store(dmod_part_ptr + (pid.to(tl.int64) * T + t) * N + n, tl.sum(dxg * sb, 1), mask=n_ok)
-            dv = tl.sum(tl.where(nd_ok, delta * (1.0 - g), 0.0), 0)
-            tl.store(dv_ptr + row * D + cols, dv.to(dv_ptr.dtype.element_ty), mask=d_ok)
-            carry = g * delta
-        tl.debug_barrier()
-    tl.store(dm0_ptr + bi * N * D + nd_offs, carry.to(dm0_ptr.dtype.element_ty), mask=nd_ok)
-    tl.store(dbase_part_ptr + bi * N * D + nd_offs, dbase_acc, mask=nd_ok)
+        ds_h = w_h * (a_h - abar[:, None]) * scale
+        ds_M = w_M * (a_M - abar[:, None]) * scale
+        dq = tl.sum(ds_h[:, :, None] * nh, 1) + tl.sum(ds_m[:, :, None] * nm, 1) + tl.sum(ds_M[:, :, None] * nM, 1)
+        tl.store(dq_ptr + td_offs, dq.to(dq_ptr.dtype.element_ty), mask=td_ok)
+        dx_h = tl.sum(_dx(w_h, ds_h, G, q, nh, rho_h, dh), 1)
+        tl.store(dh_ptr + td_offs, dx_h.to(dh_ptr.dtype.element_ty), mask=td_ok)
+        dx_M = _dx(w_M, ds_M, G, q, nM, rho_M, dh)                                       # [L, S, DH]
+        sc = (k0 + t) // C - (k0 + c * BLOCK_L) // C                                     # slot chunk - the first's
+        for jj in range(J):
+            part = tl.sum(tl.where(((sc == jj) & t_ok)[:, None, None], dx_M, 0.0), 0)  # [BLOCK_S, BLOCK_DH]
+            tl.store(dms_part_ptr + (((bi * NC + c) * J + jj) * S + j[:, None]) * D + cols[None, :], part,
+                     mask=s_ok[:, None] & d_ok[None, :])
+        carry = tl.load(carry_ptr + chunk_offs, mask=nd_ok, other=0.0)
+        delta = d_loc + a_cum * carry[None, :, :]                                        # [L, N, DH]
+        ok3 = t_ok[:, None, None] & nd_ok[None, :, :]
+        dxg = tl.where((x >= lo) & (x <= hi) & ok3, delta * (m_prev - v[:, None, :]), 0.0)
+        tl.store(dbase_part_ptr + chunk_offs, tl.sum(dxg * x, 0) * _sig(-base), mask=nd_ok)
+        tl.store(dmod_part_ptr + (pid.to(tl.int64) * T + t[:, None]) * N + n[None, :], tl.sum(dxg * sb[None, :, :], 2),
+                 mask=t_ok[:, None] & n_ok[None, :])
+        dv = tl.sum(tl.where(ok3, delta * (1.0 - g), 0.0), 1)
+        tl.store(dv_ptr + td_offs, dv.to(dv_ptr.dtype.element_ty), mask=td_ok)
+        if c == 0:
+            tl.store(dm0_ptr + bi * N * D + nd_offs, _row(g * delta, 0, BLOCK_L).to(dm0_ptr.dtype.element_ty),
+                     mask=nd_ok)
+
+
+@triton.jit
+def dms_reduce_kernel(part_ptr, dMs_ptr, T, S, D, NS, NC, J, k0, C, BLOCK_L, BLOCK: tl.constexpr):
+    """part: [B, NC, J, S, D] (accumulation dtype) -> dMs: [B, NS, S, D]; slot chunk sc sums, in chunk order, the
+    parts of the time chunks whose tokens read it (zero when none does). Grid: (B * NS, cdiv(S * D, BLOCK))."""
+    bi = (tl.program_id(0) // NS).to(tl.int64)
+    sc = tl.program_id(0) % NS
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < S * D
+    t_lo = tl.maximum(sc * C - k0, 0)
+    t_hi = tl.minimum((sc + 1) * C - k0, T)
+    c_lo = t_lo // BLOCK_L
+    c_hi = tl.where(t_hi > t_lo, (t_hi - 1) // BLOCK_L + 1, c_lo)
+    acc = tl.zeros([BLOCK], part_ptr.dtype.element_ty)
+    for c in range(c_lo, c_hi):
+        jj = sc - (k0 + c * BLOCK_L) // C
+        acc += tl.load(part_ptr + ((bi * NC + c) * J + jj) * S * D + offs, mask=ok, other=0.0)
+    tl.store(dMs_ptr + (bi * NS + sc) * S * D + offs, acc.to(dMs_ptr.dtype.element_ty), mask=ok)

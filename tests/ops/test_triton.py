@@ -131,3 +131,48 @@ def test_recurrence_backward_reloading_w(monkeypatch):
     _check("recurrence", (_rand(gen, (B, T, D), torch.float64), _rand(gen, (B, T, D), torch.float64, 0.5, 1.0),
                           _rand(gen, (H, d, d), torch.float64, -0.5, 0.5), _rand(gen, (D,), torch.float64, -0.3, 0.3),
                           _rand(gen, (B, D), torch.float64)), torch.float64, grad_tol=1e-10)
+
+
+def _memory_read_case(gen, dtype, B=2, T=19, N=3, S=3, Hr=2, dh=5, C=3, k0=2):
+    D, n_slots = Hr * dh, -(-(k0 + T) // C)
+    return [_rand(gen, (B, T, D), dtype, -2, 2), _rand(gen, (B, T, D), dtype, -3, 3), _rand(gen, (B, T, D), dtype),
+            _rand(gen, (B, T, N), dtype, -3, 3), _rand(gen, (N, D), dtype, -2, 4),
+            _rand(gen, (B, n_slots, S, D), dtype), _rand(gen, (B, N, D), dtype)]
+
+
+def _check_memory_read(xs, cfg, dtype, tol, grad_tol):
+    """r, m_last and the seven gradients (through both outputs) against autograd of the float64 reference."""
+    with dispatch.backend("triton"):
+        r, m_last = mmrec_ops.memory_read(*xs, *cfg)
+    gen = torch.Generator().manual_seed(9)
+    gr = torch.randn(r.shape, generator=gen, dtype=torch.float64).to(DEVICE)
+    gm = torch.randn(m_last.shape, generator=gen, dtype=torch.float64).to(DEVICE)
+    got = torch.autograd.grad((r, m_last), xs, (gr.to(dtype), gm.to(dtype)))
+    ys = [x.detach().double().requires_grad_(True) for x in xs]
+    want_r, want_m = reference.memory_read(*ys, *cfg)
+    want = torch.autograd.grad((want_r, want_m), ys, (gr, gm))
+    assert r.dtype == dtype and m_last.dtype == dtype
+    assert_close(r, want_r, tol, f"memory_read {dtype} r")
+    assert_close(m_last, want_m, tol, f"memory_read {dtype} m_last")
+    for name, g, w in zip(("q", "h", "v", "mod", "base", "Ms", "m0"), got, want):
+        assert g.dtype == dtype
+        assert_close(g, w, grad_tol, f"memory_read {dtype} d{name}")
+
+
+@pytest.mark.parametrize("block_l", [1, 2, 8, 16])
+@pytest.mark.parametrize("C,k0,eps", [(1, 0, 1e-6), (3, 2, 0.2), (4, 0, 1e-6), (16, 5, 1e-6)])
+def test_memory_read_time_chunks(monkeypatch, block_l, C, k0, eps):
+    """Time chunks of 1..16 tokens (T = 19: a partial last chunk) against slot chunks of 1, 3, 4 and 16 tokens (one
+    time chunk reads up to 9 slot chunks); eps = 0.2 clamps many decays."""
+    monkeypatch.setattr(triton_backend, "MR_CHUNK", {False: block_l, True: block_l})
+    monkeypatch.setattr(triton_backend, "MR_CHUNK_INTERPRET", block_l)
+    gen = torch.Generator().manual_seed(block_l * 100 + C)
+    xs = _memory_read_case(gen, torch.float64, C=C, k0=k0)
+    _check_memory_read(xs, (k0, C, 2, eps, 1e-6), torch.float64, 1e-12, 1e-10)
+
+
+@pytest.mark.parametrize("dtype", LOW)
+def test_memory_read_low_precision_io(dtype):
+    gen = torch.Generator().manual_seed(6)
+    xs = _memory_read_case(gen, dtype)
+    _check_memory_read(xs, (2, 3, 2, 1e-6, 1e-6), dtype, tol_for(dtype, 1e-6), 2 * tol_for(dtype, 1e-4))

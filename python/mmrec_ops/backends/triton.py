@@ -311,29 +311,76 @@ def memory_update_backward(grad: Tensor, M0: Tensor, key: Tensor, value: Tensor,
 
 
 # ------------------------------------------------------------------------------ memory_read
-def _mr_setup(q: Tensor, base: Tensor, Ms: Tensor, n_heads: int, eps: float, norm_eps: float):
-    """Blocks (the head's dh channels, all N banks, all S slots in one tile; 1 warp in the interpreter) and the
+MR_CHUNK = {False: 16, True: 8}  # tokens per time chunk {forward, backward}; tuning override (powers of two)
+MR_WARPS = {False: 8, True: 8}
+
+
+def _mr_setup(q: Tensor, base: Tensor, Ms: Tensor, n_heads: int, eps: float, norm_eps: float, backward: bool):
+    """Blocks (a chunk of BLOCK_L tokens x the head's dh channels x all N banks / all S slots per program) and the
     constants [eps, 1 - eps, norm_eps, 1 / sqrt(dh)] as a tensor (a float64 scalar argument would be rounded)."""
     B, T, D = q.shape
     N, S, dh = base.shape[0], Ms.shape[2], D // n_heads
-    blocks = dict(BLOCK_N=triton.next_power_of_2(N), BLOCK_S=triton.next_power_of_2(S),
-                  BLOCK_DH=triton.next_power_of_2(dh))
-    big = blocks["BLOCK_DH"] * max(blocks["BLOCK_N"], blocks["BLOCK_S"]) >= 2048
-    blocks["num_warps"] = 1 if INTERPRET else (4 if big else 2)
+    block_l = MR_CHUNK_INTERPRET if INTERPRET else MR_CHUNK[backward]
+    blocks = dict(BLOCK_L=block_l, BLOCK_N=triton.next_power_of_2(N), BLOCK_S=triton.next_power_of_2(S),
+                  BLOCK_DH=triton.next_power_of_2(dh), num_warps=1 if INTERPRET else MR_WARPS[backward])
     consts = torch.tensor([eps, 1.0 - eps, norm_eps, 1.0 / math.sqrt(dh)], dtype=acc_dtype(q.dtype), device=q.device)
     return blocks, consts
+
+
+MR_CHUNK_INTERPRET = 4  # the interpreter's chunk: small, so the tests' short sequences span several chunks
+
+
+def _mr_entries(v: Tensor, mod: Tensor, base: Tensor, m0: Optional[Tensor], consts: Tensor, block_l: int,
+                m_last: Optional[Tensor]) -> Tensor:
+    """The banks before each time chunk, [B, NC, N, D] in the accumulation dtype (and m_last when given)."""
+    B, T, D = v.shape
+    N = base.shape[0]
+    nc = triton.cdiv(T, block_l)
+    acc = acc_dtype(v.dtype)
+    ta, tx, entry = (torch.empty(B, nc, N, D, dtype=acc, device=v.device) for _ in range(3))
+    block_n = triton.next_power_of_2(N)
+    block_c = min(triton.next_power_of_2(D), 8 if INTERPRET else max(64, 4096 // (block_l * block_n)))
+    _mr.chunk_transfer_kernel[(B * nc, triton.cdiv(D, block_c))](v, mod, base, consts, ta, tx, T, N, D, nc,
+                                                                 ACC=_tl_acc(v.dtype), BLOCK_L=block_l,
+                                                                 BLOCK_N=block_n, BLOCK_C=block_c,
+                                                                 num_warps=1 if INTERPRET else 4)
+    _mr_carry(ta, tx, m0, entry, m_last, reverse=False)
+    return entry
+
+
+def _mr_carry(ta: Tensor, tx: Tensor, init: Optional[Tensor], entry: Tensor, last: Optional[Tensor], reverse: bool):
+    """Entry states per chunk from the chunk transfers (ta, tx): [BLOCK_NC chunks, BLOCK channels] tiles, 4
+    chunks per tile in the interpreter so that the tests' short sequences span several tiles."""
+    B, nc, N, D = ta.shape
+    block_nc = 4 if INTERPRET else min(64, triton.next_power_of_2(nc))
+    block = 64 if INTERPRET else 4096 // block_nc
+    _mr.carry_kernel[(B, triton.cdiv(N * D, block))](ta, tx, _dummy(ta) if init is None else init, entry,
+                                                      _dummy(ta) if last is None else last, nc, N * D,
+                                                      HAS_INIT=init is not None, REVERSE=reverse,
+                                                      STORE_LAST=last is not None, ACC=_tl_acc(ta.dtype),
+                                                      BLOCK_NC=block_nc, BLOCK=block,
+                                                      num_warps=1 if INTERPRET else 4)
+
+
+def _slot_chunks_per_time_chunk(block_l: int, chunk_len: int, k0: int) -> int:
+    """How many slot chunks the BLOCK_L tokens of one time chunk can read: one when the slot chunks are whole
+    time chunks (chunk_len and k0 multiples of BLOCK_L), else up to (BLOCK_L - 1) // chunk_len + 2."""
+    if chunk_len % block_l == 0:
+        return 1 if k0 % block_l == 0 else 2
+    return (block_l - 1) // chunk_len + 2
 
 
 def memory_read_forward(q, h, v, mod, base, Ms, m0, k0, chunk_len, n_heads, eps, norm_eps):
     q, h, v, mod, base, Ms, m0 = (_in(x) for x in (q, h, v, mod, base, Ms, m0))
     _check_device(q)
     B, T, D = q.shape
-    N, L, S = base.shape[0], Ms.shape[1], Ms.shape[2]
+    N, NS, S = base.shape[0], Ms.shape[1], Ms.shape[2]
     r, m_last = new_output(q.shape, q), new_output((B, N, D), q)  # [B, T, D], [B, N, D]
-    blocks, consts = _mr_setup(q, base, Ms, n_heads, eps, norm_eps)
-    _mr.memory_read_fwd_kernel[(B * n_heads,)](q, h, v, mod, base, Ms, _dummy(q) if m0 is None else m0, r, m_last,
-                                               consts, T, N, D, L, S, n_heads, k0, chunk_len, HAS_M0=m0 is not None,
-                                               ACC=_tl_acc(q.dtype), **blocks)
+    blocks, consts = _mr_setup(q, base, Ms, n_heads, eps, norm_eps, backward=False)
+    entry = _mr_entries(v, mod, base, m0, consts, blocks["BLOCK_L"], m_last)
+    nc = entry.shape[1]
+    _mr.memory_read_fwd_kernel[(B * n_heads, nc)](q, h, v, mod, base, Ms, entry, r, consts, T, N, D, NS, S, n_heads,
+                                                  k0, chunk_len, nc, ACC=_tl_acc(q.dtype), **blocks)
     return r, m_last
 
 
@@ -341,27 +388,33 @@ def memory_read_backward(grad_r, grad_m, q, h, v, mod, base, Ms, m0, k0, chunk_l
     grad_r, grad_m, q, h, v, mod, base, Ms, m0 = (_in(x) for x in (grad_r, grad_m, q, h, v, mod, base, Ms, m0))
     _check_device(q)
     B, T, D = q.shape
-    N, L, S = base.shape[0], Ms.shape[1], Ms.shape[2]
-    blocks, consts = _mr_setup(q, base, Ms, n_heads, eps, norm_eps)
-    K = max(1, math.ceil(math.sqrt(T)))          # checkpoint interval: scratch (T / K + K) tiles per program
-    n_blocks = triton.cdiv(T, K)
+    N, NS, S = base.shape[0], Ms.shape[1], Ms.shape[2]
+    blocks, consts = _mr_setup(q, base, Ms, n_heads, eps, norm_eps, backward=True)
+    block_l = blocks["BLOCK_L"]
+    entry = _mr_entries(v, mod, base, m0, consts, block_l, None)   # [B, NC, N, D]
+    nc = entry.shape[1]
+    J = _slot_chunks_per_time_chunk(block_l, chunk_len, k0)
     acc = acc_dtype(q.dtype)
-    tile = blocks["BLOCK_N"] * blocks["BLOCK_DH"]
-    ckpt = torch.empty(B * n_heads * n_blocks * tile, dtype=acc, device=q.device)
-    buf = torch.empty(B * n_heads * K * tile, dtype=acc, device=q.device)
+    ba, by, carry, dbase_part = (torch.empty_like(entry) for _ in range(4))
+    dms_part = torch.empty(B, nc, J, S, D, dtype=acc, device=q.device)
     dmod_part = torch.empty(B, n_heads, T, N, dtype=acc, device=q.device)
-    dbase_part = torch.empty(B, N, D, dtype=acc, device=q.device)
     dq, dh, dv = (new_output(q.shape, q) for _ in range(3))
     dMs, dm0 = new_output(Ms.shape, q), new_output((B, N, D), q)
-    _mr.memory_read_bwd_kernel[(B * n_heads,)](grad_r, grad_m, q, h, v, mod, base, Ms,
-                                               _dummy(q) if m0 is None else m0, consts, ckpt, buf, dq, dh, dv, dMs,
-                                               dm0, dmod_part, dbase_part, T, N, D, L, S, n_heads, k0, chunk_len, K,
-                                               n_blocks, HAS_M0=m0 is not None, ACC=_tl_acc(q.dtype), **blocks)
+    for final in (False, True):
+        _mr.memory_read_bwd_kernel[(B * n_heads, nc)](grad_r, q, h, v, mod, base, Ms, entry, consts, ba, by, carry,
+                                                      dq, dh, dv, dm0, dms_part, dmod_part, dbase_part,
+                                                      T, N, D, NS, S, n_heads, k0, chunk_len, nc, J, FINAL=final,
+                                                      ACC=_tl_acc(q.dtype), **blocks)
+        if not final:
+            _mr_carry(ba, by, grad_m, carry, None, reverse=True)
+    block = 64 if INTERPRET else 512
+    _mr.dms_reduce_kernel[(B * NS, triton.cdiv(S * D, block))](dms_part, dMs, T, S, D, NS, nc, J, k0, chunk_len,
+                                                               block_l, BLOCK=block, num_warps=1 if INTERPRET else 4)
     mod_acc = mod.to(acc)
     dmod = new_output(mod.shape, q)
     dmod.copy_(dmod_part.sum(1) * torch.sigmoid(mod_acc) * torch.sigmoid(-mod_acc))
     dbase = new_output(base.shape, q)
-    dbase.copy_(dbase_part.sum(0))
+    dbase.copy_(dbase_part.sum((0, 1)))
     return dq, dh, dv, dmod, dbase, dMs, dm0
 
 
