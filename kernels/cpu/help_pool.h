@@ -13,7 +13,6 @@
 #include <mutex>
 #include <thread>
 #include <type_traits>
-#include <vector>
 
 #include <unistd.h>
 
@@ -21,7 +20,8 @@ namespace mmrec::cpu {
 
 class HelpPool {
  public:
-  // f(task, participant) for task in [0, n); participant 0 is the caller, 1 .. threads-1 the workers.
+  // f(task, participant) for task in [0, n); participant 0 is the caller, 1 .. threads-1 the workers. f must not
+  // call run.
   template <class F>
   void run(int64_t n, int threads, F&& f) {
     std::unique_lock<std::mutex> caller(caller_mutex_, std::try_to_lock);
@@ -46,8 +46,11 @@ class HelpPool {
     wake_.notify_all();
     while (claim_and_run(0)) {
     }
-    for (int spins = 0; busy_.load() != 0; ++spins) {
-      if (spins > 64) std::this_thread::yield();
+    for (int spins = 0; busy_.load() != 0;) {
+      if (spins < 64)
+        ++spins;
+      else
+        std::this_thread::yield();
     }
   }
 
