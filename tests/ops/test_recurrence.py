@@ -3,6 +3,8 @@ mmrec_ops.reference (odd sizes, dense and multi-head W, layouts, optional bias/h
 gradients at d = 128 and d = 256, long sequences, determinism at a multi-thread size, and named errors."""
 from __future__ import annotations
 
+import multiprocessing
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -161,6 +163,62 @@ def test_deterministic_at_multithread_size(backend, device):
         runs.append((out, *grads(out, args)))
     for x, y in zip(*runs):
         assert torch.equal(x, y)
+
+
+# The C++ CPU kernel's paths in float32: d = 128 (8-vector panels), d > 64 and not a multiple of 8 (zero-padded
+# panels), a dense W (H = 1), batch blocks of 4 rows plus a remainder (B = 6), T = 1, T beyond one 64-row backward
+# block, with and without bias and h0.
+CPU_FLOAT32_SHAPES = {"B1-T70-H4-d128": (1, 70, 4, 128, True, True), "B1-T1-H2-d128": (1, 1, 2, 128, False, True),
+                      "B6-T9-dense-d100": (6, 9, 1, 100, True, False), "B3-T5-H3-d13": (3, 5, 3, 13, False, False),
+                      "B2-T67-H2-d72": (2, 67, 2, 72, False, True)}
+CPU_ONLY = pytest.mark.parametrize("backend,device", [c for c in backend_cases("recurrence") if c.values[0] == "cpu"])
+
+
+@CPU_ONLY
+@pytest.mark.parametrize("shape", list(CPU_FLOAT32_SHAPES))
+def test_cpu_float32_kernel_paths(backend, device, shape):
+    B, T, H, d, bias, h0 = CPU_FLOAT32_SHAPES[shape]
+    args = _inputs(torch.Generator().manual_seed(B + T + d), B, T, H, d, torch.float32, device, bias=bias, h0=h0)
+    _check(backend, args, torch.float32, 1e-4, shape)
+
+
+@CPU_ONLY
+def test_cpu_same_bits_for_any_thread_count(backend, device):
+    """The tasks (head, batch block) go to whichever thread claims them first; the results must not depend on it."""
+    args = [leaf(x) for x in _inputs(torch.Generator().manual_seed(16), 6, 70, 4, 40, torch.float32, device)]
+    before = torch.get_num_threads()
+    runs = []
+    try:
+        for threads in (1, 2, 3, 2):
+            torch.set_num_threads(threads)
+            out = run(backend, mmrec_ops.recurrence, *args)
+            runs.append((out, *grads(out, args)))
+    finally:
+        torch.set_num_threads(before)
+    for other in runs[1:]:
+        for x, y in zip(runs[0], other):
+            assert torch.equal(x, y)
+
+
+def _forked_child(conn, args, backend):
+    out = run(backend, mmrec_ops.recurrence, *args)
+    conn.send(out.tolist())  # plain floats: a tensor would be shared through memory the exiting child owns
+    conn.close()
+
+
+@CPU_ONLY
+def test_cpu_runs_in_a_forked_child(backend, device):
+    """A child forked after the kernel's worker threads started (it has none of them) computes the same h."""
+    args = _inputs(torch.Generator().manual_seed(17), 1, 20, 4, 32, torch.float32, device)
+    want = run(backend, mmrec_ops.recurrence, *args)
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_forked_child, args=(child, args, backend))
+    proc.start()
+    got = parent.recv() if parent.poll(120) else None
+    proc.join(30)
+    assert proc.exitcode == 0 and got is not None
+    assert torch.equal(torch.tensor(got, dtype=want.dtype), want)
 
 
 def _valid(device="cpu"):
