@@ -77,7 +77,7 @@ def run_case(case: str, args) -> dict:
 
     if case.startswith("train"):
         B, T = 1, (32 if args.quick else 256)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)            # as the trainer
         batch = torch.randint(0, V, (B, T + 1), device=device)
         times = []
         for step in range(args.warmup + args.steps):

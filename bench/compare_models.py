@@ -200,7 +200,7 @@ def throughput_rows(arch: str, sizes: List[int], a: Dict[str, Any]) -> Iterator[
     groups = model.param_groups(0.1) if hasattr(model, "param_groups") else [
         {"params": [p for p in model.parameters() if p.requires_grad and p.dim() >= 2], "weight_decay": 0.1},
         {"params": [p for p in model.parameters() if p.requires_grad and p.dim() < 2], "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW(groups, lr=1e-4, betas=(0.9, 0.95), eps=1e-8)
+    optimizer = torch.optim.AdamW(groups, lr=1e-4, betas=(0.9, 0.95), eps=1e-8, fused=True)   # as the trainer
     params = [p for p in model.parameters() if p.requires_grad]
     bf16 = a["dtype"] == "bf16"
     step_model = torch.compile(model) if a.get("compile") else model    # as the trainer's --compile on

@@ -115,8 +115,11 @@ def run_stage(stage: str, tcfg: TrainConfig, rt: Runtime, out: Path, tok: Tokeni
         sources = load_stage_sources(stage, cfg.train, cfg.valid, tcfg.data_dir, tcfg.on_bad_record, log)
     data = StageData(stage, cfg.model_copy(update={"tbptt": tbptt}), sources, tok, rt.rank, rt.world, micro, seed,
                      tcfg.cache_dir, length_multiple, log, tcfg.on_bad_record, tcfg.shard_tokens, rt.barrier)
+    # fused: one kernel over all parameters; on the 2-core CPU its step over the 163M-parameter original-size model
+    # takes 0.20-0.28 s against 1.0-1.5 s for the default foreach path (same run)
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in model.parameters())
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
-                                  betas=(cfg.beta1, cfg.beta2), eps=1e-8)
+                                  betas=(cfg.beta1, cfg.beta2), eps=1e-8, fused=fused)
     step, tokens_seen, elapsed = 0, 0, 0.0
     lane_states: Dict[int, Any] = {}
     if resume_dir is not None:
