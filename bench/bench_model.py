@@ -61,6 +61,7 @@ def run_case(case: str, args) -> dict:
     import torch
     import torch.nn.functional as F
     from mmrec_model import MMRecLM
+    from mmrec_model.training.optimizer import adamw
 
     torch.manual_seed(0)
     device = torch.device(args.device)
@@ -77,7 +78,7 @@ def run_case(case: str, args) -> dict:
 
     if case.startswith("train"):
         B, T = 1, (32 if args.quick else 256)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)            # as the trainer
+        opt = adamw(model, 1e-4, 0.01)                                              # the trainer's optimizer
         batch = torch.randint(0, V, (B, T + 1), device=device)
         times = []
         for step in range(args.warmup + args.steps):

@@ -190,17 +190,14 @@ def throughput_rows(arch: str, sizes: List[int], a: Dict[str, Any]) -> Iterator[
     """Training-step rows of one arch, yielded one by one (run inside a worker process)."""
     import torch
     import torch.nn.functional as F
+    from mmrec_model.training.optimizer import adamw
 
     device = torch.device(a["device"])
     torch.manual_seed(0)
     model = build_model(arch, a["preset"], a["vocab"]).to(device).train()
     info = describe(model, device)
     V = model.config.vocab_size
-    # the trainer's groups (training.stage.param_groups), without importing the trainer (pydantic) into the worker
-    groups = model.param_groups(0.1) if hasattr(model, "param_groups") else [
-        {"params": [p for p in model.parameters() if p.requires_grad and p.dim() >= 2], "weight_decay": 0.1},
-        {"params": [p for p in model.parameters() if p.requires_grad and p.dim() < 2], "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW(groups, lr=1e-4, betas=(0.9, 0.95), eps=1e-8, fused=True)   # as the trainer
+    optimizer = adamw(model, 1e-4, 0.1, (0.9, 0.95))                   # the trainer's optimizer
     params = [p for p in model.parameters() if p.requires_grad]
     bf16 = a["dtype"] == "bf16"
     step_model = torch.compile(model) if a.get("compile") else model    # as the trainer's --compile on

@@ -9,7 +9,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -25,17 +25,8 @@ from .config import TrainConfig
 from .evaluation import evaluate, stage_samples
 from .report import Metrics, Progress, report_stage
 from .runtime import Interrupted, Runtime, StopFlag, amp_context, seed_everything
+from .optimizer import adamw
 from .schedule import lr_at, stage_steps
-
-
-def param_groups(model, weight_decay: float) -> List[Dict[str, Any]]:
-    """AdamW groups: the model's own `param_groups(weight_decay)` if it has one, else weight decay on the
-    matrices (dim >= 2) and none on vectors."""
-    if hasattr(model, "param_groups"):
-        return model.param_groups(weight_decay)
-    params = [p for p in model.parameters() if p.requires_grad]
-    return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
 
 
 def save_final(stage_dir: Path, model, tok: Tokenizer, meta: Dict[str, Any]) -> Path:
@@ -115,11 +106,7 @@ def run_stage(stage: str, tcfg: TrainConfig, rt: Runtime, out: Path, tok: Tokeni
         sources = load_stage_sources(stage, cfg.train, cfg.valid, tcfg.data_dir, tcfg.on_bad_record, log)
     data = StageData(stage, cfg.model_copy(update={"tbptt": tbptt}), sources, tok, rt.rank, rt.world, micro, seed,
                      tcfg.cache_dir, length_multiple, log, tcfg.on_bad_record, tcfg.shard_tokens, rt.barrier)
-    # fused: one kernel over all parameters; on the 2-core CPU its step over the 163M-parameter original-size model
-    # takes 0.20-0.28 s against 1.0-1.5 s for the default foreach path (same run)
-    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in model.parameters())
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
-                                  betas=(cfg.beta1, cfg.beta2), eps=1e-8, fused=fused)
+    optimizer = adamw(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
     step, tokens_seen, elapsed = 0, 0, 0.0
     lane_states: Dict[int, Any] = {}
     if resume_dir is not None:
