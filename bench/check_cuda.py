@@ -87,9 +87,10 @@ def scan_cases(small: bool):
 
 def recurrence_cases(small: bool):
     cases = []
-    shapes = [(3, 5, 2, 8), (3, 5, 2, 32)] if small else [(5, 50, 8, 128), (16, 64, 8, 128), (2, 7, 1, 1024),
+    shapes = [(3, 5, 2, 8), (3, 5, 2, 32), (9, 5, 2, 64), (2, 5, 1, 128)] if small else [(5, 50, 8, 128), (16, 64, 8, 128), (2, 7, 1, 1024),
                                                            (3, 33, 3, 40), (1, 200, 4, 64)]
-    # small: float32 and bfloat16, so the sanitizers see both the FMA and the tensor-core latency kernels (d = 32)
+    # small: float32 and bfloat16, so the sanitizers see both the FMA and the tensor-core latency kernels (d = 32, 64
+    # with a partial 8-row batch tile, 128)
     dtypes = [torch.float32, torch.bfloat16] if small else [torch.float32, torch.bfloat16, torch.float64]
     for B, T, H, d in shapes:
         for dtype in dtypes:
