@@ -8,14 +8,17 @@
 // summed by up to 8 threads, each over a d/8 range of j, their partials added in a fixed order by the owner
 // thread; W^T (float) and h (as [d][4] so one 16-byte load gives 4 rows) live in shared memory (W is read from
 // global memory when it does not fit); z and gamma of step t+1 are loaded during step t.
-// Backward: (1) s_t for all t at once, a GEMM-shaped kernel (h_{t-1} is known); (2) the reverse loop, one
+// Backward: (1) s_t for all t at once, a GEMM-shaped kernel (h_{t-1} is known; tensor cores for 16-bit storage at the
+// latency kernels' d, recurrence_gemm.cuh); (2) the reverse loop, one
 // block per (4 rows, head), W^T e_{t+1} from shared memory (split over threads like the forward), e stored to a [B, T, D] scratch; (3) dW and dbias as
-// a reduction over (b, t) split into P row ranges, then (4) a fixed-order sum of the P partials: deterministic.
+// a reduction over (b, t) split into P row ranges (tensor cores for bf16 at those d), then (4) a fixed-order sum of
+// the P partials: deterministic.
 #include <algorithm>
 #include <type_traits>
 
 #include "cuda/check.cuh"
 #include "cuda/recurrence_latency.cuh"
+#include "cuda/recurrence_gemm.cuh"
 #include "cuda/runtime.h"
 
 namespace mmrec::cuda {
@@ -373,13 +376,18 @@ int recurrence_bwd(DType dt, const void* grad, const void* z, const void* gamma,
     const int64_t D = H * d, rows = B * T_, dtiles = (d + 31) / 32;
     DeviceLimits lim;
     if (int err = device_limits(&lim)) return err;
-    // Row ranges of the dW reduction: about 8 blocks per multiprocessor, at least 256 rows each.
+    // 16-bit storage at d in {32, 64, 128}: the gate pass on tensor cores; bf16 also the dW pass (f16 keeps the
+    // CUDA-core dW: e rounded to f16 could overflow).
+    constexpr bool mma_gate = !std::is_same_v<T, float> && !std::is_same_v<T, double>;
+    constexpr bool mma_dw = std::is_same_v<T, __nv_bfloat16>;
+    const bool gate_tc = mma_gate && gemm::takes_gate(d), dw_tc = mma_dw && gemm::takes_gate(d);
+    // Row ranges of the CUDA-core dW reduction: about 8 blocks per multiprocessor, at least 256 rows each.
     const int64_t base_blocks = dtiles * dtiles * H;
     int64_t nparts = std::max<int64_t>(1, std::min<int64_t>((8 * int64_t(lim.sm_count) + base_blocks - 1) / base_blocks,
                                                             (rows + 255) / 256));
     nparts = std::min<int64_t>(nparts, 65535);
     const int64_t rows_per_part = ((rows + nparts - 1) / nparts + 31) / 32 * 32;
-    nparts = (rows + rows_per_part - 1) / rows_per_part;
+    nparts = dw_tc ? gemm::dw_parts(rows, H, lim.sm_count) : (rows + rows_per_part - 1) / rows_per_part;
     Scratch scratch(st);
     const size_t n_act = size_t(rows) * D, n_dw = size_t(H) * d * d;
     if (int err = scratch.reserve(2 * Scratch::round(n_act * sizeof(A)) + Scratch::round(nparts * n_dw * sizeof(A)) +
@@ -393,9 +401,16 @@ int recurrence_bwd(DType dt, const void* grad, const void* z, const void* gamma,
     const T* h_ = static_cast<const T*>(h);
     const T* h0_ = static_cast<const T*>(h0);
     if ((rows + 31) / 32 > INT32_MAX) return kUnsupported;
-    recurrence_gate_kernel<T><<<dim3(unsigned((rows + 31) / 32), unsigned(dtiles), unsigned(H)), 256, 0, st>>>(
-        w_, static_cast<const T*>(bias), h_, h0_, s, rows, T_, int(H), int(d));
-    MMREC_CHECK_LAUNCH();
+    if constexpr (mma_gate) {
+      if (gate_tc) {
+        if (int err = gemm::launch_gate<T>(d, w_, static_cast<const T*>(bias), h_, h0_, s, rows, T_, H, st)) return err;
+      }
+    }
+    if (!gate_tc) {
+      recurrence_gate_kernel<T><<<dim3(unsigned((rows + 31) / 32), unsigned(dtiles), unsigned(H)), 256, 0, st>>>(
+          w_, static_cast<const T*>(bias), h_, h0_, s, rows, T_, int(H), int(d));
+      MMREC_CHECK_LAUNCH();
+    }
     bool fast = false;
     if constexpr (!std::is_same_v<T, double>) fast = latency::takes(d);
     if (fast) {
@@ -415,9 +430,16 @@ int recurrence_bwd(DType dt, const void* grad, const void* z, const void* gamma,
                                          int(H), int(d)))
         return err;
     }
-    recurrence_dw_kernel<T><<<dim3(unsigned(dtiles * dtiles), unsigned(H), unsigned(nparts)), 256, 0, st>>>(
-        e, h_, h0_, dw_part, db_part, rows, rows_per_part, T_, int(H), int(d));
-    MMREC_CHECK_LAUNCH();
+    if constexpr (mma_dw) {
+      if (dw_tc) {
+        if (int err = gemm::launch_dw(d, e, h_, h0_, dw_part, db_part, rows, nparts, T_, H, st)) return err;
+      }
+    }
+    if (!dw_tc) {
+      recurrence_dw_kernel<T><<<dim3(unsigned(dtiles * dtiles), unsigned(H), unsigned(nparts)), 256, 0, st>>>(
+          e, h_, h0_, dw_part, db_part, rows, rows_per_part, T_, int(H), int(d));
+      MMREC_CHECK_LAUNCH();
+    }
     sum_parts_kernel<T><<<blocks_for(int64_t(n_dw), 256), 256, 0, st>>>(dw_part, static_cast<T*>(dw), int64_t(n_dw),
                                                                         int(nparts));
     MMREC_CHECK_LAUNCH();
