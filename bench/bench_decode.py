@@ -130,7 +130,8 @@ def _quick() -> Dict:
 
 
 def _feasible(args, ctx: int, B: int) -> bool:
-    """CPU: prefill costs ~0.2-1 ms per token and row on 2 cores; skip shapes over --max-prefill tokens."""
+    """Skips shapes over --max-prefill tokens (CPU: prefill costs ~0.2-1 ms per token and row on 2 cores; GPU: the
+    peers' KV cache at 64K x 64 rows would need ~150 GB)."""
     if ctx * B > args.max_prefill:
         print(f"  skip context {ctx} x batch {B}: prefill of {ctx * B:,} tokens > --max-prefill {args.max_prefill:,}")
         return False
@@ -200,6 +201,8 @@ def bench_hf(compiled: bool, args, device, contexts, batches) -> List[Dict]:
         if compiled:     # transformers compiles the forward itself for a static cache (generation_config.compile_config)
             model.generation_config.cache_implementation = "static"
         for B in batches:
+            if not _feasible(args, ctx, B):
+                continue
             ids = torch.randint(0, cfg.vocab_size, (B, ctx), device=device)
             mask = torch.ones_like(ids)
 
