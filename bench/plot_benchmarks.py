@@ -20,6 +20,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from compare_models import quality_summary  # noqa: E402
+import doc_h200  # noqa: E402
 
 ARCH_ORDER = ["mmrec", "mmrec-linear", "mmrec-tbptt", "gpt", "lstm"]
 LABELS = {"mmrec": "MM-Rec", "mmrec-linear": "MM-Rec (linear)", "mmrec-tbptt": "MM-Rec (TBPTT)",
@@ -568,6 +569,7 @@ def write_doc(results, md: Path, img: Path) -> str:
     add("")
     add("Every subcommand has a `--quick` mode (tiny shapes, CPU, seconds) that the tests run.")
     add("")
+    L += doc_h200.section(md, img)
 
     add("## Models")
     add("")
@@ -603,7 +605,7 @@ def write_doc(results, md: Path, img: Path) -> str:
         tp, gen, q = (results.get((k, dev)) for k in ("throughput", "generate", "quality"))
         if not any((tp, gen, q)):
             continue
-        add(f"## {DEVICE_NAMES[dev]} results")
+        add(f"## {DEVICE_NAMES[dev]} results" + (" (H100, issue 8)" if dev == "cuda" else ""))
         add("")
         if tp is not None:
             s = tp["settings"]

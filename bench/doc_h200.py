@@ -1,0 +1,134 @@
+"""The H200 section of docs/benchmarks.md (issues 15, 16 and 18), from the device runs committed under
+bench/results/device/: training throughput (bench/compare_models.py), the recurrence's per-step latency
+(bench/bench_recurrence_latency.py) and decode against context beside the Hugging Face GPT-2 with a static cache and
+torch.compile (bench/bench_decode.py). Each table comes from one run (one JSON) and names it; `plot_benchmarks.py`
+calls `section` while it writes the document.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+DEVICE = Path(__file__).resolve().parent / "results" / "device"
+# (title, run directory, JSON) of each table, newest measurement of each kind
+TRAIN_RUNS = [("compiled, B=16 T=1,024", "run-2026-12-01-h200-e", "throughput_cuda.json"),
+              ("eager, B=1 T=16,384", "run-2026-12-01-h200-f", "throughput_cuda_eager_16k.json")]
+RECURRENCE_RUN = ("run-2026-12-01-h200-g", "recurrence_latency.json")
+DECODE_RUN = ("run-2026-12-01-h200-g", "decode_context.json")
+LABELS = {"mmrec": "MM-Rec", "mmrec-linear": "MM-Rec (linear)", "gpt": "GPT (SDPA)",
+          "mmrec-nonlinear-compiled": "MM-Rec, compiled CUDA-graph step",
+          "mmrec-linear-compiled": "MM-Rec (linear), compiled CUDA-graph step",
+          "hf-gpt2-static-compile": "HF GPT-2, static cache + compile"}
+
+
+def _load(run: str, name: str) -> Optional[Dict[str, Any]]:
+    path = DEVICE / run / name
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _command(run: str) -> str:
+    return f"`bench/results/device/{run}/command.sh` (log and JSON beside it)"
+
+
+def training_tables() -> List[str]:
+    out: List[str] = []
+    for title, run, name in TRAIN_RUNS:
+        data = _load(run, name)
+        if data is None:
+            continue
+        rows = [r for r in data["rows"] if r.get("status") == "ok"]
+        gpt = next((r for r in rows if r["arch"] == "gpt"), None)
+        out += [f"Training, `base`, bf16 autocast, {title}, forward + backward + AdamW, median of 5 steps "
+                f"({_command(run)}; `{data['command'].replace('/tmp/o/', '')}`):", "",
+                "| arch | tokens/s | step (s) | peak KiB per token | vs GPT |", "|---|---:|---:|---:|---:|"]
+        for r in rows:
+            ratio = f"{r['tokens_per_s'] / gpt['tokens_per_s']:.2f}x" if gpt else "–"
+            out.append(f"| {LABELS.get(r['arch'], r['arch'])} | {r['tokens_per_s']:,.0f} | {r['step_s']:.3f} | "
+                       f"{r['peak_kib_per_token']:,.0f} | {ratio} |")
+        asked = data["command"].split("--archs ")[1].split()[0].split(",") if "--archs " in data["command"] else []
+        missing = [a for a in asked if a not in {r["arch"] for r in rows}]
+        if missing:
+            out.append(f"| {', '.join(LABELS.get(a, a) for a in missing)} | not finished in the run's time budget "
+                       "(compiling) | | | |")
+        out.append("")
+    return out
+
+
+def recurrence_table() -> List[str]:
+    run, name = RECURRENCE_RUN
+    data = _load(run, name)
+    if data is None:
+        return []
+    out = [f"Recurrence (nonlinear core) per-step latency, CUDA, forward and forward + backward through autograd "
+           f"({_command(run)}; `python3 bench/bench_recurrence_latency.py`):", "",
+           "| shape | d | dtype | forward us/step | forward + backward us/step | forward + backward ms |",
+           "|---|---:|---|---:|---:|---:|"]
+    by = {}
+    for r in data["rows"]:
+        shape = f"B={r['B']} T={r['T']:,} D={r['D']} H={r['H']}"
+        by.setdefault((shape, r["d"], r["dtype"]), {})[r["pass"]] = r
+    for (shape, d, dtype), p in by.items():
+        if "fwd" in p and "fwd+bwd" in p:
+            out.append(f"| {shape} | {d} | {dtype} | {p['fwd']['us_per_step']:.2f} | "
+                       f"{p['fwd+bwd']['us_per_step']:.2f} | {p['fwd+bwd']['ms']:.2f} |")
+    return out + [""]
+
+
+def decode_table_and_plot(md: Path, img: Path) -> List[str]:
+    run, name = DECODE_RUN
+    data = _load(run, name)
+    if data is None:
+        return []
+    rows = data["rows"]
+    peer = {(r["context"], r["batch"]): r["tokens_per_s"] for r in rows if r["model"] == "hf-gpt2-static-compile"}
+    out = [f"Decode, `base`, bf16 weights, greedy, {data['env']['tokens']} timed tokens after the context "
+           f"({_command(run)}; `python3 {data['command'].replace('/tmp/o/', '')}`). Every row is from the same "
+           "process; the peer is Hugging Face `transformers` GPT-2 124M `generate()` with "
+           "`cache_implementation=\"static\"` (transformers compiles its forward):", "",
+           "| context | batch | model | tokens/s | ms/token | state or KV cache (MiB) | vs HF static + compile |",
+           "|---:|---:|---|---:|---:|---:|---:|"]
+    for r in sorted(rows, key=lambda r: (r["batch"], r["context"], r["model"])):
+        p = peer.get((r["context"], r["batch"]))
+        ratio = f"{r['tokens_per_s'] / p:.2f}x" if p and r["model"] != "hf-gpt2-static-compile" else "–"
+        out.append(f"| {r['context']:,} | {r['batch']} | {LABELS.get(r['model'], r['model'])} | "
+                   f"{r['tokens_per_s']:,.0f} | {r['ms_per_token']:.3f} | {r['state_mib']:,.2f} | {ratio} |")
+    out.append("")
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return out
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, batch in zip(axes, sorted({r["batch"] for r in rows})):
+        for model in sorted({r["model"] for r in rows}):
+            pts = sorted((r["context"], r["tokens_per_s"]) for r in rows if r["model"] == model and r["batch"] == batch)
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=LABELS.get(model, model))
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("context (tokens)")
+        ax.set_ylabel("decode tokens/s")
+        ax.set_title(f"H200, base, bf16, batch {batch}")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    img.mkdir(parents=True, exist_ok=True)
+    path = img / "decode_h200.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    out += [f"![decode against context, H200]({os.path.relpath(path, md.parent).replace(os.sep, '/')})", ""]
+    return out
+
+
+def section(md: Path, img: Path) -> List[str]:
+    """Markdown lines of the H200 section (empty when none of its runs is committed)."""
+    body = training_tables() + recurrence_table() + decode_table_and_plot(md, img)
+    if not body:
+        return []
+    return ["## H200, 2026-12-01: the current kernels (issues 15, 16, 18)", "",
+            "torch 2.11 + CUDA 13 on one NVIDIA H200. The GPU sections further down are the H100 run of "
+            "2026-11-24 (the issue 8 comparison, before the latency kernels, the compiled training default and the "
+            "CUDA-graph decode).", ""] + body
