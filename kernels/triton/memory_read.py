@@ -9,9 +9,10 @@
 #   memory_read_fwd_kernel / memory_read_bwd_kernel: per (b, read head, chunk) rebuild the chunk's banks from the entry
 #     state with tl.associative_scan along time and do the read (or its backward) for all BLOCK_L tokens at once. The
 #     slot items come per slot chunk the tokens read as one [BLOCK_S, BLOCK_DH] tile (tl.dot for scores, read, dq and
-#     the slot gradient, the latter summed over the chunk's tokens before the RMS backward). The backward runs twice: FINAL=False leaves each chunk's reverse-time transfer (prod g, delta from zero), FINAL=True
-#     writes the gradients. dMs, dmod and dbase leave as per-chunk / per-head partials that the caller sums in a fixed
-#     order (dMs through dms_reduce_kernel).
+#     the slot gradient, the latter summed over the chunk's tokens before the RMS backward). The backward runs twice:
+#     FINAL=False leaves each chunk's reverse-time transfer (prod g, delta from zero), FINAL=True writes the gradients.
+#     dMs, dmod and dbase leave as per-chunk / per-head partials that the caller sums in a fixed order (dMs through
+#     dms_reduce_kernel).
 import triton
 import triton.language as tl
 
