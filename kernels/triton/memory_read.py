@@ -284,22 +284,10 @@ def memory_read_bwd_kernel(grad_r_ptr, q_ptr, h_ptr, v_ptr, mod_ptr, base_ptr, M
         tl.store(by_ptr + chunk_offs, _row(d_loc, 0, BLOCK_L), mask=nd_ok)
     else:
         ds_h = w_h * (a_h - abar) * scale                                                # [L]
-        ds_M = w_M * (a_M - abar[:, None]) * scale                                       # [L, S]
         dq = ds_h[:, None] * nh + tl.sum(ds_m[:, :, None] * nm, 1)                       # [L, DH]
-        sd_ok = s_ok[:, None] & d_ok[None, :]
-        for jj in range(n_sc):
-            # dx of a slot is linear in its dn (rho, n fixed per slot): sum dn over the chunk's tokens first
-            nM, rho_M = _slot_tile(Ms_ptr, bi, sc0 + jj, NS, S, D, cols, d_ok, j, s_ok, dh, ne, ACC)
-            mine = (sc_tok == sc0 + jj)[:, None]
-            w_j, ds_j = tl.where(mine, w_M, 0.0), tl.where(mine, ds_M, 0.0)              # [L, S]
-            dq += tl.dot(ds_j, nM, input_precision=PREC)
-            dn = (tl.dot(tl.trans(w_j), G, input_precision=PREC)
-                  + tl.dot(tl.trans(ds_j), q, input_precision=PREC))                      # [S, DH]
-            tl.store(dms_part_ptr + (((bi * NC + c) * J + jj) * S + j[:, None]) * D + cols[None, :],
-                     _dx2(dn, nM, rho_M, dh), mask=sd_ok)
-        tl.store(dq_ptr + td_offs, dq.to(dq_ptr.dtype.element_ty), mask=td_ok)
         dx_h = _dx2(w_h[:, None] * G + ds_h[:, None] * q, nh, rho_h, dh)
         tl.store(dh_ptr + td_offs, dx_h.to(dh_ptr.dtype.element_ty), mask=td_ok)
+        # the banks' gradients before the slot loop: their [L, N, DH] tensors are dead by then (fewer spills)
         carry = tl.load(carry_ptr + chunk_offs, mask=nd_ok, other=0.0)
         delta = d_loc + a_cum * carry[None, :, :]                                        # [L, N, DH]
         ok3 = t_ok[:, None, None] & nd_ok[None, :, :]
@@ -312,6 +300,19 @@ def memory_read_bwd_kernel(grad_r_ptr, q_ptr, h_ptr, v_ptr, mod_ptr, base_ptr, M
         if c == 0:
             tl.store(dm0_ptr + bi * N * D + nd_offs, _row(g * delta, 0, BLOCK_L).to(dm0_ptr.dtype.element_ty),
                      mask=nd_ok)
+        ds_M = w_M * (a_M - abar[:, None]) * scale                                       # [L, S]
+        sd_ok = s_ok[:, None] & d_ok[None, :]
+        for jj in range(n_sc):
+            # dx of a slot is linear in its dn (rho, n fixed per slot): sum dn over the chunk's tokens first
+            nM, rho_M = _slot_tile(Ms_ptr, bi, sc0 + jj, NS, S, D, cols, d_ok, j, s_ok, dh, ne, ACC)
+            mine = (sc_tok == sc0 + jj)[:, None]
+            w_j, ds_j = tl.where(mine, w_M, 0.0), tl.where(mine, ds_M, 0.0)              # [L, S]
+            dq += tl.dot(ds_j, nM, input_precision=PREC)
+            dn = (tl.dot(tl.trans(w_j), G, input_precision=PREC)
+                  + tl.dot(tl.trans(ds_j), q, input_precision=PREC))                      # [S, DH]
+            tl.store(dms_part_ptr + (((bi * NC + c) * J + jj) * S + j[:, None]) * D + cols[None, :],
+                     _dx2(dn, nM, rho_M, dh), mask=sd_ok)
+        tl.store(dq_ptr + td_offs, dq.to(dq_ptr.dtype.element_ty), mask=td_ok)
 
 
 @triton.jit
