@@ -96,7 +96,7 @@ def bench(a, backends):
     paths = {f"fused/{be}": (lambda be=be: _run(be, mmrec_ops.memory_read, xs, cfg)) for be in backends}
     paths["unfused mdi+read"] = lambda: _run(None, unfused, xs, cfg)
     if "triton" in backends and a.sweep:
-        for fwd_l, bwd_l, warps in ((8, 4, 4), (16, 8, 4), (16, 16, 8), (32, 8, 8), (32, 16, 8), (64, 16, 8)):
+        for fwd_l, bwd_l, warps in ((16, 16, 4), (16, 16, 8), (32, 16, 4), (32, 16, 8), (32, 32, 8), (64, 32, 8)):
             paths[f"triton L={fwd_l}/{bwd_l} w{warps}"] = (
                 lambda f=fwd_l, b=bwd_l, w=warps: _run_chunks(f, b, w, xs, cfg))
     for name, make in paths.items():

@@ -8,9 +8,11 @@
 #     chunk's entry state (forward) or the bank gradient entering it from the later chunks (backward);
 #   memory_read_fwd_kernel / memory_read_bwd_kernel: per (b, read head, chunk) rebuild the chunk's banks from the entry
 #     state with tl.associative_scan along time and do the read (or its backward) for all BLOCK_L tokens at once. The
-#     backward runs twice: FINAL=False leaves each chunk's reverse-time transfer (prod g, delta from zero), FINAL=True
-#     writes the gradients. dMs, dmod and dbase leave as per-chunk / per-head partials that the caller sums in a fixed
-#     order (dMs through dms_reduce_kernel).
+#     slot items come per slot chunk the tokens read as one [BLOCK_S, BLOCK_DH] tile (tl.dot for scores, read, dq and
+#     the slot gradient, the latter summed over the chunk's tokens before the RMS backward). The backward runs twice:
+#     FINAL=False leaves each chunk's reverse-time transfer (prod g, delta from zero), FINAL=True writes the gradients.
+#     dMs, dmod and dbase leave as per-chunk / per-head partials that the caller sums in a fixed order (dMs through
+#     dms_reduce_kernel).
 import triton
 import triton.language as tl
 
@@ -116,33 +118,57 @@ def _rms(x, dh, ne):
 
 
 @triton.jit
-def _read(q, hx, m, Mx, n_ok, s_ok, dh, ne, scale):
-    """q, hx: [L, DH]; m: [L, N, DH]; Mx: [L, S, DH] -> normalised items, their rho and softmax weights."""
-    nh, rho_h = _rms(hx[:, None, :], dh, ne)                                            # [L, 1, DH]
-    nm, rho_m = _rms(m, dh, ne)
-    nM, rho_M = _rms(Mx, dh, ne)
-    s_h = tl.sum(nh * q[:, None, :], 2) * scale                                         # [L, 1]
-    s_m = tl.where(n_ok[None, :], tl.sum(nm * q[:, None, :], 2) * scale, float("-inf"))  # [L, N]
-    s_M = tl.where(s_ok[None, :], tl.sum(nM * q[:, None, :], 2) * scale, float("-inf"))  # [L, S]
-    mx = tl.maximum(tl.max(s_h, 1), tl.maximum(tl.max(s_m, 1), tl.max(s_M, 1)))          # [L]
-    e_h, e_m, e_M = tl.exp(s_h - mx[:, None]), tl.exp(s_m - mx[:, None]), tl.exp(s_M - mx[:, None])
-    z = tl.sum(e_h, 1) + tl.sum(e_m, 1) + tl.sum(e_M, 1)
-    return nh, rho_h, e_h / z[:, None], nm, rho_m, e_m / z[:, None], nM, rho_M, e_M / z[:, None]
+def _rms2(x, dh, ne):
+    """x: [R, BLOCK_DH] zero-padded -> (x rho, rho [R])."""
+    rho = 1.0 / tl.sqrt(tl.sum(x * x, 1) / dh + ne)
+    return x * rho[:, None], rho
 
 
 @triton.jit
-def _slots(Ms_ptr, bi, t, t_ok, k0, C, NS, S, D, cols, d_ok, j, s_ok, ACC: tl.constexpr):
-    """Ms[bi, (k0 + t) // C] for the tokens t [L]: [L, BLOCK_S, BLOCK_DH]."""
-    sc = (k0 + t) // C
-    offs = ((bi * NS + sc[:, None, None]) * S + j[None, :, None]) * D + cols[None, None, :]
-    mask = t_ok[:, None, None] & s_ok[None, :, None] & d_ok[None, None, :]
-    return tl.load(Ms_ptr + offs, mask=mask, other=0.0).to(ACC)
+def _slot_tile(Ms_ptr, bi, sc, NS, S, D, cols, d_ok, j, s_ok, dh, ne, ACC: tl.constexpr):
+    """Slot chunk sc of the head, Ms[bi, sc, :, cols] normalised: [BLOCK_S, BLOCK_DH] (zero past S, past dh and
+    when sc >= NS) and its rho [BLOCK_S]."""
+    ok = s_ok[:, None] & d_ok[None, :] & (sc < NS)
+    x = tl.load(Ms_ptr + ((bi * NS + sc) * S + j[:, None]) * D + cols[None, :], mask=ok, other=0.0).to(ACC)
+    return _rms2(x, dh, ne)
+
+
+@triton.jit
+def _chunk_slots(t, t_ok, k0, C, T, c, BLOCK_L: tl.constexpr):
+    """The slot chunk of each token [L] (-1 past T), the time chunk's first slot chunk and how many it reads."""
+    sc_tok = tl.where(t_ok, (k0 + t) // C, -1)
+    sc0 = (k0 + c * BLOCK_L) // C
+    t_last = tl.minimum(c * BLOCK_L + BLOCK_L, T) - 1
+    return sc_tok, sc0, (k0 + t_last) // C - sc0 + 1
+
+
+@triton.jit
+def _weights(q, G, nh, nm, n_ok, Ms_ptr, bi, sc_tok, sc0, n_sc, NS, S, D, cols, d_ok, j, s_ok, dh, ne, scale,
+             ACC: tl.constexpr, PREC: tl.constexpr, GRAD: tl.constexpr, BLOCK_L: tl.constexpr,
+             BLOCK_S: tl.constexpr):
+    """q, G, nh: [L, DH]; nm: [L, N, DH] -> softmax weights w_h [L], w_m [L, N], w_M [L, BLOCK_S] (zero on padded
+    slots) and, with GRAD, a_M = <G, n_slot> [L, BLOCK_S]. The slot scores come per slot chunk as tl.dot tiles."""
+    s_h = tl.sum(nh * q, 1) * scale                                                       # [L]
+    s_m = tl.where(n_ok[None, :], tl.sum(nm * q[:, None, :], 2) * scale, float("-inf"))  # [L, N]
+    s_M = tl.zeros([BLOCK_L, BLOCK_S], ACC) + float("-inf")                              # [L, S]
+    a_M = tl.zeros([BLOCK_L, BLOCK_S], ACC)
+    for jj in range(n_sc):
+        nM = _slot_tile(Ms_ptr, bi, sc0 + jj, NS, S, D, cols, d_ok, j, s_ok, dh, ne, ACC)[0]    # [S, DH]
+        mine = (sc_tok == sc0 + jj)[:, None] & s_ok[None, :]
+        s_M = tl.where(mine, tl.dot(q, tl.trans(nM), input_precision=PREC) * scale, s_M)
+        if GRAD:
+            a_M = tl.where(mine, tl.dot(G, tl.trans(nM), input_precision=PREC), a_M)
+    mx = tl.maximum(s_h, tl.maximum(tl.max(s_m, 1), tl.max(s_M, 1)))                     # [L]
+    e_h, e_m, e_M = tl.exp(s_h - mx), tl.exp(s_m - mx[:, None]), tl.exp(s_M - mx[:, None])
+    z = e_h + tl.sum(e_m, 1) + tl.sum(e_M, 1)
+    return e_h / z, e_m / z[:, None], e_M / z[:, None], a_M
 
 
 @triton.jit
 def memory_read_fwd_kernel(q_ptr, h_ptr, v_ptr, mod_ptr, base_ptr, Ms_ptr, entry_ptr, r_ptr, consts_ptr,
-                           T, N, D, NS, S, H, k0, C, NC, ACC: tl.constexpr, BLOCK_L: tl.constexpr,
-                           BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_DH: tl.constexpr):
+                           T, N, D, NS, S, H, k0, C, NC, ACC: tl.constexpr, PREC: tl.constexpr,
+                           BLOCK_L: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr,
+                           BLOCK_DH: tl.constexpr):
     """q, h, v, r: [B, T, D]; mod: [B, T, N]; base: [N, D]; Ms: [B, NS, S, D]; entry: [B, NC, N, D] (the banks
     before each chunk, accumulation dtype); consts: [eps, 1 - eps, norm_eps, 1 / sqrt(dh)]. Grid: (B * H, NC)."""
     pid = tl.program_id(0)
@@ -169,12 +195,16 @@ def memory_read_fwd_kernel(q_ptr, h_ptr, v_ptr, mod_ptr, base_ptr, Ms_ptr, entry
     v = tl.load(v_ptr + td_offs, mask=td_ok, other=0.0).to(ACC)
     g_cum, x_cum = tl.associative_scan((g, (1.0 - g) * v[:, None, :]), 0, combine)
     entry = tl.load(entry_ptr + (bi * NC + c) * N * D + nd_offs, mask=nd_ok, other=0.0)
-    m = g_cum * entry[None, :, :] + x_cum                                                # [BLOCK_L, BLOCK_N, BLOCK_DH]
+    nm, _ = _rms(g_cum * entry[None, :, :] + x_cum, dh, ne)                              # [BLOCK_L, BLOCK_N, BLOCK_DH]
     q = tl.load(q_ptr + td_offs, mask=td_ok, other=0.0).to(ACC)
-    hx = tl.load(h_ptr + td_offs, mask=td_ok, other=0.0).to(ACC)
-    Mx = _slots(Ms_ptr, bi, t, t_ok, k0, C, NS, S, D, cols, d_ok, j, s_ok, ACC)
-    nh, _, w_h, nm, _, w_m, nM, _, w_M = _read(q, hx, m, Mx, n_ok, s_ok, dh, ne, scale)
-    r = tl.sum(w_h[:, :, None] * nh, 1) + tl.sum(w_m[:, :, None] * nm, 1) + tl.sum(w_M[:, :, None] * nM, 1)
+    nh, _ = _rms2(tl.load(h_ptr + td_offs, mask=td_ok, other=0.0).to(ACC), dh, ne)
+    sc_tok, sc0, n_sc = _chunk_slots(t, t_ok, k0, C, T, c, BLOCK_L)
+    w_h, w_m, w_M, _ = _weights(q, q, nh, nm, n_ok, Ms_ptr, bi, sc_tok, sc0, n_sc, NS, S, D, cols, d_ok, j, s_ok,
+                                dh, ne, scale, ACC, PREC, False, BLOCK_L, BLOCK_S)
+    r = w_h[:, None] * nh + tl.sum(w_m[:, :, None] * nm, 1)                               # [L, DH]
+    for jj in range(n_sc):
+        nM = _slot_tile(Ms_ptr, bi, sc0 + jj, NS, S, D, cols, d_ok, j, s_ok, dh, ne, ACC)[0]
+        r += tl.dot(tl.where((sc_tok == sc0 + jj)[:, None], w_M, 0.0), nM, input_precision=PREC)
     tl.store(r_ptr + td_offs, r.to(r_ptr.dtype.element_ty), mask=td_ok)
 
 
@@ -186,16 +216,22 @@ def _dx(w, ds, G, q, nx, rho, dh):
 
 
 @triton.jit
+def _dx2(dn, nx, rho, dh):
+    """dx = rho (dn - n mean(dn n)) for items [R, DH] with their dn [R, DH] and rho [R]."""
+    return rho[:, None] * (dn - nx * (tl.sum(dn * nx, 1) / dh)[:, None])
+
+
+@triton.jit
 def memory_read_bwd_kernel(grad_r_ptr, q_ptr, h_ptr, v_ptr, mod_ptr, base_ptr, Ms_ptr, entry_ptr, consts_ptr,
                            ba_ptr, by_ptr, carry_ptr, dq_ptr, dh_ptr, dv_ptr, dm0_ptr, dms_part_ptr,
                            dmod_part_ptr, dbase_part_ptr, T, N, D, NS, S, H, k0, C, NC, J,
-                           FINAL: tl.constexpr, ACC: tl.constexpr, BLOCK_L: tl.constexpr,
+                           FINAL: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, BLOCK_L: tl.constexpr,
                            BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_DH: tl.constexpr):
     """grad_r, dq, dh, dv: [B, T, D]; dm0: [B, N, D]; accumulation-dtype scratch: entry, ba, by, carry [B, NC, N, D]
     (banks before each chunk; the chunk's reverse transfer prod_{s>t0} g_s (g_T = 1) and delta from a zero carry at
     its first token; delta at the first token of the next chunk, grad m_last for the last), dms_part [B, NC, J, S, D]
-    (the chunk's dMs for slot chunks c(t0) + 0..J-1), dmod_part [B, H, T, N] (before the sig'(mod) factor),
-    dbase_part [B, NC, N, D]. FINAL=False writes ba, by only. Grid: (B * H, NC)."""
+    (the chunk's dMs for slot chunks c(t0) + 0..J-1; those it reads are written), dmod_part [B, H, T, N] (before the
+    sig'(mod) factor), dbase_part [B, NC, N, D]. FINAL=False writes ba, by only. Grid: (B * H, NC)."""
     pid = tl.program_id(0)
     c = tl.program_id(1)
     bi = (pid // H).to(tl.int64)
@@ -229,16 +265,16 @@ def memory_read_bwd_kernel(grad_r_ptr, q_ptr, h_ptr, v_ptr, mod_ptr, base_ptr, M
     m_prev = gp_cum * entry[None, :, :] + xp_cum                                         # [BLOCK_L, BLOCK_N, BLOCK_DH]
     g, x = _gate(mod_ptr, sb, bi, t, N, T, n, n_ok, lo, hi, 1.0, ACC)
     v = tl.load(v_ptr + td_offs, mask=td_ok, other=0.0).to(ACC)
-    m = g * (m_prev - v[:, None, :]) + v[:, None, :]
+    nm, rho_m = _rms(g * (m_prev - v[:, None, :]) + v[:, None, :], dh, ne)
     q = tl.load(q_ptr + td_offs, mask=td_ok, other=0.0).to(ACC)
-    hx = tl.load(h_ptr + td_offs, mask=td_ok, other=0.0).to(ACC)
+    nh, rho_h = _rms2(tl.load(h_ptr + td_offs, mask=td_ok, other=0.0).to(ACC), dh, ne)     # [L, DH], [L]
     G = tl.load(grad_r_ptr + td_offs, mask=td_ok, other=0.0).to(ACC)
-    Mx = _slots(Ms_ptr, bi, t, t_ok, k0, C, NS, S, D, cols, d_ok, j, s_ok, ACC)
-    nh, rho_h, w_h, nm, rho_m, w_m, nM, rho_M, w_M = _read(q, hx, m, Mx, n_ok, s_ok, dh, ne, scale)
-    a_h = tl.sum(nh * G[:, None, :], 2)                                                  # [L, 1]
+    sc_tok, sc0, n_sc = _chunk_slots(t, t_ok, k0, C, T, c, BLOCK_L)
+    w_h, w_m, w_M, a_M = _weights(q, G, nh, nm, n_ok, Ms_ptr, bi, sc_tok, sc0, n_sc, NS, S, D, cols, d_ok, j, s_ok,
+                                  dh, ne, scale, ACC, PREC, True, BLOCK_L, BLOCK_S)
+    a_h = tl.sum(nh * G, 1)                                                              # [L]
     a_m = tl.sum(nm * G[:, None, :], 2)                                                  # [L, N]
-    a_M = tl.sum(nM * G[:, None, :], 2)                                                  # [L, S]
-    abar = tl.sum(w_h * a_h, 1) + tl.sum(w_m * a_m, 1) + tl.sum(w_M * a_M, 1)            # [L]
+    abar = w_h * a_h + tl.sum(w_m * a_m, 1) + tl.sum(w_M * a_M, 1)                       # [L]
     ds_m = w_m * (a_m - abar[:, None]) * scale
     dx_m = tl.where(nd_ok[None, :, :], _dx(w_m, ds_m, G, q, nm, rho_m, dh), 0.0)         # [L, N, DH]
     g_next, _ = _gate(mod_ptr, sb, bi, t + 1, N, T, n, n_ok, lo, hi, 1.0, ACC)
@@ -247,18 +283,11 @@ def memory_read_bwd_kernel(grad_r_ptr, q_ptr, h_ptr, v_ptr, mod_ptr, base_ptr, M
         tl.store(ba_ptr + chunk_offs, _row(a_cum, 0, BLOCK_L), mask=nd_ok)
         tl.store(by_ptr + chunk_offs, _row(d_loc, 0, BLOCK_L), mask=nd_ok)
     else:
-        ds_h = w_h * (a_h - abar[:, None]) * scale
-        ds_M = w_M * (a_M - abar[:, None]) * scale
-        dq = tl.sum(ds_h[:, :, None] * nh, 1) + tl.sum(ds_m[:, :, None] * nm, 1) + tl.sum(ds_M[:, :, None] * nM, 1)
-        tl.store(dq_ptr + td_offs, dq.to(dq_ptr.dtype.element_ty), mask=td_ok)
-        dx_h = tl.sum(_dx(w_h, ds_h, G, q, nh, rho_h, dh), 1)
+        ds_h = w_h * (a_h - abar) * scale                                                # [L]
+        dq = ds_h[:, None] * nh + tl.sum(ds_m[:, :, None] * nm, 1)                       # [L, DH]
+        dx_h = _dx2(w_h[:, None] * G + ds_h[:, None] * q, nh, rho_h, dh)
         tl.store(dh_ptr + td_offs, dx_h.to(dh_ptr.dtype.element_ty), mask=td_ok)
-        dx_M = _dx(w_M, ds_M, G, q, nM, rho_M, dh)                                       # [L, S, DH]
-        sc = (k0 + t) // C - (k0 + c * BLOCK_L) // C                                     # slot chunk - the first's
-        for jj in range(J):
-            part = tl.sum(tl.where(((sc == jj) & t_ok)[:, None, None], dx_M, 0.0), 0)  # [BLOCK_S, BLOCK_DH]
-            tl.store(dms_part_ptr + (((bi * NC + c) * J + jj) * S + j[:, None]) * D + cols[None, :], part,
-                     mask=s_ok[:, None] & d_ok[None, :])
+        # the banks' gradients before the slot loop: their [L, N, DH] tensors are dead by then (fewer spills)
         carry = tl.load(carry_ptr + chunk_offs, mask=nd_ok, other=0.0)
         delta = d_loc + a_cum * carry[None, :, :]                                        # [L, N, DH]
         ok3 = t_ok[:, None, None] & nd_ok[None, :, :]
@@ -271,6 +300,19 @@ def memory_read_bwd_kernel(grad_r_ptr, q_ptr, h_ptr, v_ptr, mod_ptr, base_ptr, M
         if c == 0:
             tl.store(dm0_ptr + bi * N * D + nd_offs, _row(g * delta, 0, BLOCK_L).to(dm0_ptr.dtype.element_ty),
                      mask=nd_ok)
+        ds_M = w_M * (a_M - abar[:, None]) * scale                                       # [L, S]
+        sd_ok = s_ok[:, None] & d_ok[None, :]
+        for jj in range(n_sc):
+            # dx of a slot is linear in its dn (rho, n fixed per slot): sum dn over the chunk's tokens first
+            nM, rho_M = _slot_tile(Ms_ptr, bi, sc0 + jj, NS, S, D, cols, d_ok, j, s_ok, dh, ne, ACC)
+            mine = (sc_tok == sc0 + jj)[:, None]
+            w_j, ds_j = tl.where(mine, w_M, 0.0), tl.where(mine, ds_M, 0.0)              # [L, S]
+            dq += tl.dot(ds_j, nM, input_precision=PREC)
+            dn = (tl.dot(tl.trans(w_j), G, input_precision=PREC)
+                  + tl.dot(tl.trans(ds_j), q, input_precision=PREC))                      # [S, DH]
+            tl.store(dms_part_ptr + (((bi * NC + c) * J + jj) * S + j[:, None]) * D + cols[None, :],
+                     _dx2(dn, nM, rho_M, dh), mask=sd_ok)
+        tl.store(dq_ptr + td_offs, dq.to(dq_ptr.dtype.element_ty), mask=td_ok)
 
 
 @triton.jit

@@ -297,3 +297,22 @@ def test_large_call_matches_oracle(backend, device):
     want = grads(want_r, ys, 1)
     for name, g, w in zip(NAMES, got, want):
         assert_close_to_scale(g, w, 1e-3, 1e-10, f"d{name}")
+
+
+@pytest.mark.parametrize("backend,device", CASES)
+@pytest.mark.parametrize("k0,C,T", [(0, 16, 50), (16, 32, 50), (5, 32, 45)])
+def test_long_slot_chunks_match_oracle(backend, device, k0, C, T):
+    """Slot chunks as long as the Triton time chunk or longer (whole chunks: k0 = 0 or 16; straddled: k0 = 5) over
+    several time chunks: float64 forward and gradients against the unfused oracle, float32 forward to 1e-6."""
+    p = dict(B=1, T=T, N=2, S=3, Hr=2, dh=8, C=C, k0=k0, has_m0=True, eps=1e-6, norm_eps=1e-6, layout="contig",
+             seed=5)
+    xs = [leaf(x) for x in make(p, torch.float64, device)]
+    r, m_last = run(backend, mmrec_ops.memory_read, *xs, *config(p))
+    ys = [leaf(x) for x in xs]
+    want_r, want_m = unfused(*ys, *config(p))
+    assert_close(r, want_r, 1e-12, "r")
+    assert_close(m_last, want_m, 1e-12, "m_last")
+    for name, g, w in zip(NAMES, grads(r, xs, 2), grads(want_r, ys, 2)):
+        assert_close_to_scale(g, w, 1e-3, 1e-10, f"d{name}")
+    r32, _ = run(backend, mmrec_ops.memory_read, *make(p, torch.float32, device), *config(p))
+    assert_close(r32, want_r, 1e-6, "r float32")

@@ -311,23 +311,24 @@ def memory_update_backward(grad: Tensor, M0: Tensor, key: Tensor, value: Tensor,
 
 
 # ------------------------------------------------------------------------------ memory_read
-MR_CHUNK = {False: 16, True: 8}  # tokens per time chunk {forward, backward}; tuning override (powers of two)
-MR_WARPS = {False: 8, True: 8}
+MR_CHUNK = {False: 16, True: 16}  # tokens per time chunk {forward, backward}; tuning override (powers of two, >= 16)
+MR_WARPS = {False: 4, True: 8}
+MR_CHUNK_INTERPRET = 16  # the interpreter's chunk: tl.dot's smallest tile; the tests' sequences span several chunks
 
 
 def _mr_setup(q: Tensor, base: Tensor, Ms: Tensor, n_heads: int, eps: float, norm_eps: float, backward: bool):
-    """Blocks (a chunk of BLOCK_L tokens x the head's dh channels x all N banks / all S slots per program) and the
-    constants [eps, 1 - eps, norm_eps, 1 / sqrt(dh)] as a tensor (a float64 scalar argument would be rounded)."""
+    """Blocks (a chunk of BLOCK_L tokens x the head's dh channels x all N banks / all S slots per program; the slot
+    tiles' dims at least 16 for tl.dot), the dot precision (TF32 for 16-bit inputs, IEEE float32 otherwise: TF32
+    would break the float32 contract of 1e-6) and the constants [eps, 1 - eps, norm_eps, 1 / sqrt(dh)] as a tensor
+    (a float64 scalar argument would be rounded)."""
     B, T, D = q.shape
     N, S, dh = base.shape[0], Ms.shape[2], D // n_heads
-    block_l = MR_CHUNK_INTERPRET if INTERPRET else MR_CHUNK[backward]
-    blocks = dict(BLOCK_L=block_l, BLOCK_N=triton.next_power_of_2(N), BLOCK_S=triton.next_power_of_2(S),
-                  BLOCK_DH=triton.next_power_of_2(dh), num_warps=1 if INTERPRET else MR_WARPS[backward])
+    block_l = max(16, MR_CHUNK_INTERPRET if INTERPRET else MR_CHUNK[backward])
+    blocks = dict(BLOCK_L=block_l, BLOCK_N=triton.next_power_of_2(N), BLOCK_S=max(16, triton.next_power_of_2(S)),
+                  BLOCK_DH=max(16, triton.next_power_of_2(dh)), num_warps=1 if INTERPRET else MR_WARPS[backward],
+                  PREC="tf32" if q.dtype in (torch.float16, torch.bfloat16) else "ieee")
     consts = torch.tensor([eps, 1.0 - eps, norm_eps, 1.0 / math.sqrt(dh)], dtype=acc_dtype(q.dtype), device=q.device)
     return blocks, consts
-
-
-MR_CHUNK_INTERPRET = 4  # the interpreter's chunk: small, so the tests' short sequences span several chunks
 
 
 def _mr_entries(v: Tensor, mod: Tensor, base: Tensor, m0: Optional[Tensor], consts: Tensor, block_l: int,
