@@ -22,6 +22,8 @@ quality     the full three-stage pipeline (`python -m mmrec_model.train` via ben
 Archs: mmrec (recurrence=nonlinear, the preset's default), mmrec-linear (recurrence=linear), gpt and lstm
 (bench/baselines.py, matched() to the parameter count of the MM-Rec preset). quality also knows
 mmrec-tbptt: MM-Rec pre-trained with its state carried across segments (the trainer's default for MM-Rec).
+throughput also knows mmrec-fused / mmrec-linear-fused: the same models with the fused memory_read op on CUDA
+(mmrec_model.model.FUSED_READ_ON_CUDA) instead of mdi + the read in torch ops.
 """
 from __future__ import annotations
 
@@ -49,6 +51,7 @@ sys.path.insert(0, str(HERE))
 RESULTS = HERE / "results" / "models"
 QUICK_RESULTS = ROOT / "runs" / "compare_quick"
 MODEL_ARCHS = ("mmrec", "mmrec-linear", "gpt", "lstm")
+THROUGHPUT_ARCHS = MODEL_ARCHS + ("mmrec-fused", "mmrec-linear-fused")
 QUALITY_ARCHS = ("mmrec", "mmrec-linear", "mmrec-tbptt", "gpt", "lstm")
 STAGES = ("pretrain", "instruct", "chat")
 
@@ -107,8 +110,10 @@ def build_model(arch: str, preset: str, vocab_size: Optional[int] = None):
     from mmrec_model import MMRecConfig, MMRecLM
     import baselines
     overrides = {} if vocab_size is None else {"vocab_size": vocab_size}
-    if arch in ("mmrec", "mmrec-linear"):
-        recurrence = "linear" if arch == "mmrec-linear" else "nonlinear"
+    if arch in ("mmrec", "mmrec-linear", "mmrec-fused", "mmrec-linear-fused"):
+        import mmrec_model.model as model_module
+        model_module.FUSED_READ_ON_CUDA = arch.endswith("-fused")     # a worker process builds one arch
+        recurrence = "linear" if arch.startswith("mmrec-linear") else "nonlinear"
         return MMRecLM(MMRecConfig.preset(preset, recurrence=recurrence, **overrides))
     if arch in baselines.MODELS:
         return baselines.MODELS[arch](baselines.matched(arch, preset, vocab_size))
@@ -698,7 +703,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="wall-clock budget: worker timeouts are cut so that the subcommand ends in time")
 
     t = sub.add_parser("throughput", help="training tokens/s and peak memory")
-    common(t, MODEL_ARCHS, MODEL_ARCHS)
+    common(t, THROUGHPUT_ARCHS, MODEL_ARCHS)
     t.add_argument("--sizes", type=_ints, default=[1024, 4096, 16384], help="sequence lengths T")
     t.add_argument("--tokens-per-step", type=int, default=65536, help="tokens per optimizer step (batch = this / T)")
     t.add_argument("--micro-tokens", type=int, default=16384,

@@ -18,6 +18,7 @@ TRAIN_RUNS = [("compiled, B=16 T=1,024", "run-2026-12-01-h200-e", "throughput_cu
 RECURRENCE_RUN = ("run-2026-12-01-h200-g", "recurrence_latency.json")
 DECODE_RUN = ("run-2026-12-01-h200-g", "decode_context.json")
 LABELS = {"mmrec": "MM-Rec", "mmrec-linear": "MM-Rec (linear)", "gpt": "GPT (SDPA)",
+          "mmrec-fused": "MM-Rec, fused read", "mmrec-linear-fused": "MM-Rec (linear), fused read",
           "mmrec-nonlinear-compiled": "MM-Rec, compiled CUDA-graph step",
           "mmrec-linear-compiled": "MM-Rec (linear), compiled CUDA-graph step",
           "hf-gpt2-static-compile": "HF GPT-2, static cache + compile"}

@@ -23,6 +23,10 @@ from .errors import CheckpointError
 from .generate import generate_tokens
 from .state import LayerState, MMRecState, acc_dtype
 
+# The block's read on CUDA tensors: False = mdi + the read in torch ops (the [B, T, N, D] banks in memory), True = the
+# fused memory_read op. Both compute SPEC's math; the faster one measured on the GPU is the default.
+FUSED_READ_ON_CUDA = False
+
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 CONFIG_FINGERPRINT = "mmrec_config_sha256"
@@ -157,10 +161,11 @@ class MMRecBlock(nn.Module):
         else:
             Ms = slots0.unsqueeze(1)                                          # [B, 1, S, D]
 
-        if x.is_cuda:
-            # Measured on the H200 (bench/results/device/run-2026-12-01-h200/readcheck.log; bf16 B=8 T=2048 D=768):
-            # the fused kernels take 29 ms (cuda) and 7.0 ms (triton) forward, 86 / 21 ms forward+backward, against
-            # 2.1 / 7.2 ms for mdi + this read; CUDA keeps the unfused path until a fused kernel beats it.
+        if x.is_cuda and not FUSED_READ_ON_CUDA:
+            # Measured on the H200 (bench/results/device/run-2026-12-01-h200-e/readtime.log; bf16 B=8 T=2048 D=768):
+            # the chunked Triton kernel takes 1.46 ms forward and 8.75 ms forward+backward against 2.06 / 8.18 ms for
+            # mdi + this read; CUDA keeps the unfused path until a fused kernel beats it in the model
+            # (bench/bench_read_path.py).
             m = mmrec_ops.mdi(v, c, self.base.to(dt), m0, cfg.mdi_eps)                       # [B, T, N, D]
             r, m_last = self._read(q, h, m, Ms[:, :n_local], k0), m[:, -1].clone()
         else:
