@@ -22,8 +22,9 @@ quality     the full three-stage pipeline (`python -m mmrec_model.train` via ben
 Archs: mmrec (recurrence=nonlinear, the preset's default), mmrec-linear (recurrence=linear), gpt and lstm
 (bench/baselines.py, matched() to the parameter count of the MM-Rec preset). quality also knows
 mmrec-tbptt: MM-Rec pre-trained with its state carried across segments (the trainer's default for MM-Rec).
-throughput also knows mmrec-fused / mmrec-linear-fused: the same models with the fused memory_read op on CUDA
-(mmrec_model.model.FUSED_READ_ON_CUDA) instead of mdi + the read in torch ops.
+throughput also knows mmrec-fused / mmrec-linear-fused and mmrec-unfused / mmrec-linear-unfused: the same models
+with the block's read on CUDA forced to the fused memory_read op or to mdi + the read in torch ops
+(mmrec_model.model.CUDA_READ; mmrec and mmrec-linear keep its default).
 """
 from __future__ import annotations
 
@@ -51,7 +52,8 @@ sys.path.insert(0, str(HERE))
 RESULTS = HERE / "results" / "models"
 QUICK_RESULTS = ROOT / "runs" / "compare_quick"
 MODEL_ARCHS = ("mmrec", "mmrec-linear", "gpt", "lstm")
-THROUGHPUT_ARCHS = MODEL_ARCHS + ("mmrec-fused", "mmrec-linear-fused")
+READ_VARIANTS = ("mmrec-fused", "mmrec-linear-fused", "mmrec-unfused", "mmrec-linear-unfused")
+THROUGHPUT_ARCHS = MODEL_ARCHS + READ_VARIANTS
 QUALITY_ARCHS = ("mmrec", "mmrec-linear", "mmrec-tbptt", "gpt", "lstm")
 STAGES = ("pretrain", "instruct", "chat")
 
@@ -110,9 +112,11 @@ def build_model(arch: str, preset: str, vocab_size: Optional[int] = None):
     from mmrec_model import MMRecConfig, MMRecLM
     import baselines
     overrides = {} if vocab_size is None else {"vocab_size": vocab_size}
-    if arch in ("mmrec", "mmrec-linear", "mmrec-fused", "mmrec-linear-fused"):
+    if arch in ("mmrec", "mmrec-linear") + READ_VARIANTS:
         import mmrec_model.model as model_module
-        model_module.FUSED_READ_ON_CUDA = arch.endswith("-fused")     # a worker process builds one arch
+        for read in ("fused", "unfused"):                              # a worker process builds one arch
+            if arch.endswith("-" + read):
+                model_module.CUDA_READ = read
         recurrence = "linear" if arch.startswith("mmrec-linear") else "nonlinear"
         return MMRecLM(MMRecConfig.preset(preset, recurrence=recurrence, **overrides))
     if arch in baselines.MODELS:

@@ -19,6 +19,7 @@ RECURRENCE_RUN = ("run-2026-12-01-h200-g", "recurrence_latency.json")
 DECODE_RUN = ("run-2026-12-01-h200-g", "decode_context.json")
 LABELS = {"mmrec": "MM-Rec", "mmrec-linear": "MM-Rec (linear)", "gpt": "GPT (SDPA)",
           "mmrec-fused": "MM-Rec, fused read", "mmrec-linear-fused": "MM-Rec (linear), fused read",
+          "mmrec-unfused": "MM-Rec, unfused read", "mmrec-linear-unfused": "MM-Rec (linear), unfused read",
           "mmrec-nonlinear-compiled": "MM-Rec, compiled CUDA-graph step",
           "mmrec-linear-compiled": "MM-Rec (linear), compiled CUDA-graph step",
           "hf-gpt2-static-compile": "HF GPT-2, static cache + compile"}

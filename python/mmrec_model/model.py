@@ -23,13 +23,22 @@ from .errors import CheckpointError
 from .generate import generate_tokens
 from .state import LayerState, MMRecState, acc_dtype
 
-# The block's read on CUDA tensors: False = mdi + the read in torch ops (the [B, T, N, D] banks in memory), True = the
-# fused memory_read op. Both compute SPEC's math; the faster one measured on the GPU is the default.
-FUSED_READ_ON_CUDA = False
+# The block's read on CUDA tensors: "fused" = the memory_read op (the [B, T, N, D] banks never stored), "unfused" = mdi
+# + the read in torch ops, "auto" = fused when eager, unfused under torch.compile. Both compute SPEC's math. Measured
+# on the H200 (bench/results/device/run-2026-12-01-h200-h, base, bf16, 16K tokens per step): eager, the fused read
+# trains the linear variant at 117K tokens/s against 96K with 17.6 GB peak against 25.4 GB; compiled, the unfused
+# read gave 173K (run e), where Inductor fuses the read's elementwise glue.
+CUDA_READ = "auto"
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 CONFIG_FINGERPRINT = "mmrec_config_sha256"
+
+
+def _unfused_read_on_cuda() -> bool:
+    if CUDA_READ not in ("auto", "fused", "unfused"):
+        raise ValueError(f"mmrec_model.model.CUDA_READ must be 'auto', 'fused' or 'unfused', got {CUDA_READ!r}")
+    return CUDA_READ == "unfused" or (CUDA_READ == "auto" and torch.compiler.is_compiling())
 
 
 def _logit(p: float) -> float:
@@ -161,11 +170,7 @@ class MMRecBlock(nn.Module):
         else:
             Ms = slots0.unsqueeze(1)                                          # [B, 1, S, D]
 
-        if x.is_cuda and not FUSED_READ_ON_CUDA:
-            # Measured on the H200 (bench/results/device/run-2026-12-01-h200-e/readtime.log; bf16 B=8 T=2048 D=768):
-            # the chunked Triton kernel takes 1.46 ms forward and 8.75 ms forward+backward against 2.06 / 8.18 ms for
-            # mdi + this read; CUDA keeps the unfused path until a fused kernel beats it in the model
-            # (bench/bench_read_path.py).
+        if x.is_cuda and _unfused_read_on_cuda():
             m = mmrec_ops.mdi(v, c, self.base.to(dt), m0, cfg.mdi_eps)                       # [B, T, N, D]
             r, m_last = self._read(q, h, m, Ms[:, :n_local], k0), m[:, -1].clone()
         else:
