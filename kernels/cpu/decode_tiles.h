@@ -18,9 +18,6 @@ namespace mmrec::cpu::decode_tiles {
 
 constexpr int kTile = 16;  // output columns per packed tile: one 64-byte line of float32 per input element
 constexpr int kRows = 4;   // batch rows per pass over a tile (8 accumulators of 8 floats)
-// Software prefetch distance of the float32 tile loop in elements along the packed stream (the next tiles of a take
-// follow contiguously in the arena): 2 KiB; 1 and 4 KiB were within the loaded 2-core machine's noise.
-constexpr int64_t kAhead = 2048 / 4;
 
 // A GEMV over packed tiles: out[b, n_off + c] = res[b, n_off + c] + bias[n_off + c] + sum_k W[n, k] x[b, k_off + k].
 template <class T>
@@ -57,11 +54,13 @@ MMREC_AVX2 MMREC_INLINE void tile_avx2_rows(const float* w, int64_t K, const flo
   __m256 lo[NB], hi[NB];
   for (int r = 0; r < NB; ++r) lo[r] = hi[r] = _mm256_setzero_ps();
   int64_t k = 0;
-  if (NB == 1) {  // one row: four independent FMA chains per half hide the FMA latency
+  // One row: four independent FMA chains per half hide the FMA latency. No software prefetch: 2 KiB ahead made the
+  // small preset's step slower (standalone harness, 12 interleaved runs, load 3.2-4.7: median 3.45 against 3.14
+  // ms/token with 1 thread, 4.30 against 3.80 with 2).
+  if (NB == 1) {
     __m256 lo1 = _mm256_setzero_ps(), hi1 = lo1, lo2 = lo1, hi2 = lo1, lo3 = lo1, hi3 = lo1;
     for (; k + 4 <= K; k += 4) {
       const float* wk = w + k * kTile;
-      for (int j = 0; j < 4; ++j) _mm_prefetch(reinterpret_cast<const char*>(wk + kAhead + j * kTile), _MM_HINT_T0);
       const __m256 xa = _mm256_broadcast_ss(x + k), xb = _mm256_broadcast_ss(x + k + 1),
                    xc = _mm256_broadcast_ss(x + k + 2), xd = _mm256_broadcast_ss(x + k + 3);
       lo[0] = _mm256_fmadd_ps(xa, _mm256_load_ps(wk), lo[0]);
@@ -78,7 +77,6 @@ MMREC_AVX2 MMREC_INLINE void tile_avx2_rows(const float* w, int64_t K, const flo
   }
   for (; k < K; ++k) {
     const float* wk = w + k * kTile;
-    _mm_prefetch(reinterpret_cast<const char*>(wk + kAhead), _MM_HINT_T0);
     const __m256 w0 = _mm256_load_ps(wk), w1 = _mm256_load_ps(wk + 8);
     for (int r = 0; r < NB; ++r) {
       const __m256 xr = _mm256_broadcast_ss(x + r * ldx + k);
