@@ -72,6 +72,15 @@ class DecodeModelCpu {
   }
 
   const cpu::DecodeDims& dims() const { return f32_ ? f32_->dims() : f64_->dims(); }
+  void set_profile(bool on) { f32_ ? f32_->set_profile(on) : f64_->set_profile(on); }
+  nb::dict profile() const {
+    const auto p = f32_ ? f32_->profile() : f64_->profile();
+    nb::dict out;
+    out["phase_ns"] = p.phase_ns;
+    out["worker_elems"] = p.worker_elems;
+    out["steps"] = p.steps;
+    return out;
+  }
   DType dtype() const { return c_.dt; }
   std::shared_ptr<cpu::DecodeStep<float>> f32_;
   std::shared_ptr<cpu::DecodeStep<double>> f64_;
@@ -143,7 +152,12 @@ void bind_decode_step(nb::module_& m) {
            [](const DecodeModelCpu& model, const std::vector<Array>& mem, const std::vector<Array>& chunk_sum,
               const Ints& pos) { return DecodeStepCpu(model, mem, chunk_sum, pos); },
            nb::arg("mem"), nb::arg("chunk_sum"), nb::arg("pos"),
-           "a stepper over the state buffers mem[l] [B, 1 + N + S, D], chunk_sum[l] [B, D], pos [B] int64 (held)");
+           "a stepper over the state buffers mem[l] [B, 1 + N + S, D], chunk_sum[l] [B, D], pos [B] int64 (held)")
+      .def("set_profile", &DecodeModelCpu::set_profile, nb::arg("on"),
+           "on: clear and start timing the phases of every step (worker 0's waits); off: stop")
+      .def("profile", &DecodeModelCpu::profile,
+           "{'phase_ns': per block [in_proj + W_g, per-row work, out_proj, up, down] then lm head, summed over "
+           "'steps'; 'worker_elems': weights streamed per thread}");
 }
 
 }  // namespace mmrec::bind

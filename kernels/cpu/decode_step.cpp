@@ -12,6 +12,7 @@
 #endif
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -19,125 +20,22 @@
 #include <thread>
 #include <type_traits>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
+#include "cpu/decode_tiles.h"
 #include "cpu/scalar.h"
 
 namespace mmrec::cpu {
 namespace {
 
-constexpr int kTile = 16;  // output columns per packed tile: one 64-byte line of float32 per input element
-constexpr int kRows = 4;   // batch rows per pass over a tile (8 accumulators of 8 floats)
+using decode_tiles::Job;
+using decode_tiles::kTile;
+using decode_tiles::run_tile;
+using decode_tiles::warm;
+
 constexpr int64_t kGrain = 16384;  // weights per take of a GEMV phase's tiles (64 KiB of float32: ~4 tiles of K=256)
-
-// A GEMV over packed tiles: out[b, n_off + c] = res[b, n_off + c] + bias[n_off + c] + sum_k W[n, k] x[b, k_off + k].
-template <class T>
-struct Job {
-  const Packed<T>* m;
-  const T* x;
-  int64_t ldx;
-  T* out;
-  int64_t ldo;
-  const T* bias;  // nullptr: none
-  const T* res;   // nullptr: none
-  int64_t ldres;
-};
-
-// acc [nb][kTile] = x [nb rows, stride ldx][K] . tile [K][kTile], any element type.
-template <class T>
-void tile_generic(const T* w, int64_t K, const T* x, int64_t ldx, int nb, T* acc) {
-  std::fill(acc, acc + nb * kTile, T(0));
-  for (int64_t k = 0; k < K; ++k) {
-    const T* wk = w + k * kTile;
-    for (int r = 0; r < nb; ++r) {
-      const T xv = x[r * ldx + k];
-      T* a = acc + r * kTile;
-      for (int c = 0; c < kTile; ++c) a[c] += xv * wk[c];
-    }
-  }
-}
-
-#if defined(__x86_64__) && defined(__GNUC__)
-#define MMREC_AVX2 __attribute__((target("avx2,fma")))
-
-template <int NB>
-MMREC_AVX2 MMREC_INLINE void tile_avx2_rows(const float* w, int64_t K, const float* x, int64_t ldx, float* acc) {
-  __m256 lo[NB], hi[NB];
-  for (int r = 0; r < NB; ++r) lo[r] = hi[r] = _mm256_setzero_ps();
-  int64_t k = 0;
-  if (NB == 1) {  // one row: two independent FMA chains per half hide the FMA latency
-    __m256 lo2 = _mm256_setzero_ps(), hi2 = _mm256_setzero_ps();
-    for (; k + 2 <= K; k += 2) {
-      const float* wk = w + k * kTile;
-      const __m256 xa = _mm256_broadcast_ss(x + k), xb = _mm256_broadcast_ss(x + k + 1);
-      lo[0] = _mm256_fmadd_ps(xa, _mm256_load_ps(wk), lo[0]);
-      hi[0] = _mm256_fmadd_ps(xa, _mm256_load_ps(wk + 8), hi[0]);
-      lo2 = _mm256_fmadd_ps(xb, _mm256_load_ps(wk + 16), lo2);
-      hi2 = _mm256_fmadd_ps(xb, _mm256_load_ps(wk + 24), hi2);
-    }
-    lo[0] = _mm256_add_ps(lo[0], lo2);
-    hi[0] = _mm256_add_ps(hi[0], hi2);
-  }
-  for (; k < K; ++k) {
-    const float* wk = w + k * kTile;
-    const __m256 w0 = _mm256_load_ps(wk), w1 = _mm256_load_ps(wk + 8);
-    for (int r = 0; r < NB; ++r) {
-      const __m256 xr = _mm256_broadcast_ss(x + r * ldx + k);
-      lo[r] = _mm256_fmadd_ps(xr, w0, lo[r]);
-      hi[r] = _mm256_fmadd_ps(xr, w1, hi[r]);
-    }
-  }
-  for (int r = 0; r < NB; ++r) {
-    _mm256_storeu_ps(acc + r * kTile, lo[r]);
-    _mm256_storeu_ps(acc + r * kTile + 8, hi[r]);
-  }
-}
-
-MMREC_AVX2 void tile_avx2(const float* w, int64_t K, const float* x, int64_t ldx, int nb, float* acc) {
-  switch (nb) {
-    case 1: return tile_avx2_rows<1>(w, K, x, ldx, acc);
-    case 2: return tile_avx2_rows<2>(w, K, x, ldx, acc);
-    case 3: return tile_avx2_rows<3>(w, K, x, ldx, acc);
-    default: return tile_avx2_rows<4>(w, K, x, ldx, acc);
-  }
-}
-
-bool has_avx2() {
-  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return yes;
-}
-#else
-bool has_avx2() { return false; }
-void tile_avx2(const float*, int64_t, const float*, int64_t, int, float*) {}
-#endif
-
-template <class T>
-void tile(const T* w, int64_t K, const T* x, int64_t ldx, int nb, T* acc) {
-  if constexpr (std::is_same_v<T, float>) {
-    if (has_avx2()) return tile_avx2(w, K, x, ldx, nb, acc);
-  }
-  tile_generic(w, K, x, ldx, nb, acc);
-}
-
-// Tile t of `job` for all B rows.
-template <class T>
-void run_tile(const Job<T>& job, const typename Packed<T>::Tile& t, int64_t B) {
-  alignas(64) T acc[kRows * kTile];
-  const T* w = job.m->w.get() + t.w_off;
-  for (int64_t b0 = 0; b0 < B; b0 += kRows) {
-    const int nb = int(std::min<int64_t>(kRows, B - b0));
-    tile(w, t.K, job.x + b0 * job.ldx + t.k_off, job.ldx, nb, acc);
-    for (int r = 0; r < nb; ++r) {
-      T* out = job.out + (b0 + r) * job.ldo + t.n_off;
-      const T* res = job.res ? job.res + (b0 + r) * job.ldres + t.n_off : nullptr;
-      const T* bias = job.bias ? job.bias + t.n_off : nullptr;
-      for (int c = 0; c < t.n_valid; ++c) {
-        T v = acc[r * kTile + c];
-        if (bias) v += bias[c];
-        if (res) v += res[c];
-        out[c] = v;
-      }
-    }
-  }
-}
 
 MMREC_INLINE void cpu_relax() {
 #if defined(__x86_64__)
@@ -177,24 +75,43 @@ void Packed<T>::add(const T* W, int64_t n_out, int64_t K, int64_t k_off, int64_t
 }
 
 template <class T>
-void Packed<T>::finish() {
+int64_t Packed<T>::size() const {
   int64_t size = 0;
   for (const auto& p : pending_) size += (p.n_out + kTile - 1) / kTile * kTile * p.K;
-  const size_t bytes = (std::max<int64_t>(size, 1) * sizeof(T) + 63) / 64 * 64;
-  w = std::unique_ptr<T[], void (*)(void*)>(static_cast<T*>(std::aligned_alloc(64, bytes)), std::free);
-  if (!w) throw std::bad_alloc();
+  return size;
+}
+
+template <class T>
+void Packed<T>::finish(T* dst) {
+  w = dst;
+  packed = size();
   int64_t off = 0;
   for (const auto& p : pending_) {
     for (int64_t n0 = 0; n0 < p.n_out; n0 += kTile) {
       const int32_t valid = int32_t(std::min<int64_t>(kTile, p.n_out - n0));
       tiles.push_back({off, int32_t(p.K), int32_t(p.k_off), int32_t(p.n_off + n0), valid});
       for (int64_t k = 0; k < p.K; ++k)
-        for (int c = 0; c < kTile; ++c) w[off + k * kTile + c] = c < valid ? p.W[(n0 + c) * p.K + k] : T(0);
+        for (int c = 0; c < kTile; ++c) dst[off + k * kTile + c] = c < valid ? p.W[(n0 + c) * p.K + k] : T(0);
       off += p.K * kTile;
     }
   }
   pending_.clear();
 }
+
+namespace {
+// `bytes` aligned to 2 MiB and advised into transparent huge pages (this machine's THP mode is `madvise`): the small
+// preset's 21.5 MiB of float32 weights span ~5,500 4-KiB pages per token, more than the core's L2 TLB holds.
+void* alloc_weights(size_t bytes) {
+  constexpr size_t kHuge = size_t(2) << 20;
+  bytes = (std::max<size_t>(bytes, 1) + kHuge - 1) / kHuge * kHuge;
+  void* p = std::aligned_alloc(kHuge, bytes);
+  if (!p) throw std::bad_alloc();
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  madvise(p, bytes, MADV_HUGEPAGE);  // advice only: 4-KiB pages still work
+#endif
+  return p;
+}
+}  // namespace
 
 template <class T>
 DecodeStep<T>::DecodeStep(const DecodeDims& d, const T* embed, const T* norm_w, const T* lm_head,
@@ -213,23 +130,30 @@ DecodeStep<T>::DecodeStep(const DecodeDims& d, const T* embed, const T* norm_w, 
     b.w_a.assign(p.w_a, p.w_a + D);
     b.b_a = p.b_a[0];
     b.in_proj.add(p.w_in, W_, D, 0, 0);
-    b.in_proj.finish();
     if (!d.linear) {
       b.b_g.assign(p.b_g, p.b_g + D);
       for (int64_t h = 0; h < d.H; ++h) b.w_g.add(p.w_g + h * hd * hd, hd, hd, h * hd, h * hd);
-      b.w_g.finish();
     }
     b.w_o.add(p.w_o, D, D, 0, 0);
-    b.w_o.finish();
     b.w_up.add(p.w_up, 2 * d.F, D, 0, 0);
-    b.w_up.finish();
     b.w_down.add(p.w_down, D, d.F, 0, 0);
-    b.w_down.finish();
     b.w_key.add(p.w_key, D, D, 0, 0);
-    b.w_key.finish();
   }
   lm_head_.add(lm_head, d.V, D, 0, 0);
-  lm_head_.finish();
+  // one arena in the order of a step's phases (w_key, read only on a chunk's last token, after each block's down)
+  std::vector<Packed<T>*> order;
+  for (Block& b : blocks_)
+    for (Packed<T>* m : {&b.in_proj, &b.w_g, &b.w_o, &b.w_up, &b.w_down, &b.w_key}) order.push_back(m);
+  order.push_back(&lm_head_);
+  int64_t total = 0;
+  for (const Packed<T>* m : order) total += (m->size() + 15) / 16 * 16;  // each matrix 64-byte aligned
+  arena_ = std::unique_ptr<T[], void (*)(void*)>(static_cast<T*>(alloc_weights(size_t(total) * sizeof(T))), std::free);
+  int64_t off = 0;
+  for (Packed<T>* m : order) {
+    const int64_t n = m->size();
+    m->finish(arena_.get() + off);
+    off += (n + 15) / 16 * 16;
+  }
 }
 
 template <class T>
@@ -363,31 +287,52 @@ void DecodeStep<T>::work(int worker) {
         run_tile(job, job.m->tiles[i < n0 ? i : i - n0], B);
       }
       sync.done.fetch_add(i1 - i0, std::memory_order_release);
+      if (profile_)
+        for (int64_t i = i0; i < i1; ++i)
+          elems_[worker].n += double((i < n0 ? first : *second).m->tiles[i < n0 ? i : i - n0].K) * kTile;
     }
+  };
+  // worker 0 stamps the end of each wait (profile_)
+  const auto t0 = std::chrono::steady_clock::now();
+  auto last = t0;
+  int64_t stamp_i = 0;
+  auto stamp = [&] {
+    if (!profile_ || worker != 0) return;
+    const auto now = std::chrono::steady_clock::now();
+    prof_.phase_ns[stamp_i++] += double(std::chrono::duration_cast<std::chrono::nanoseconds>(now - last).count());
+    last = now;
   };
   auto tiles = [](const Packed<T>& m) { return int64_t(m.tiles.size()); };
   for (int64_t l = 0; l < L; ++l) {
     const Block& blk = blocks_[l];
     T* m = mem_[l];
     const int64_t p_in = 4 * l, p_o = p_in + 1, p_up = p_in + 2, p_down = p_in + 3;
-    if (l > 0) wait_for(phases_[p_in - 1].done, tiles(blocks_[l - 1].w_down));
+    if (l > 0) {
+      wait_for(phases_[p_in - 1].done, tiles(blocks_[l - 1].w_down));
+      stamp();
+    }
     const Job<T> in_job{&blk.in_proj, u, D, proj_.data(), W_, blk.b_in.data(), nullptr, 0},
         g_job{&blk.w_g, m, I * D, p_.data(), D, blk.b_g.data(), nullptr, 0};
     phase(p_in, in_job, d_.linear ? nullptr : &g_job, [&] { rms_rows(x_.data(), B, D, blk.norm_in.data(), eps, u); });
     if (worker == 0) {
       wait_for(phases_[p_in].done, tiles(blk.in_proj) + (d_.linear ? 0 : tiles(blk.w_g)));
+      stamp();
       for (int64_t b = 0; b < B; ++b)
         mix_row<T>(d_, W_, blk, &proj_[b * W_], &p_[b * D], m + b * I * D, chunk_sum_[l] + b * D, &r_[b * D],
                    update_[b], key_.data());
       mixed_[l].set.store(1, std::memory_order_release);
+      stamp();
     }
+    if (worker != 0) warm(blk.w_o, mixed_[l].set);
     wait_for(mixed_[l].set, int64_t(1));
     const Job<T> o_job{&blk.w_o, r_.data(), D, y_.data(), D, nullptr, x_.data(), D};
     phase(p_o, o_job, nullptr, [] {});
     wait_for(phases_[p_o].done, tiles(blk.w_o));
+    stamp();
     const Job<T> up_job{&blk.w_up, u, D, gv_.data(), 2 * F, nullptr, nullptr, 0};
     phase(p_up, up_job, nullptr, [&] { rms_rows(y_.data(), B, D, blk.norm_ffn.data(), eps, u); });
     wait_for(phases_[p_up].done, tiles(blk.w_up));
+    stamp();
     const Job<T> down_job{&blk.w_down, a, F, x_.data(), D, nullptr, y_.data(), D};
     phase(p_down, down_job, nullptr, [&] {
       for (int64_t b = 0; b < B; ++b)
@@ -398,9 +343,11 @@ void DecodeStep<T>::work(int worker) {
     });
   }
   wait_for(phases_[4 * L - 1].done, tiles(blocks_[L - 1].w_down));
+  stamp();
   const Job<T> lm_job{&lm_head_, u, D, logits_, V, nullptr, nullptr, 0};
   phase(4 * L, lm_job, nullptr, [&] { rms_rows(x_.data(), B, D, norm_w_.data(), eps, u); });
   if (worker == 0) wait_for(phases_[4 * L].done, tiles(lm_head_));
+  stamp();
 }
 
 template <class T>
@@ -464,6 +411,11 @@ void DecodeStep<T>::run(const int64_t* tokens, int64_t B, T* const* mem, T* cons
     phases_[p].done.store(0, std::memory_order_relaxed);
   }
   for (int64_t l = 0; l < d_.L; ++l) mixed_[l].set.store(0, std::memory_order_relaxed);
+  if (!elems_ || cap_threads_ > int(prof_.worker_elems.size())) {
+    elems_.reset(new Elems[cap_threads_]);
+    prof_.worker_elems.resize(cap_threads_, 0.0);
+  }
+  for (int w = 0; w < cap_threads_; ++w) elems_[w].n = 0;
   B_ = B;
   mem_ = mem;
   chunk_sum_ = chunk_sum;
@@ -489,6 +441,27 @@ void DecodeStep<T>::run(const int64_t* tokens, int64_t B, T* const* mem, T* cons
     }
   }
   for (int64_t b = 0; b < B; ++b) pos[b] += 1;
+  if (profile_) {
+    for (int w = 0; w < cap_threads_; ++w) prof_.worker_elems[w] += elems_[w].n;
+    prof_.steps += 1;
+  }
+}
+
+template <class T>
+DecodeProfile DecodeStep<T>::profile() const {
+  std::lock_guard<std::mutex> serial(run_mu_);
+  return prof_;
+}
+
+template <class T>
+void DecodeStep<T>::set_profile(bool on) {
+  std::lock_guard<std::mutex> serial(run_mu_);
+  profile_ = on;
+  if (on) {
+    prof_.phase_ns.assign(5 * d_.L + 1, 0.0);
+    std::fill(prof_.worker_elems.begin(), prof_.worker_elems.end(), 0.0);
+    prof_.steps = 0;
+  }
 }
 
 template struct Packed<float>;

@@ -28,7 +28,8 @@ struct BlockParams {
 
 // A matrix [n_out, K] repacked in tiles of kTile output columns: tile j holds W[j*kTile + c, k] at [k][c] (zero
 // past n_out), so a tile's GEMV streams K * kTile contiguous elements. Several independent matrices (the blocks of
-// W_g) share one Packed: each tile carries the offset of its input slice and of its output columns.
+// W_g) share one Packed: each tile carries the offset of its input slice and of its output columns. The elements
+// live in the DecodeStep's arena (all matrices in the order a step reads them).
 template <class T>
 struct Packed {
   struct Tile {
@@ -36,12 +37,21 @@ struct Packed {
     int32_t K, k_off, n_off, n_valid;        // inputs, input offset, first output column, valid columns
   };
   std::vector<Tile> tiles;
-  std::unique_ptr<T[], void (*)(void*)> w{nullptr, nullptr};
+  const T* w = nullptr;
   void add(const T* W, int64_t n_out, int64_t K, int64_t k_off, int64_t n_off);  // append W [n_out, K]
-  void finish();                                                                  // allocate and copy
+  int64_t size() const;                                                           // elements of the added matrices
+  void finish(T* dst);                                                            // pack into dst [size()]
+  int64_t packed = 0;                                                             // elements at w, after finish
  private:
   struct Pending { const T* W; int64_t n_out, K, k_off, n_off; };
   std::vector<Pending> pending_;
+};
+
+// Sums over the steps run while profiling (DecodeStep::set_profile).
+struct DecodeProfile {
+  std::vector<double> phase_ns;      // [5 L + 1]: per block in_proj + W_g, per-row work, out_proj, up, down; lm head
+  std::vector<double> worker_elems;  // [threads]: packed weights each thread streamed
+  int64_t steps = 0;
 };
 
 // The whole model's one-token step with its weights packed once; state buffers are the caller's:
@@ -62,6 +72,13 @@ class DecodeStep {
   void run(const int64_t* tokens, int64_t B, T* const* mem, T* const* chunk_sum, int64_t* pos, T* logits,
            int threads);
   const DecodeDims& dims() const { return d_; }
+  // Phase timing (worker 0's clock at the end of each wait, from the embedding on): while on, each step adds the
+  // time of per block {in_proj + W_g, per-row work, out_proj, up, down} and the lm head (5 L + 1 entries, ns) and the
+  // weights each worker streamed. profile() returns the sums and the number of steps; profile(true) switches on and
+  // clears, profile(false) switches off.
+  using Profile = DecodeProfile;
+  Profile profile() const;
+  void set_profile(bool on);
 
   struct Block {
     std::vector<T> norm_in, b_in, b_g, sig_base, w_a, norm_ffn;
@@ -80,6 +97,7 @@ class DecodeStep {
   std::vector<T> embed_, norm_w_;
   std::vector<Block> blocks_;
   Packed<T> lm_head_;
+  std::unique_ptr<T[], void (*)(void*)> arena_{nullptr, nullptr};  // every packed matrix, 2 MiB pages where granted
   // scratch, grown on the first step of a larger batch or thread count (never per token)
   int64_t cap_B_ = 0;
   int cap_threads_ = 0;
@@ -100,12 +118,19 @@ class DecodeStep {
   std::unique_ptr<Flag[]> mixed_;  // per block: the per-row work is done
   // helpers
   std::vector<std::thread> helpers_;
-  std::mutex run_mu_;              // one step at a time (states of one model share the scratch and helpers)
+  mutable std::mutex run_mu_;           // one step at a time (states of one model share the scratch and helpers)
   std::mutex mu_;
   std::condition_variable cv_;
   std::atomic<uint64_t> epoch_{0};
   std::atomic<bool> open_{false}, stop_{false};
   std::atomic<int> active_{0};
+  // profiling (set_profile)
+  bool profile_ = false;
+  Profile prof_;
+  struct alignas(64) Elems {
+    double n = 0;
+  };
+  std::unique_ptr<Elems[]> elems_;  // per worker, this step
 };
 
 }  // namespace mmrec::cpu
