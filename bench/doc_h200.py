@@ -14,8 +14,10 @@ from typing import Any, Dict, List, Optional
 DEVICE = Path(__file__).resolve().parent / "results" / "device"
 # (title, run directory, JSON) of each table, newest measurement of each kind
 TRAIN_RUNS = [("compiled, B=16 T=1,024", "run-2026-12-01-h200-e", "throughput_cuda.json"),
-              ("eager, B=1 T=16,384", "run-2026-12-01-h200-f", "throughput_cuda_eager_16k.json")]
-RECURRENCE_RUN = ("run-2026-12-01-h200-g", "recurrence_latency.json")
+              ("eager, T=1,024 (B=16) and 16,384 (B=1)", "run-2026-12-01-h200-h", "throughput_cuda_eager_readpath.json")]
+# Rows whose arch name meant another read path when the run was made (run h: the default read on CUDA was unfused)
+RUN_LABELS = {"run-2026-12-01-h200-h": {"mmrec": "MM-Rec, unfused read", "mmrec-linear": "MM-Rec (linear), unfused read"}}
+RECURRENCE_RUN = ("run-2026-12-01-h200-h", "recurrence_latency.json")
 DECODE_RUN = ("run-2026-12-01-h200-g", "decode_context.json")
 LABELS = {"mmrec": "MM-Rec", "mmrec-linear": "MM-Rec (linear)", "gpt": "GPT (SDPA)",
           "mmrec-fused": "MM-Rec, fused read", "mmrec-linear-fused": "MM-Rec (linear), fused read",
@@ -41,18 +43,20 @@ def training_tables() -> List[str]:
         if data is None:
             continue
         rows = [r for r in data["rows"] if r.get("status") == "ok"]
-        gpt = next((r for r in rows if r["arch"] == "gpt"), None)
-        out += [f"Training, `base`, bf16 autocast, {title}, forward + backward + AdamW, median of 5 steps "
-                f"({_command(run)}; `{data['command'].replace('/tmp/o/', '')}`):", "",
-                "| arch | tokens/s | step (s) | peak KiB per token | vs GPT |", "|---|---:|---:|---:|---:|"]
-        for r in rows:
+        labels = {**LABELS, **RUN_LABELS.get(run, {})}
+        out += [f"Training, `base`, bf16 autocast, {title}, forward + backward + AdamW, median of "
+                f"{data['settings']['steps']} steps ({_command(run)}; `{data['command'].replace('/tmp/o/', '')}`):",
+                "", "| arch | T | tokens/s | step (s) | peak KiB per token | vs GPT at that T |",
+                "|---|---:|---:|---:|---:|---:|"]
+        for r in sorted(rows, key=lambda r: r["T"]):
+            gpt = next((g for g in rows if g["arch"] == "gpt" and g["T"] == r["T"]), None)
             ratio = f"{r['tokens_per_s'] / gpt['tokens_per_s']:.2f}x" if gpt else "–"
-            out.append(f"| {LABELS.get(r['arch'], r['arch'])} | {r['tokens_per_s']:,.0f} | {r['step_s']:.3f} | "
-                       f"{r['peak_kib_per_token']:,.0f} | {ratio} |")
+            out.append(f"| {labels.get(r['arch'], r['arch'])} | {r['T']:,} | {r['tokens_per_s']:,.0f} | "
+                       f"{r['step_s']:.3f} | {r['peak_kib_per_token']:,.0f} | {ratio} |")
         asked = data["command"].split("--archs ")[1].split()[0].split(",") if "--archs " in data["command"] else []
         missing = [a for a in asked if a not in {r["arch"] for r in rows}]
         if missing:
-            out.append(f"| {', '.join(LABELS.get(a, a) for a in missing)} | not finished in the run's time budget "
+            out.append(f"| {', '.join(LABELS.get(a, a) for a in missing)} | | not finished in the run's time budget "
                        "(compiling) | | | |")
         out.append("")
     return out
