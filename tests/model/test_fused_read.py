@@ -71,7 +71,7 @@ def test_fused_read_equals_unfused_path(monkeypatch, variant, dtype, tol, splits
 
 @pytest.mark.parametrize("k0, T", [(0, 5), (3, 13)])
 def test_block_unfused_read_equals_the_oracle(k0, T):
-    """MMRecBlock._read (the path CUDA tensors take while the fused kernels are slower there) is the same read."""
+    """MMRecBlock._read (the path CUDA tensors take under torch.compile, model.CUDA_READ) is the same read."""
     torch.manual_seed(0)
     block = tiny_model().blocks[0].double()
     cfg = block.config
