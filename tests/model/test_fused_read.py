@@ -84,3 +84,14 @@ def test_block_unfused_read_equals_the_oracle(k0, T):
     want, _ = unfused_memory_read(q, h, v, mod, block.base, Ms, None, k0, C, cfg.n_read_heads, cfg.mdi_eps,
                                   cfg.norm_eps)
     assert rel_err(got, want) < 1e-12
+
+
+def test_cuda_read_setting(monkeypatch):
+    """CUDA_READ picks the read on CUDA tensors: auto = fused when eager; a wrong value is refused by name."""
+    import mmrec_model.model as model_module
+    for value, unfused in (("auto", False), ("fused", False), ("unfused", True)):
+        monkeypatch.setattr(model_module, "CUDA_READ", value)
+        assert model_module._unfused_read_on_cuda() is unfused
+    monkeypatch.setattr(model_module, "CUDA_READ", "fast")
+    with pytest.raises(ValueError, match="CUDA_READ"):
+        model_module._unfused_read_on_cuda()
