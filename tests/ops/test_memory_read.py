@@ -165,9 +165,13 @@ SMALL = dict(B=2, T=5, N=2, S=2, Hr=2, dh=2, C=3, k0=1, has_m0=True, eps=1e-6, n
 
 @pytest.mark.parametrize("backend,device", CASES)
 def test_gradcheck(backend, device):
+    # Triton under the interpreter pads every program to 16-wide tiles (tl.dot) and one call takes ~1 s: the full
+    # Jacobian (~450 calls) took 561-707 s there, so it is checked along random directions (fast_mode) instead;
+    # every gradient is also compared elementwise with the float64 reference in the other tests.
+    fast = backend == "triton" and device == "cpu"
     xs = tuple(leaf(x) for x in make(SMALL, torch.float64, device))
     assert run(backend, torch.autograd.gradcheck, mmrec_ops.memory_read, (*xs, *config(SMALL)), eps=1e-6,
-               atol=1e-6, rtol=1e-4)
+               atol=1e-6, rtol=1e-4, fast_mode=fast)
 
 
 @pytest.mark.parametrize("backend,device", CASES)
