@@ -211,16 +211,30 @@ def _rms(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     return (x * _inv_rms(x, eps)).mul_(weight)
 
 
-def block_step(w: _BlockWeights, x: Tensor, mem: Tensor, chunk_sum: Tensor, update) -> Tensor:
+def _rms_sum(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """_rms as an elementwise mean: a reduction torch.compile fuses with its neighbours (the baddbmm of _inv_rms
+    would stay a separate cuBLAS call)."""
+    return x * torch.rsqrt((x * x).mean(-1, keepdim=True) + eps) * weight
+
+
+def block_step(w: _BlockWeights, x: Tensor, mem: Tensor, chunk_sum: Tensor, update, for_compile: bool = False) -> Tensor:
     """One token through one block. x: [B, D] -> [B, D]; mem [B, 1 + N + S, D] and chunk_sum [B, D] are
-    updated in place. update: None, True or a [B, 1] float mask of the rows whose chunk completes now."""
+    updated in place. update: None, True or a [B, 1] float mask of the rows whose chunk completes now.
+    for_compile: the norms, the recurrence's per-head matvec and the read as elementwise products and sums,
+    which torch.compile fuses into a few kernels; the default form calls batched GEMMs (fewest torch calls in
+    eager mode, each a separate cuBLAS kernel under compile). Same math."""
     B, D, N = x.shape[0], w.D, w.N
-    proj = torch.addmm(w.b_in, _rms(x, w.norm_in, w.eps), w.w_in_t)                  # [B, 4D (+D) + N]
+    rms = _rms_sum if for_compile else _rms
+    proj = torch.addmm(w.b_in, rms(x, w.norm_in, w.eps), w.w_in_t)                   # [B, 4D (+D) + N]
     z, f, q, v = proj[:, :D], proj[:, D:2 * D], proj[:, 2 * D:3 * D], proj[:, 3 * D:4 * D]
     gamma = torch.sigmoid(f)
     h = mem[:, 0]                                                                     # [B, D] view
     if w.linear:
         h.mul_(gamma).addcmul_(z, torch.sigmoid(proj[:, 4 * D:5 * D]))                # gamma * h + z * sigma(g)
+    elif for_compile:
+        hd = h.view(B, w.H, 1, -1)                                                    # [B, H, 1, d]
+        p = (hd * w.w_g_t.transpose(1, 2)).sum(-1) + w.b_g.transpose(0, 1)           # [B, H, d] = W h + b
+        h.mul_(gamma).addcmul_(z, torch.sigmoid(p).reshape(B, D))
     else:
         p = torch.baddbmm(w.b_g, h.view(B, w.H, -1).transpose(0, 1), w.w_g_t)        # [H, B, d] = W h + b
         h.mul_(gamma).addcmul_(z, torch.sigmoid_(p).transpose(0, 1).reshape(B, D))  # gamma * h + z * sigma(p)
@@ -232,13 +246,20 @@ def block_step(w: _BlockWeights, x: Tensor, mem: Tensor, chunk_sum: Tensor, upda
     # read: per read head, softmax_i(<q, n(item_i)> / sqrt(dh)) over the items {h, m^1..N, slots (before this
     # token's update)}, r = sum_i w_i n(item_i); n(item) = item * rho(item), so the normalised items are never
     # formed: scores = <q, item> * rho / sqrt(dh), r = sum_i (w_i rho_i) item_i
-    items = mem.view(B, -1, w.Hr, w.dh).transpose(1, 2)                               # [B, Hr, I, dh] view
-    rho = _inv_rms(mem.view(B, -1, w.Hr, w.dh), w.eps).view(B, -1, w.Hr).transpose(1, 2)  # [B, Hr, I]
-    raw = torch.matmul(items, q.reshape(B, w.Hr, w.dh, 1)).squeeze(-1)               # [B, Hr, I]
-    weights = torch.softmax(raw.mul_(rho).mul_(w.scale), dim=-1).mul_(rho)            # [B, Hr, I]
-    r = torch.matmul(weights.unsqueeze(-2), items).reshape(B, D)                      # [B, D]
+    if for_compile:
+        items = mem.view(B, -1, w.Hr, w.dh)                                           # [B, I, Hr, dh] view
+        rho = torch.rsqrt((items * items).mean(-1) + w.eps)                          # [B, I, Hr]
+        raw = (items * q.view(B, 1, w.Hr, w.dh)).sum(-1)                              # [B, I, Hr]
+        weights = torch.softmax(raw * rho * w.scale, dim=1) * rho                     # [B, I, Hr]
+        r = (weights[..., None] * items).sum(1).reshape(B, D)                         # [B, D]
+    else:
+        items = mem.view(B, -1, w.Hr, w.dh).transpose(1, 2)                           # [B, Hr, I, dh] view
+        rho = _inv_rms(mem.view(B, -1, w.Hr, w.dh), w.eps).view(B, -1, w.Hr).transpose(1, 2)  # [B, Hr, I]
+        raw = torch.matmul(items, q.reshape(B, w.Hr, w.dh, 1)).squeeze(-1)           # [B, Hr, I]
+        weights = torch.softmax(raw.mul_(rho).mul_(w.scale), dim=-1).mul_(rho)        # [B, Hr, I]
+        r = torch.matmul(weights.unsqueeze(-2), items).reshape(B, D)                  # [B, D]
     y = torch.addmm(x, r, w.w_o_t)                                                    # x + r @ W_o^T
-    gv = _rms(y, w.norm_ffn, w.eps) @ w.w_up_t                                        # [B, 2F]
+    gv = rms(y, w.norm_ffn, w.eps) @ w.w_up_t                                         # [B, 2F]
     out = torch.addmm(y, F.silu(gv[:, :w.F]).mul_(gv[:, w.F:]), w.w_down_t)         # y + SwiGLU
 
     if update is not None:                                                            # a chunk completes: one
@@ -262,9 +283,10 @@ def completion_mask(state: DecodeState) -> Tensor:
     return (torch.remainder(state.pos, C) == C - 1).to(state.dtype)[:, None]
 
 
-def step_tensors(state: DecodeState, tokens: Tensor, update) -> Tensor:
+def step_tensors(state: DecodeState, tokens: Tensor, update, for_compile: bool = False) -> Tensor:
     """The device work of one step (no host bookkeeping; what a CUDA graph captures). tokens [B] -> logits
-    [B, V]; `update` as in block_step. The CPU kernel decides the completing rows from `state.pos` itself."""
+    [B, V]; `update` and `for_compile` as in block_step. The CPU kernel decides the completing rows from
+    `state.pos` itself."""
     if state.kernel is not None:
         logits = torch.empty(state.batch_size, state.config.vocab_size, dtype=state.dtype)
         if tokens.dtype != torch.long or not tokens.is_contiguous():
@@ -273,9 +295,10 @@ def step_tensors(state: DecodeState, tokens: Tensor, update) -> Tensor:
         return logits
     x = F.embedding(tokens, state.embed)                                              # [B, D]
     for w, mem, csum in zip(state.weights, state.mem, state.chunk_sum):
-        x = block_step(w, x, mem, csum, update)
+        x = block_step(w, x, mem, csum, update, for_compile)
     state.pos.add_(1)
-    return _rms(x, state.norm_w, state.config.norm_eps) @ state.lm_head_t             # [B, V]
+    rms = _rms_sum if for_compile else _rms
+    return rms(x, state.norm_w, state.config.norm_eps) @ state.lm_head_t              # [B, V]
 
 
 @torch.no_grad()

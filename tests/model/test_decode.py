@@ -1,5 +1,7 @@
 """The one-token step (decode.py) and the generation built on it, against the plain forward path:
 model(ids[:, None], state) one token at a time, or one forward call over the whole stream."""
+import functools
+
 import pytest
 import torch
 
@@ -146,7 +148,7 @@ def test_compiled_step_equals_the_eager_step():
     (fullgraph: no breaks), gives the eager step's logits and state, with and without the slot update."""
     from mmrec_model.decode import DecodeState, completion_mask, step_tensors
     model = tiny_model(recurrence="nonlinear", n_layers=1)
-    compiled = torch.compile(step_tensors, fullgraph=True, dynamic=False)
+    compiled = torch.compile(functools.partial(step_tensors, for_compile=True), fullgraph=True, dynamic=False)
     # the torch-op step (on CPU the default is one C++ call per token, which a CUDA graph never sees)
     ds_eager, ds_comp = DecodeState(model, 2, kernel=False), DecodeState(model, 2, kernel=False)
     ids = torch.randint(0, V, (2, 10))
@@ -157,6 +159,32 @@ def test_compiled_step_equals_the_eager_step():
     for a, b in zip(ds_comp.mem + ds_comp.chunk_sum, ds_eager.mem + ds_eager.chunk_sum):
         assert rel_err(a, b) < 1e-5
     assert torch.equal(ds_comp.pos, ds_eager.pos)
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_for_compile_step_equals_the_forward(variant, dtype, tol):
+    """The step's for_compile form (elementwise sums for torch.compile), run eagerly, against the model's forward
+    over the whole stream: logits across two chunk boundaries with rows at different positions, and the state."""
+    from mmrec_model.decode import DecodeState, completion_mask, step_tensors
+    model = tiny_model(recurrence=variant, dtype=dtype)
+    ids = torch.randint(0, V, (2, 21))
+    full, _ = model(ids)                                                     # [B, T, V]
+    _, state = model(ids[:1, :3])
+    ds = DecodeState(model, 2, kernel=False)
+    ds.load(state, rows=[0])                                                 # row 0 at position 3, row 1 at 0
+    got = []
+    for t in range(18):
+        tokens = torch.stack([ids[0, 3 + t], ids[1, t]])
+        got.append(step_tensors(ds, tokens, completion_mask(ds), for_compile=True))
+        ds.positions = [p + 1 for p in ds.positions]
+    got = torch.stack(got, 1)                                                # [2, 18, V]
+    assert rel_err(got[0], full[0, 3:]) < tol
+    assert rel_err(got[1], full[1, :18]) < tol
+    _, ref_state = model(ids[1:, :18])
+    exported = ds.export(rows=[1])
+    for a, b in zip(exported.layers, ref_state.layers):
+        for x, y in zip((a.h, a.m, a.slots, a.chunk_sum), (b.h, b.m, b.slots, b.chunk_sum)):
+            assert (x - y).abs().max() <= tol * max(1.0, float(y.abs().max()))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
