@@ -13,18 +13,22 @@ from typing import Any, Dict, List, Optional
 
 DEVICE = Path(__file__).resolve().parent / "results" / "device"
 # (title, run directory, JSON) of each table, newest measurement of each kind
-TRAIN_RUNS = [("compiled, B=16 T=1,024", "run-2026-12-01-h200-e", "throughput_cuda.json"),
+TRAIN_RUNS = [("compiled, B=16 T=1,024", "run-2026-12-01-h200-k", "throughput_cuda_compiled_readpath.json"),
               ("eager, T=1,024 (B=16) and 16,384 (B=1)", "run-2026-12-01-h200-h", "throughput_cuda_eager_readpath.json")]
 # Rows whose arch name meant another read path when the run was made (run h: the default read on CUDA was unfused)
 RUN_LABELS = {"run-2026-12-01-h200-h": {"mmrec": "MM-Rec, unfused read", "mmrec-linear": "MM-Rec (linear), unfused read"}}
 RECURRENCE_RUN = ("run-2026-12-01-h200-h", "recurrence_latency.json")
-DECODE_RUN = ("run-2026-12-01-h200-g", "decode_context.json")
+# decode: MM-Rec nonlinear beside the HF static-cache peer in one process (run i), MM-Rec linear (run j), the eager
+# peers (run k); a ratio to the peer is printed only for rows of the peer's own run
+DECODE_RUNS = [("run-2026-12-01-h200-i", "decode_context.json"), ("run-2026-12-01-h200-j", "decode_context_linear.json"),
+               ("run-2026-12-01-h200-k", "decode_eager_peers.json")]
 LABELS = {"mmrec": "MM-Rec", "mmrec-linear": "MM-Rec (linear)", "gpt": "GPT (SDPA)",
           "mmrec-fused": "MM-Rec, fused read", "mmrec-linear-fused": "MM-Rec (linear), fused read",
           "mmrec-unfused": "MM-Rec, unfused read", "mmrec-linear-unfused": "MM-Rec (linear), unfused read",
           "mmrec-nonlinear-compiled": "MM-Rec, compiled CUDA-graph step",
           "mmrec-linear-compiled": "MM-Rec (linear), compiled CUDA-graph step",
-          "hf-gpt2-static-compile": "HF GPT-2, static cache + compile"}
+          "hf-gpt2-static-compile": "HF GPT-2, static cache + compile", "hf-gpt2": "HF GPT-2 generate(), eager",
+          "gpt-decode": "GPT (project baseline), KV cache, eager"}
 
 
 def _load(run: str, name: str) -> Optional[Dict[str, Any]]:
@@ -83,22 +87,31 @@ def recurrence_table() -> List[str]:
 
 
 def decode_table_and_plot(md: Path, img: Path) -> List[str]:
-    run, name = DECODE_RUN
-    data = _load(run, name)
-    if data is None:
+    rows, peer, commands = [], {}, []
+    for run, name in DECODE_RUNS:
+        data = _load(run, name)
+        if data is None:
+            continue
+        letter = run.rsplit("-", 1)[1]
+        commands.append(f"run {letter}: {_command(run)}; `python3 {data['command'].replace('/tmp/o/', '')}`, "
+                        f"{data['env']['tokens']} timed tokens")
+        for r in data["rows"]:
+            model = "gpt-decode" if r["model"] == "gpt" else r["model"]
+            rows.append({**r, "model": model, "run": letter})
+            if model == "hf-gpt2-static-compile":
+                peer[(letter, r["context"], r["batch"])] = r["tokens_per_s"]
+    if not rows:
         return []
-    rows = data["rows"]
-    peer = {(r["context"], r["batch"]): r["tokens_per_s"] for r in rows if r["model"] == "hf-gpt2-static-compile"}
-    out = [f"Decode, `base`, bf16 weights, greedy, {data['env']['tokens']} timed tokens after the context "
-           f"({_command(run)}; `python3 {data['command'].replace('/tmp/o/', '')}`). Every row is from the same "
-           "process; the peer is Hugging Face `transformers` GPT-2 124M `generate()` with "
-           "`cache_implementation=\"static\"` (transformers compiles its forward):", "",
-           "| context | batch | model | tokens/s | ms/token | state or KV cache (MiB) | vs HF static + compile |",
-           "|---:|---:|---|---:|---:|---:|---:|"]
+    out = ["Decode, `base`, bf16 weights, greedy, after the context. The peer is Hugging Face `transformers` GPT-2 "
+           "124M `generate()` with `cache_implementation=\"static\"` (transformers compiles its forward); the ratio "
+           "is given for rows measured in the same process as the peer. Commands:", ""]
+    out += [f"- {c}" for c in commands]
+    out += ["", "| context | batch | model | run | tokens/s | ms/token | state or KV cache (MiB) | vs HF static + compile |",
+            "|---:|---:|---|---|---:|---:|---:|---:|"]
     for r in sorted(rows, key=lambda r: (r["batch"], r["context"], r["model"])):
-        p = peer.get((r["context"], r["batch"]))
+        p = peer.get((r["run"], r["context"], r["batch"]))
         ratio = f"{r['tokens_per_s'] / p:.2f}x" if p and r["model"] != "hf-gpt2-static-compile" else "–"
-        out.append(f"| {r['context']:,} | {r['batch']} | {LABELS.get(r['model'], r['model'])} | "
+        out.append(f"| {r['context']:,} | {r['batch']} | {LABELS.get(r['model'], r['model'])} | {r['run']} | "
                    f"{r['tokens_per_s']:,.0f} | {r['ms_per_token']:.3f} | {r['state_mib']:,.2f} | {ratio} |")
     out.append("")
     try:
@@ -107,12 +120,16 @@ def decode_table_and_plot(md: Path, img: Path) -> List[str]:
         import matplotlib.pyplot as plt
     except ImportError:
         return out
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for ax, batch in zip(axes, sorted({r["batch"] for r in rows})):
-        for model in sorted({r["model"] for r in rows}):
+    batches = sorted({r["batch"] for r in rows})
+    fig, axes = plt.subplots(1, len(batches), figsize=(5 * len(batches), 3.6), squeeze=False)
+    axes = axes[0]
+    models = sorted({r["model"] for r in rows})
+    colors = {m: f"C{i}" for i, m in enumerate(models)}                         # one colour per model in every panel
+    for ax, batch in zip(axes, batches):
+        for model in models:
             pts = sorted((r["context"], r["tokens_per_s"]) for r in rows if r["model"] == model and r["batch"] == batch)
             if pts:
-                ax.plot(*zip(*pts), marker="o", label=LABELS.get(model, model))
+                ax.plot(*zip(*pts), marker="o", color=colors[model], label=LABELS.get(model, model))
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("context (tokens)")

@@ -29,7 +29,12 @@ def _inputs(op: str, device: str):
         return r(2, 256, 256), r(2, 256, 256, lo=0.5), r(4, 64, 64, lo=-0.1, hi=0.1), r(256), None
     if op == "mdi":
         return r(4, 512, 256), r(4, 512, 4, lo=-3, hi=3), r(4, 256, lo=-2, hi=4)
-    return r(4, 8, 256), r(4, 32, 256), r(4, 32, 256), r(4, 32, lo=0, hi=1)
+    if op == "memory_read":     # q, h, v [B, T, D], mod [B, T, N], base [N, D], Ms [B, T / chunk, S, D]
+        return (r(4, 512, 256), r(4, 512, 256), r(4, 512, 256), r(4, 512, 4, lo=-3, hi=3), r(4, 256, lo=-2, hi=4),
+                r(4, 8, 8, 256))
+    if op == "memory_update":
+        return r(4, 8, 256), r(4, 32, 256), r(4, 32, 256), r(4, 32, lo=0, hi=1)
+    raise ValueError(f"bench/test_benchmarks.py: no inputs for op {op!r}")
 
 
 CASES = [pytest.param(op, name, p, id=f"{op}-{name}-{p}") for op in dispatch.OPS for name in dispatch.BACKENDS
@@ -41,13 +46,17 @@ def test_op(benchmark, op, backend_name, pass_):
     fn = getattr(mmrec_ops, op)
     args = _inputs(op, DEVICE)
 
+    kwargs = dict(chunk_len=64, n_heads=4) if op == "memory_read" else {}
+
     def step():
         with mmrec_ops.backend(backend_name):
             if pass_ == "fwd":
                 with torch.no_grad():
-                    out = fn(*args)
+                    out = fn(*args, **kwargs)
             else:
-                out = fn(*args)
+                out = fn(*args, **kwargs)
+            out = out[0] if isinstance(out, tuple) else out                         # memory_read: (r, m_last)
+            if pass_ != "fwd":
                 out.sum().backward()
         if DEVICE == "cuda":
             torch.cuda.synchronize()

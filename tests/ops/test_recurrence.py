@@ -16,8 +16,9 @@ from mmrec_ops import dispatch, reference
 from .common import assert_close, backend_cases, dtypes_for, grads, layout, leaf, run, spec_grads, tol_for
 from .spec_gradients import cotangent
 
-# The triton backend's documented head-size limits (mmrec_ops/backends/triton.py), float64: 128 under the
-# interpreter, 64 on a GPU (shared memory).
+# The triton backend's documented head-size limits (mmrec_ops/backends/triton.py): 128 for 32- and 16-bit inputs;
+# float64 128 under the interpreter, 64 on a GPU (shared memory).
+TRITON_MAX_HEAD_DIM = 128
 TRITON_MAX_HEAD_DIM_FLOAT64 = {"cpu": 128, "cuda": 64}
 
 BACKENDS = pytest.mark.parametrize("backend,device", backend_cases("recurrence"))
@@ -126,6 +127,10 @@ def test_cuda_kernel_variants(backend, device, dtype, shape):
     if T > 1000 and dtype == torch.float16:
         pytest.skip("the long sequence runs in float32 and bfloat16; float16 shares their kernel")
     args = _inputs(torch.Generator().manual_seed(B * 7 + T + d), B, T, H, d, dtype, device, GAMMA[gamma], bias, h0)
+    if backend == "triton" and d > TRITON_MAX_HEAD_DIM:                  # a documented limit: it must refuse clearly
+        with pytest.raises(ValueError, match="head dimensions"):
+            run(backend, mmrec_ops.recurrence, *args)
+        return
     grad_tol = 1e-4 if dtype == torch.float32 else 5e-2
     _check(backend, args, dtype, grad_tol, f"{shape} B={B} T={T} H={H} d={d} {dtype}")
 
