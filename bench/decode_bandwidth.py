@@ -4,8 +4,9 @@ over as many float32 bytes as the step streams per token (the packed GEMV weight
 and the slot-update keys), held hot by repetition: a numpy sum (one thread), torch.sum and a torch GEMV [n / D, D] x
 [D] with the same thread count; then the step's phases (worker 0's clock at the end of each wait, the kernel's
 profile): per block in_proj + W_g, the per-row work (thread 0 alone), out_proj, up, down, and the lm head, each with
-its bytes per second, and how the weights split between the threads. CPU time is the process's, so a loaded
-machine's descheduling does not count.
+its bytes per second, and how the weights split between the threads; and a cache curve (torch.sum over hot
+buffers of 2-64 MiB), which places the step's bytes against the cache this process gets. CPU time is the
+process's, so a loaded machine's descheduling does not count.
 
     python bench/decode_bandwidth.py --preset small --threads 2
 """
@@ -72,8 +73,20 @@ def main() -> None:
         wall, cpu = _best(fn, 20)
         print(f"{name:>15}: wall {wall:.3f} ms over the same bytes ({streamed * 4 / wall / 1e6:.1f} GB/s of wall time, "
               f"{args.threads} thread(s))")
+    _cache_curve(streamed * 4, args.threads)
     _phases(model, token, args.tokens)
     print(f"load average after {os.getloadavg()}")
+
+
+def _cache_curve(step_bytes: int, threads: int) -> None:
+    """torch.sum's rate over hot buffers of growing size: where the buffer stops fitting the cache this process
+    gets (the rate falls to DRAM's), and the step's own bytes placed on that curve."""
+    print(f"cache curve (torch.sum, {threads} thread(s), hot buffer, best of 5 x 20):")
+    for mib in (2, 4, 8, 12, 16, step_bytes / 2**20, 32, 64):
+        t = torch.ones(int(mib * 2**20) // 4)
+        wall, _ = _best(t.sum, 20)
+        mark = "  <- the step's weights" if mib == step_bytes / 2**20 else ""
+        print(f"  {mib:6.1f} MiB: {wall:7.3f} ms, {mib * 2**20 / wall / 1e6:6.1f} GB/s{mark}")
 
 
 def _phases(model, token, n: int) -> None:
