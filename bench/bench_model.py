@@ -62,11 +62,13 @@ def run_case(case: str, args) -> dict:
     import torch.nn.functional as F
     from mmrec_model import MMRecLM
     from mmrec_model.training.optimizer import adamw
+    from mmrec_model.training.runtime import keep_freed_memory
 
     torch.manual_seed(0)
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    kept = device.type == "cpu" and args.keep_freed_memory and keep_freed_memory()   # as the trainer does on CPU
     config = _config(case, args.quick, args.recurrence)
     model = MMRecLM(config).to(device)
     V = config.vocab_size
@@ -74,7 +76,7 @@ def run_case(case: str, args) -> dict:
     row = dict(case=case, device=str(device), recurrence=config.recurrence, params=model.num_parameters(),
                d_model=config.d_model, n_layers=config.n_layers, vocab=V, bf16=args.bf16,
                backends={op: where[device.type] for op, where in mmrec_ops.available_backends().items()},
-               threads=torch.get_num_threads())
+               threads=torch.get_num_threads(), keep_freed_memory=kept)
 
     if case.startswith("train"):
         B, T = 1, (32 if args.quick else 256)
@@ -158,6 +160,9 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     parser.add_argument("--quick", action="store_true", help="tiny shapes, to check the script")
+    parser.add_argument("--keep-freed-memory", action=argparse.BooleanOptionalAction, default=True,
+                        help="CPU: the trainer's allocator setting (training/runtime.py keep_freed_memory; "
+                             "--no-keep-freed-memory: glibc's default)")
     parser.add_argument("--json", help="write the rows (and the machine) to this file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -169,6 +174,7 @@ def main() -> None:
     passthrough = ["--device", args.device, "--recurrence", args.recurrence, "--steps", str(args.steps),
                    "--warmup", str(args.warmup), "--new-tokens", str(args.new_tokens), "--threads", str(args.threads)]
     passthrough += ["--bf16"] * args.bf16 + ["--quick"] * args.quick
+    passthrough += [] if args.keep_freed_memory else ["--no-keep-freed-memory"]
     for case in args.cases:
         proc = subprocess.run([sys.executable, __file__, "--worker", case, *passthrough], capture_output=True,
                               text=True)
