@@ -57,8 +57,8 @@ def keep_freed_memory() -> bool:
     mallopt: M_MMAP_MAX = 0, M_TRIM_THRESHOLD = 1 GiB). By default glibc maps each block over 32 MiB afresh and
     unmaps it when freed, so the buffers a CPU training step allocates anew every time (the [T, V] logits and their
     gradient, the [V, D] gradients of the LM head and the embedding: 100-200 MB each at the original's size) pay a
-    page fault per 4 KiB page on every step (bench/results/model_cpu_malloc.md: the 163M step 2.9 -> 2.2 s).
-    Process-wide and not undone; the freed memory stays in the process (peak RSS +2-8% there). Returns False, changing
+    page fault per 4 KiB page on every step (bench/results/model_cpu_malloc.md: the 163M step 3.33 -> 2.51 s).
+    Process-wide and not undone; the freed memory stays in the process (peak RSS +10% there). Returns False, changing
     nothing, where the C library is not glibc."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
