@@ -20,7 +20,8 @@ RUN_LABELS = {"run-2026-12-01-h200-h": {"mmrec": "MM-Rec, unfused read", "mmrec-
 RECURRENCE_RUN = ("run-2026-12-01-h200-h", "recurrence_latency.json")
 # decode: MM-Rec nonlinear beside the HF static-cache peer in one process (run i), MM-Rec linear (run j), the eager
 # peers (run k); a ratio to the peer is printed only for rows of the peer's own run
-DECODE_RUNS = [("run-2026-12-01-h200-i", "decode_context.json"), ("run-2026-12-01-h200-j", "decode_context_linear.json"),
+DECODE_RUNS = [("run-2026-12-01-h200-i", "decode_context.json"),
+               ("run-2026-12-01-h200-j", "decode_context_linear.json"),
                ("run-2026-12-01-h200-k", "decode_eager_peers.json")]
 LABELS = {"mmrec": "MM-Rec", "mmrec-linear": "MM-Rec (linear)", "gpt": "GPT (SDPA)",
           "mmrec-fused": "MM-Rec, fused read", "mmrec-linear-fused": "MM-Rec (linear), fused read",
@@ -106,7 +107,8 @@ def decode_table_and_plot(md: Path, img: Path) -> List[str]:
            "124M `generate()` with `cache_implementation=\"static\"` (transformers compiles its forward); the ratio "
            "is given for rows measured in the same process as the peer. Commands:", ""]
     out += [f"- {c}" for c in commands]
-    out += ["", "| context | batch | model | run | tokens/s | ms/token | state or KV cache (MiB) | vs HF static + compile |",
+    out += ["", "| context | batch | model | run | tokens/s | ms/token | state or KV cache (MiB) "
+            "| vs HF static + compile |",
             "|---:|---:|---|---|---:|---:|---:|---:|"]
     for r in sorted(rows, key=lambda r: (r["batch"], r["context"], r["model"])):
         p = peer.get((r["run"], r["context"], r["batch"]))

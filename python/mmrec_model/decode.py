@@ -217,7 +217,8 @@ def _rms_sum(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     return x * torch.rsqrt((x * x).mean(-1, keepdim=True) + eps) * weight
 
 
-def block_step(w: _BlockWeights, x: Tensor, mem: Tensor, chunk_sum: Tensor, update, for_compile: bool = False) -> Tensor:
+def block_step(w: _BlockWeights, x: Tensor, mem: Tensor, chunk_sum: Tensor, update,
+               for_compile: bool = False) -> Tensor:
     """One token through one block. x: [B, D] -> [B, D]; mem [B, 1 + N + S, D] and chunk_sum [B, D] are
     updated in place. update: None, True or a [B, 1] float mask of the rows whose chunk completes now.
     for_compile: the norms, the recurrence's per-head matvec and the read as elementwise products and sums,
