@@ -58,8 +58,9 @@ def keep_freed_memory() -> bool:
     unmaps it when freed, so the buffers a CPU training step allocates anew every time (the [T, V] logits and their
     gradient, the [V, D] gradients of the LM head and the embedding: 100-200 MB each at the original's size) pay a
     page fault per 4 KiB page on every step (bench/results/model_cpu_malloc.md: the 163M step 3.33 -> 2.51 s).
-    Process-wide and not undone; the freed memory stays in the process (peak RSS +10% there). Returns False, changing
-    nothing, where the C library is not glibc."""
+    A freed block is reused when a later request fits in it (after coalescing with its free neighbours); requests
+    that fit none extend the heap. Process-wide and not undone; the freed memory stays in the process (peak RSS +10%
+    there). Returns False, changing nothing, where the C library is not glibc."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     libc = ctypes.CDLL(None)
