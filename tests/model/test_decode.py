@@ -18,6 +18,13 @@ def _no_grad():
         yield
 
 
+def assert_states_close(got, ref, tol):
+    """Every layer's h, banks, slots and chunk sum of two MMRecStates, relative to max(1, max|ref|)."""
+    for a, b in zip(got.layers, ref.layers):
+        for x, y in zip((a.h, a.m, a.slots, a.chunk_sum), (b.h, b.m, b.slots, b.chunk_sum)):
+            assert (x - y).abs().max() <= tol * max(1.0, float(y.abs().max()))
+
+
 def eager_generate(model, prompt, n, temperature=0.0, top_k=None, top_p=None, generator=None, eos=()):
     """The plain eager loop: prefill with one forward call, then model(token[:, None], state) per token."""
     logits, state = model(prompt, None, last_only=True)
@@ -52,9 +59,7 @@ def test_step_equals_forward_across_chunks(variant, dtype, tol, start):
     assert rel_err(steps, full[:, start:]) < tol
     exported = ds.export()
     assert exported.position == state.position
-    for a, b in zip(exported.layers, state.layers):
-        for x, y in zip((a.h, a.m, a.slots, a.chunk_sum), (b.h, b.m, b.slots, b.chunk_sum)):
-            assert (x - y).abs().max() <= tol * max(1.0, float(y.abs().max()))
+    assert_states_close(exported, state, tol)
 
 
 def test_rows_at_different_positions(variant):
@@ -182,9 +187,7 @@ def test_for_compile_step_equals_the_forward(variant, dtype, tol):
     assert rel_err(got[1], full[1, :18]) < tol
     _, ref_state = model(ids[1:, :18])
     exported = ds.export(rows=[1])
-    for a, b in zip(exported.layers, ref_state.layers):
-        for x, y in zip((a.h, a.m, a.slots, a.chunk_sum), (b.h, b.m, b.slots, b.chunk_sum)):
-            assert (x - y).abs().max() <= tol * max(1.0, float(y.abs().max()))
+    assert_states_close(exported, ref_state, tol)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
