@@ -2,8 +2,9 @@
 gradients; max|out-ref|/max|ref|), then fwd and fwd+bwd times against the unfused path (mdi materialising
 [B, T, N, D], then the read in PyTorch) and a memory-traffic floor (inputs read once, r written once).
     python bench/check_memory_read.py [--B 8 --T 2048 --D 768 --heads 12 --N 4 --S 16 --C 64]
---chunks F,B sets the triton backend's time chunk (tokens) of the forward and the backward; --sweep times the
-triton backend at several chunk pairs after the check (each pair compiles anew); --skip-check times only."""
+--chunk L sets the triton backend's time chunk (tokens per program); --sweep times the triton backend at several
+(chunk, warps) pairs after the check (each compiles anew); --profile prints the CUDA kernels of one triton fwd+bwd;
+--skip-check times only. The floor's bandwidth is a device copy measured in the same run."""
 from __future__ import annotations
 
 import argparse
@@ -88,17 +89,21 @@ def bench(a, backends):
     cfg = (0, C, Hr, 1e-6, 1e-6)
     xs = inputs(B, T, D, N, S, C, dtype)
     nbytes = sum(x.numel() for x in xs) * xs[0].element_size() + B * T * D * xs[0].element_size()
-    bw = torch.cuda.get_device_properties(0)
-    floor_ms = nbytes / 4.8e12 * 1e3  # H200 HBM3e ~4.8 TB/s
-    print(f"\ntiming bf16 B={B} T={T} D={D} N={N} S={S} C={C} heads={Hr} on {bw.name}; "
-          f"traffic floor {nbytes / 2**20:.1f} MiB = {floor_ms:.3f} ms")
+    src = torch.empty(2**28, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    copy_bw = 2 * src.numel() / (timed(lambda: dst.copy_(src)) * 1e-3)      # bytes read + written per second
+    floor_ms = nbytes / copy_bw * 1e3
+    print(f"\ntiming bf16 B={B} T={T} D={D} N={N} S={S} C={C} heads={Hr} on {torch.cuda.get_device_name()}; "
+          f"device copy {copy_bw / 1e9:.0f} GB/s; traffic floor {nbytes / 2**20:.1f} MiB = {floor_ms:.3f} ms")
     print(f"  {'path':22s} {'fwd ms':>9s} {'fwd+bwd ms':>11s} {'floor/fwd':>10s} {'floor/fwd+bwd':>14s}")
     paths = {f"fused/{be}": (lambda be=be: _run(be, mmrec_ops.memory_read, xs, cfg)) for be in backends}
     paths["unfused mdi+read"] = lambda: _run(None, unfused, xs, cfg)
     if "triton" in backends and a.sweep:
-        for fwd_l, bwd_l, warps in ((16, 16, 4), (16, 16, 8), (32, 16, 4), (32, 16, 8), (32, 32, 8), (64, 32, 8)):
-            paths[f"triton L={fwd_l}/{bwd_l} w{warps}"] = (
-                lambda f=fwd_l, b=bwd_l, w=warps: _run_chunks(f, b, w, xs, cfg))
+        for chunk, warps in ((16, 1), (16, 2), (16, 4), (32, 1), (32, 2), (32, 4), (64, 4)):
+            paths[f"triton L={chunk} w{warps}"] = lambda c=chunk, w=warps: _run_chunks(c, w, xs, cfg)
+    if "triton" in backends and a.mdi_sweep:
+        for tiles in ((32, 16, 4), (32, 32, 4), (64, 16, 4), (16, 64, 4), (32, 64, 8), (64, 32, 8)):
+            paths["triton mdi bwd {}x{} w{}".format(*tiles)] = lambda tiles=tiles: _run_mdi_tiles(tiles, xs, cfg)
     for name, make in paths.items():
         fwd_fn, both_fn = make()
         try:
@@ -107,6 +112,18 @@ def bench(a, backends):
             print(f"  {name:22s} failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
             continue
         print(f"  {name:22s} {fwd:9.3f} {both:11.3f} {floor_ms / fwd:10.3f} {floor_ms / both:14.3f}")
+    if a.profile and "triton" in backends:
+        both = paths["fused/triton"]()[1]
+        both()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            for _ in range(5):
+                both()
+            torch.cuda.synchronize()
+        print("\nCUDA kernels of 5 triton fwd+bwd calls (us per call):")
+        rows = sorted(((e.key, e.device_time_total / 5) for e in prof.key_averages() if e.device_time_total > 0),
+                      key=lambda kv: -kv[1])
+        for key, us in rows[:14]:
+            print(f"  {us:9.1f}  {key[:90]}")
 
 
 def _run(be, fn, xs, cfg):
@@ -123,23 +140,40 @@ def _run(be, fn, xs, cfg):
     return (lambda: _with(be, fwd)), (lambda: _with(be, both))
 
 
-def _run_chunks(fwd_l, bwd_l, warps, xs, cfg):
-    """The triton backend with time chunks of fwd_l (forward) and bwd_l (backward) tokens, `warps` per program."""
+def _run_chunks(chunk, warps, xs, cfg):
+    """The triton backend with time chunks of `chunk` tokens and `warps` per program."""
     from mmrec_ops.backends import triton as triton_backend
     fwd, both = _run("triton", mmrec_ops.memory_read, xs, cfg)
 
     def chunked(f):
         def g():
-            saved = dict(triton_backend.MR_CHUNK), dict(triton_backend.MR_WARPS)
-            triton_backend.MR_CHUNK.update({False: fwd_l, True: bwd_l})
+            saved = triton_backend.MR_CHUNK, dict(triton_backend.MR_WARPS)
+            triton_backend.MR_CHUNK = chunk
             triton_backend.MR_WARPS.update({False: warps, True: warps})
             try:
                 return f()
             finally:
-                triton_backend.MR_CHUNK.update(saved[0])
+                triton_backend.MR_CHUNK = saved[0]
                 triton_backend.MR_WARPS.update(saved[1])
         return g
     return chunked(fwd), chunked(both)
+
+
+def _run_mdi_tiles(tiles, xs, cfg):
+    """The triton backend with the bank backward's (mdi_bwd_kernel's) tiles (BLOCK_T, BLOCK_D, warps)."""
+    from mmrec_ops.backends import triton as triton_backend
+    fwd, both = _run("triton", mmrec_ops.memory_read, xs, cfg)
+
+    def tiled():
+        T = xs[0].shape[1]
+        fwd_t = min(256, max(32, 1 << (max(T // 128, 1) - 1).bit_length()))
+        saved = triton_backend.MDI_BLOCKS
+        triton_backend.MDI_BLOCKS = {False: (fwd_t, max(32, 4096 // (fwd_t * 4)), 4), True: tiles}
+        try:
+            return both()
+        finally:
+            triton_backend.MDI_BLOCKS = saved
+    return fwd, tiled
 
 
 def _with(be, f):
@@ -151,14 +185,16 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser()
     for k, v in dict(B=8, T=2048, D=768, heads=12, N=4, S=16, C=64).items():
         p.add_argument(f"--{k}", type=int, default=v)
-    p.add_argument("--chunks", default=None, help="F,B: the triton time chunks of the forward and the backward")
-    p.add_argument("--sweep", action="store_true", help="also time the triton backend at several chunk pairs")
+    p.add_argument("--chunk", type=int, default=None, help="the triton backend's time chunk (tokens per program)")
+    p.add_argument("--sweep", action="store_true", help="also time the triton backend at several (chunk, warps)")
+    p.add_argument("--profile", action="store_true", help="print the CUDA kernels of one triton fwd+bwd")
+    p.add_argument("--mdi-sweep", action="store_true", help="also time the triton backend at several tiles of "
+                   "the bank backward (mdi_bwd_kernel)")
     p.add_argument("--skip-check", action="store_true", help="timing only")
     args = p.parse_args()
-    if args.chunks:
+    if args.chunk:
         from mmrec_ops.backends import triton as triton_backend
-        fwd_l, bwd_l = (int(x) for x in args.chunks.split(","))
-        triton_backend.MR_CHUNK.update({False: fwd_l, True: bwd_l})
+        triton_backend.MR_CHUNK = args.chunk
     if not torch.cuda.is_available():
         raise SystemExit("check_memory_read.py needs a CUDA device")
     backends = [b for b in ("cuda", "triton") if b in mmrec_ops.built_backends()]

@@ -311,29 +311,30 @@ def memory_update_backward(grad: Tensor, M0: Tensor, key: Tensor, value: Tensor,
 
 
 # ------------------------------------------------------------------------------ memory_read
-MR_CHUNK = {False: 16, True: 16}  # tokens per time chunk {forward, backward}; tuning override (powers of two, >= 16)
-MR_WARPS = {False: 4, True: 8}
-MR_CHUNK_INTERPRET = 16  # the interpreter's chunk: tl.dot's smallest tile; the tests' sequences span several chunks
+# Tokens per program of the read kernels (a power of two) and warps per program {forward, backward}; tuning
+# overrides. H200, bf16 B=8 T=2048 D=768 N=4 S=16 (bench/results/device/run-2026-12-02-h200-n/readcheck.log):
+# forward / forward+backward ms 0.46 / 3.25 (16 tokens, 1 warp), 0.37 / 3.15 (32, 1), 0.44 / 3.39 (64, 1),
+# 0.69-0.73 / 3.47-3.54 with 2 warps (a barrier per reduction), 1.21 / 5.27 with 4.
+MR_CHUNK = 32
+MR_WARPS = {False: 1, True: 1}
+MR_CHUNK_INTERPRET = 8  # the interpreter's chunk: the tests' sequences span several chunks and slot chunks
 
 
 def _mr_setup(q: Tensor, base: Tensor, Ms: Tensor, n_heads: int, eps: float, norm_eps: float, backward: bool):
-    """Blocks (a chunk of BLOCK_L tokens x the head's dh channels x all N banks / all S slots per program; the slot
-    tiles' dims at least 16 for tl.dot), the dot precision (TF32 for 16-bit inputs, IEEE float32 otherwise: TF32
-    would break the float32 contract of 1e-6) and the constants [eps, 1 - eps, norm_eps, 1 / sqrt(dh)] as a tensor
-    (a float64 scalar argument would be rounded)."""
-    B, T, D = q.shape
+    """Blocks (a chunk of BLOCK_L tokens x the head's dh channels x all N banks / all S slots per program) and the
+    constants [eps, 1 - eps, norm_eps, 1 / sqrt(dh)] as a tensor (a float64 scalar argument would be rounded)."""
+    D = q.shape[2]
     N, S, dh = base.shape[0], Ms.shape[2], D // n_heads
-    block_l = max(16, MR_CHUNK_INTERPRET if INTERPRET else MR_CHUNK[backward])
-    blocks = dict(BLOCK_L=block_l, BLOCK_N=triton.next_power_of_2(N), BLOCK_S=max(16, triton.next_power_of_2(S)),
-                  BLOCK_DH=max(16, triton.next_power_of_2(dh)), num_warps=1 if INTERPRET else MR_WARPS[backward],
-                  PREC="tf32" if q.dtype in (torch.float16, torch.bfloat16) else "ieee")
+    blocks = dict(BLOCK_L=MR_CHUNK_INTERPRET if INTERPRET else MR_CHUNK, BLOCK_N=triton.next_power_of_2(N),
+                  BLOCK_S=triton.next_power_of_2(S), BLOCK_DH=triton.next_power_of_2(dh),
+                  num_warps=1 if INTERPRET else MR_WARPS[backward])
     consts = torch.tensor([eps, 1.0 - eps, norm_eps, 1.0 / math.sqrt(dh)], dtype=acc_dtype(q.dtype), device=q.device)
     return blocks, consts
 
 
 def _mr_entries(v: Tensor, mod: Tensor, base: Tensor, m0: Optional[Tensor], consts: Tensor, block_l: int,
-                m_last: Optional[Tensor]) -> Tensor:
-    """The banks before each time chunk, [B, NC, N, D] in the accumulation dtype (and m_last when given)."""
+                m_last: Tensor) -> Tensor:
+    """The banks before each time chunk, [B, NC, N, D] in the accumulation dtype, and m_last."""
     B, T, D = v.shape
     N = base.shape[0]
     nc = triton.cdiv(T, block_l)
@@ -345,22 +346,14 @@ def _mr_entries(v: Tensor, mod: Tensor, base: Tensor, m0: Optional[Tensor], cons
                                                                  ACC=_tl_acc(v.dtype), BLOCK_L=block_l,
                                                                  BLOCK_N=block_n, BLOCK_C=block_c,
                                                                  num_warps=1 if INTERPRET else 4)
-    _mr_carry(ta, tx, m0, entry, m_last, reverse=False)
-    return entry
-
-
-def _mr_carry(ta: Tensor, tx: Tensor, init: Optional[Tensor], entry: Tensor, last: Optional[Tensor], reverse: bool):
-    """Entry states per chunk from the chunk transfers (ta, tx): [BLOCK_NC chunks, BLOCK channels] tiles, 4
-    chunks per tile in the interpreter so that the tests' short sequences span several tiles."""
-    B, nc, N, D = ta.shape
+    # [BLOCK_NC chunks, BLOCK channels] tiles, 4 chunks per tile in the interpreter so that the tests' short
+    # sequences span several tiles
     block_nc = 4 if INTERPRET else min(64, triton.next_power_of_2(nc))
     block = 64 if INTERPRET else 4096 // block_nc
-    _mr.carry_kernel[(B, triton.cdiv(N * D, block))](ta, tx, _dummy(ta) if init is None else init, entry,
-                                                      _dummy(ta) if last is None else last, nc, N * D,
-                                                      HAS_INIT=init is not None, REVERSE=reverse,
-                                                      STORE_LAST=last is not None, ACC=_tl_acc(ta.dtype),
-                                                      BLOCK_NC=block_nc, BLOCK=block,
-                                                      num_warps=1 if INTERPRET else 4)
+    _mr.carry_kernel[(B, triton.cdiv(N * D, block))](ta, tx, _dummy(ta) if m0 is None else m0, entry, m_last, nc,
+                                                      N * D, HAS_INIT=m0 is not None, ACC=_tl_acc(ta.dtype),
+                                                      BLOCK_NC=block_nc, BLOCK=block, num_warps=1 if INTERPRET else 4)
+    return entry
 
 
 def _slot_chunks_per_time_chunk(block_l: int, chunk_len: int, k0: int) -> int:
@@ -386,36 +379,30 @@ def memory_read_forward(q, h, v, mod, base, Ms, m0, k0, chunk_len, n_heads, eps,
 
 
 def memory_read_backward(grad_r, grad_m, q, h, v, mod, base, Ms, m0, k0, chunk_len, n_heads, eps, norm_eps):
+    """The read's backward over the banks m (mdi's forward, freed on return), then mdi's backward over their
+    gradient: dv, dmod, dbase and dm0 come from the mdi kernels."""
     grad_r, grad_m, q, h, v, mod, base, Ms, m0 = (_in(x) for x in (grad_r, grad_m, q, h, v, mod, base, Ms, m0))
     _check_device(q)
     B, T, D = q.shape
     N, NS, S = base.shape[0], Ms.shape[1], Ms.shape[2]
     blocks, consts = _mr_setup(q, base, Ms, n_heads, eps, norm_eps, backward=True)
     block_l = blocks["BLOCK_L"]
-    entry = _mr_entries(v, mod, base, m0, consts, block_l, None)   # [B, NC, N, D]
-    nc = entry.shape[1]
+    nc = triton.cdiv(T, block_l)
     J = _slot_chunks_per_time_chunk(block_l, chunk_len, k0)
     acc = acc_dtype(q.dtype)
-    ba, by, carry, dbase_part = (torch.empty_like(entry) for _ in range(4))
+    m = mdi_forward(v, mod, base, m0, eps)                                     # [B, T, N, D]
+    dxm = torch.empty(B, T, N, D, dtype=acc, device=q.device)
     dms_part = torch.empty(B, nc, J, S, D, dtype=acc, device=q.device)
-    dmod_part = torch.empty(B, n_heads, T, N, dtype=acc, device=q.device)
-    dq, dh, dv = (new_output(q.shape, q) for _ in range(3))
-    dMs, dm0 = new_output(Ms.shape, q), new_output((B, N, D), q)
-    for final in (False, True):
-        _mr.memory_read_bwd_kernel[(B * n_heads, nc)](grad_r, q, h, v, mod, base, Ms, entry, consts, ba, by, carry,
-                                                      dq, dh, dv, dm0, dms_part, dmod_part, dbase_part,
-                                                      T, N, D, NS, S, n_heads, k0, chunk_len, nc, J, FINAL=final,
-                                                      ACC=_tl_acc(q.dtype), **blocks)
-        if not final:
-            _mr_carry(ba, by, grad_m, carry, None, reverse=True)
+    dq, dh = new_output(q.shape, q), new_output(q.shape, q)
+    _mr.memory_read_bwd_kernel[(B * n_heads, nc)](grad_r, _dummy(q) if grad_m is None else grad_m, q, h, m, Ms,
+                                                  consts, dq, dh, dxm, dms_part, T, N, D, NS, S, n_heads, k0,
+                                                  chunk_len, nc, J, HAS_GM=grad_m is not None,
+                                                  ACC=_tl_acc(q.dtype), **blocks)
+    dv, dmod, dbase, dm0 = mdi_backward(dxm, v, mod, base, m0, m, eps)
+    dMs = new_output(Ms.shape, q)
     block = 64 if INTERPRET else 512
     _mr.dms_reduce_kernel[(B * NS, triton.cdiv(S * D, block))](dms_part, dMs, T, S, D, NS, nc, J, k0, chunk_len,
                                                                block_l, BLOCK=block, num_warps=1 if INTERPRET else 4)
-    mod_acc = mod.to(acc)
-    dmod = new_output(mod.shape, q)
-    dmod.copy_(dmod_part.sum(1) * torch.sigmoid(mod_acc) * torch.sigmoid(-mod_acc))
-    dbase = new_output(base.shape, q)
-    dbase.copy_(dbase_part.sum((0, 1)))
     return dq, dh, dv, dmod, dbase, dMs, dm0
 
 
