@@ -13,10 +13,15 @@ from typing import Any, Dict, List, Optional
 
 DEVICE = Path(__file__).resolve().parent / "results" / "device"
 # (title, run directory, JSON) of each table, newest measurement of each kind
-TRAIN_RUNS = [("compiled, B=16 T=1,024", "run-2026-12-01-h200-k", "throughput_cuda_compiled_readpath.json"),
+TRAIN_RUNS = [("compiled, B=16 T=1,024", "run-2026-12-02-h200-p", "throughput_cuda_compiled_1024.json"),
+              ("compiled, B=1 T=16,384", "run-2026-12-02-h200-p", "throughput_cuda_compiled_16384.json"),
+              ("compiled, B=16 T=1,024, the unfused read beside the fused one of run o's kernels (since replaced)",
+               "run-2026-12-02-h200-o",
+               "throughput_cuda_compiled_readpath.json"),
               ("eager, T=1,024 (B=16) and 16,384 (B=1)", "run-2026-12-01-h200-h", "throughput_cuda_eager_readpath.json")]
 # Rows whose arch name meant another read path when the run was made (run h: the default read on CUDA was unfused)
-RUN_LABELS = {"run-2026-12-01-h200-h": {"mmrec": "MM-Rec, unfused read", "mmrec-linear": "MM-Rec (linear), unfused read"}}
+RUN_LABELS = {"run-2026-12-01-h200-h": {"mmrec": "MM-Rec, unfused read", "mmrec-linear": "MM-Rec (linear), unfused read"},
+              "run-2026-12-02-h200-p": {"mmrec": "MM-Rec (fused read)", "mmrec-linear": "MM-Rec (linear, fused read)"}}
 RECURRENCE_RUN = ("run-2026-12-01-h200-h", "recurrence_latency.json")
 # decode: MM-Rec nonlinear beside the HF static-cache peer in one process (run i), MM-Rec linear (run j), the eager
 # peers (run k); a ratio to the peer is printed only for rows of the peer's own run

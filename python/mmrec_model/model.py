@@ -24,12 +24,10 @@ from .generate import generate_tokens
 from .state import LayerState, MMRecState, acc_dtype
 
 # The block's read on CUDA tensors: "fused" = the memory_read op (the [B, T, N, D] banks never stored), "unfused" = mdi
-# + the read in torch ops, "auto" = fused when eager, unfused under torch.compile. Both compute SPEC's math. Measured
-# on the H200 (bench/results/device/run-2026-12-01-h200-h, base, bf16, 16K tokens per step): eager, the fused read
-# trains the linear variant at 117K tokens/s against 96K with 17.6 GB peak against 25.4 GB; compiled (run k), the
-# unfused read trains it at 179K against the fused op's 151K (Inductor fuses the read's elementwise glue), with
-# 20.1 GB peak against 15.6 GB: "fused" trades 16% of compiled speed for 22% of memory.
-CUDA_READ = "auto"
+# + the read in torch ops (kept for comparisons). Both compute SPEC's math. Measured on the H200 (base, bf16, B=16
+# T=1,024, compiled): the unfused read trains the linear variant at 183K tokens/s with 20.1 GB peak
+# (bench/results/device/run-2026-12-02-h200-o), the fused read at 189K with 15.6 GB (run p).
+CUDA_READ = "fused"
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -37,9 +35,9 @@ CONFIG_FINGERPRINT = "mmrec_config_sha256"
 
 
 def _unfused_read_on_cuda() -> bool:
-    if CUDA_READ not in ("auto", "fused", "unfused"):
-        raise ValueError(f"mmrec_model.model.CUDA_READ must be 'auto', 'fused' or 'unfused', got {CUDA_READ!r}")
-    return CUDA_READ == "unfused" or (CUDA_READ == "auto" and torch.compiler.is_compiling())
+    if CUDA_READ not in ("fused", "unfused"):
+        raise ValueError(f"mmrec_model.model.CUDA_READ must be 'fused' or 'unfused', got {CUDA_READ!r}")
+    return CUDA_READ == "unfused"
 
 
 def _logit(p: float) -> float:

@@ -71,7 +71,7 @@ def test_fused_read_equals_unfused_path(monkeypatch, variant, dtype, tol, splits
 
 @pytest.mark.parametrize("k0, T", [(0, 5), (3, 13)])
 def test_block_unfused_read_equals_the_oracle(k0, T):
-    """MMRecBlock._read (the path CUDA tensors take under torch.compile, model.CUDA_READ) is the same read."""
+    """MMRecBlock._read (the path CUDA tensors take with model.CUDA_READ = "unfused") is the same read."""
     torch.manual_seed(0)
     block = tiny_model().blocks[0].double()
     cfg = block.config
@@ -87,9 +87,9 @@ def test_block_unfused_read_equals_the_oracle(k0, T):
 
 
 def test_cuda_read_setting(monkeypatch):
-    """CUDA_READ picks the read on CUDA tensors: auto = fused when eager; a wrong value is refused by name."""
+    """CUDA_READ picks the read on CUDA tensors; a wrong value is refused by name."""
     import mmrec_model.model as model_module
-    for value, unfused in (("auto", False), ("fused", False), ("unfused", True)):
+    for value, unfused in (("fused", False), ("unfused", True)):
         monkeypatch.setattr(model_module, "CUDA_READ", value)
         assert model_module._unfused_read_on_cuda() is unfused
     monkeypatch.setattr(model_module, "CUDA_READ", "fast")

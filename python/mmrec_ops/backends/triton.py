@@ -311,22 +311,23 @@ def memory_update_backward(grad: Tensor, M0: Tensor, key: Tensor, value: Tensor,
 
 
 # ------------------------------------------------------------------------------ memory_read
-MR_CHUNK = 16  # tokens per program of the read kernels (a power of two >= 16: tl.dot tiles); tuning override
-MR_WARPS = {False: 1, True: 1}  # warps per program {forward, backward}
-MR_CHUNK_INTERPRET = 16  # the interpreter's chunk: the tests' sequences span several chunks and slot chunks
+# Tokens per program of the read kernels (a power of two) and warps per program {forward, backward}; tuning
+# overrides. H200, bf16 B=8 T=2048 D=768 N=4 S=16 (bench/results/device/run-2026-12-02-h200-n/readcheck.log):
+# forward / forward+backward ms 0.46 / 3.25 (16 tokens, 1 warp), 0.37 / 3.15 (32, 1), 0.44 / 3.39 (64, 1),
+# 0.69-0.73 / 3.47-3.54 with 2 warps (a barrier per reduction), 1.21 / 5.27 with 4.
+MR_CHUNK = 32
+MR_WARPS = {False: 1, True: 1}
+MR_CHUNK_INTERPRET = 8  # the interpreter's chunk: the tests' sequences span several chunks and slot chunks
 
 
 def _mr_setup(q: Tensor, base: Tensor, Ms: Tensor, n_heads: int, eps: float, norm_eps: float, backward: bool):
-    """Blocks (a chunk of BLOCK_L tokens x the head's dh channels x all N banks / all S slots per program; the
-    slot tiles' dims at least 16 for tl.dot), the dot precision (TF32 for 16-bit inputs, IEEE float32 otherwise:
-    TF32 would break the float32 contract of 1e-6) and the constants [eps, 1 - eps, norm_eps, 1 / sqrt(dh)] as a
-    tensor (a float64 scalar argument would be rounded)."""
+    """Blocks (a chunk of BLOCK_L tokens x the head's dh channels x all N banks / all S slots per program) and the
+    constants [eps, 1 - eps, norm_eps, 1 / sqrt(dh)] as a tensor (a float64 scalar argument would be rounded)."""
     D = q.shape[2]
     N, S, dh = base.shape[0], Ms.shape[2], D // n_heads
     blocks = dict(BLOCK_L=MR_CHUNK_INTERPRET if INTERPRET else MR_CHUNK, BLOCK_N=triton.next_power_of_2(N),
-                  BLOCK_S=max(16, triton.next_power_of_2(S)), BLOCK_DH=max(16, triton.next_power_of_2(dh)),
-                  num_warps=1 if INTERPRET else MR_WARPS[backward],
-                  PREC="tf32" if q.dtype in (torch.float16, torch.bfloat16) else "ieee")
+                  BLOCK_S=triton.next_power_of_2(S), BLOCK_DH=triton.next_power_of_2(dh),
+                  num_warps=1 if INTERPRET else MR_WARPS[backward])
     consts = torch.tensor([eps, 1.0 - eps, norm_eps, 1.0 / math.sqrt(dh)], dtype=acc_dtype(q.dtype), device=q.device)
     return blocks, consts
 
@@ -372,11 +373,8 @@ def memory_read_forward(q, h, v, mod, base, Ms, m0, k0, chunk_len, n_heads, eps,
     blocks, consts = _mr_setup(q, base, Ms, n_heads, eps, norm_eps, backward=False)
     entry = _mr_entries(v, mod, base, m0, consts, blocks["BLOCK_L"], m_last)
     nc = entry.shape[1]
-    acc = acc_dtype(q.dtype)
-    slot_r = torch.empty(B, T, D, dtype=acc, device=q.device)                     # scratch: the slots' part of r
-    stats = torch.empty(B, n_heads, T, 4, dtype=acc, device=q.device)
-    _mr.memory_read_fwd_kernel[(B * n_heads, nc)](q, h, v, mod, base, Ms, entry, r, slot_r, stats, consts, T, N, D,
-                                                  NS, S, n_heads, k0, chunk_len, nc, ACC=_tl_acc(q.dtype), **blocks)
+    _mr.memory_read_fwd_kernel[(B * n_heads, nc)](q, h, v, mod, base, Ms, entry, r, consts, T, N, D, NS, S, n_heads,
+                                                  k0, chunk_len, nc, ACC=_tl_acc(q.dtype), **blocks)
     return r, m_last
 
 
@@ -395,12 +393,10 @@ def memory_read_backward(grad_r, grad_m, q, h, v, mod, base, Ms, m0, k0, chunk_l
     m = mdi_forward(v, mod, base, m0, eps)                                     # [B, T, N, D]
     dxm = torch.empty(B, T, N, D, dtype=acc, device=q.device)
     dms_part = torch.empty(B, nc, J, S, D, dtype=acc, device=q.device)
-    dq_part = torch.empty(B, T, D, dtype=acc, device=q.device)                    # scratch: dq from h and the banks
-    stats = torch.empty(B, n_heads, T, 4, dtype=acc, device=q.device)
     dq, dh = new_output(q.shape, q), new_output(q.shape, q)
     _mr.memory_read_bwd_kernel[(B * n_heads, nc)](grad_r, _dummy(q) if grad_m is None else grad_m, q, h, m, Ms,
-                                                  consts, dq, dh, dxm, dms_part, dq_part, stats, T, N, D, NS, S,
-                                                  n_heads, k0, chunk_len, nc, J, HAS_GM=grad_m is not None,
+                                                  consts, dq, dh, dxm, dms_part, T, N, D, NS, S, n_heads, k0,
+                                                  chunk_len, nc, J, HAS_GM=grad_m is not None,
                                                   ACC=_tl_acc(q.dtype), **blocks)
     dv, dmod, dbase, dm0 = mdi_backward(dxm, v, mod, base, m0, m, eps)
     dMs = new_output(Ms.shape, q)
