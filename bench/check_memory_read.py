@@ -3,8 +3,8 @@ gradients; max|out-ref|/max|ref|), then fwd and fwd+bwd times against the unfuse
 [B, T, N, D], then the read in PyTorch) and a memory-traffic floor (inputs read once, r written once).
     python bench/check_memory_read.py [--B 8 --T 2048 --D 768 --heads 12 --N 4 --S 16 --C 64]
 --chunk L sets the triton backend's time chunk (tokens per program); --sweep times the triton backend at several
-(chunk, warps) pairs after the check (each compiles anew); --profile prints the CUDA kernels of one triton fwd+bwd;
---skip-check times only. The floor's bandwidth is a device copy measured in the same run."""
+(chunk, warps) pairs after the check (each compiles anew), --mdi-sweep at several tiles of the bank backward;
+--profile prints the CUDA kernels of one triton fwd+bwd; --skip-check times only. The floor's bandwidth is a device copy measured in the same run."""
 from __future__ import annotations
 
 import argparse
@@ -165,14 +165,13 @@ def _run_mdi_tiles(tiles, xs, cfg):
     fwd, both = _run("triton", mmrec_ops.memory_read, xs, cfg)
 
     def tiled():
-        T = xs[0].shape[1]
-        fwd_t = min(256, max(32, 1 << (max(T // 128, 1) - 1).bit_length()))
         saved = triton_backend.MDI_BLOCKS
-        triton_backend.MDI_BLOCKS = {False: (fwd_t, max(32, 4096 // (fwd_t * 4)), 4), True: tiles}
+        triton_backend.MDI_BLOCKS = {True: tiles}
         try:
             return both()
         finally:
             triton_backend.MDI_BLOCKS = saved
+
     return fwd, tiled
 
 

@@ -199,7 +199,7 @@ def _mdi_config(T: int, N: int, dtype: torch.dtype, backward: bool):
     block_n = triton.next_power_of_2(N)
     if INTERPRET:
         return dict(BLOCK_T=4, BLOCK_N=block_n, BLOCK_D=8, num_warps=1)
-    if MDI_BLOCKS is not None:
+    if MDI_BLOCKS is not None and backward in MDI_BLOCKS:
         block_t, block_d, warps = MDI_BLOCKS[backward]
         return dict(BLOCK_T=block_t, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=warps)
     if backward:  # H100, N=4, B=8, T=4096, D=1024 fp32: 64 x 16 1.50 ms; 32 x 16 2.31; 64 x 32 (8 warps) 2.78
@@ -211,7 +211,7 @@ def _mdi_config(T: int, N: int, dtype: torch.dtype, backward: bool):
     return dict(BLOCK_T=block_t, BLOCK_N=block_n, BLOCK_D=max(32, size // (block_t * block_n)), num_warps=4)
 
 
-MDI_BLOCKS: Optional[dict] = None  # {False: (BLOCK_T, BLOCK_D, warps), True: ...} override for tuning
+MDI_BLOCKS: Optional[dict] = None  # {False: (BLOCK_T, BLOCK_D, warps), True: ...} override for tuning (either key)
 
 
 def _chain_buffers(T: int, B: int, D: int, block_t: int, block_d: int, state: tuple, like: Tensor):
