@@ -140,39 +140,34 @@ def _run(be, fn, xs, cfg):
     return (lambda: _with(be, fwd)), (lambda: _with(be, both))
 
 
-def _run_chunks(chunk, warps, xs, cfg):
-    """The triton backend with time chunks of `chunk` tokens and `warps` per program."""
+def _tuned(overrides, xs, cfg):
+    """The triton backend's (fwd, fwd+bwd) with module settings of mmrec_ops.backends.triton replaced during each
+    call: {name: value} (MR_CHUNK, MR_WARPS, MDI_BLOCKS), restored afterwards."""
     from mmrec_ops.backends import triton as triton_backend
     fwd, both = _run("triton", mmrec_ops.memory_read, xs, cfg)
 
-    def chunked(f):
+    def tuned(f):
         def g():
-            saved = triton_backend.MR_CHUNK, dict(triton_backend.MR_WARPS)
-            triton_backend.MR_CHUNK = chunk
-            triton_backend.MR_WARPS.update({False: warps, True: warps})
+            saved = {name: getattr(triton_backend, name) for name in overrides}
+            for name, value in overrides.items():
+                setattr(triton_backend, name, value)
             try:
                 return f()
             finally:
-                triton_backend.MR_CHUNK = saved[0]
-                triton_backend.MR_WARPS.update(saved[1])
+                for name, value in saved.items():
+                    setattr(triton_backend, name, value)
         return g
-    return chunked(fwd), chunked(both)
+    return tuned(fwd), tuned(both)
+
+
+def _run_chunks(chunk, warps, xs, cfg):
+    """The triton backend with time chunks of `chunk` tokens and `warps` per program."""
+    return _tuned(dict(MR_CHUNK=chunk, MR_WARPS={False: warps, True: warps}), xs, cfg)
 
 
 def _run_mdi_tiles(tiles, xs, cfg):
     """The triton backend with the bank backward's (mdi_bwd_kernel's) tiles (BLOCK_T, BLOCK_D, warps)."""
-    from mmrec_ops.backends import triton as triton_backend
-    fwd, both = _run("triton", mmrec_ops.memory_read, xs, cfg)
-
-    def tiled():
-        saved = triton_backend.MDI_BLOCKS
-        triton_backend.MDI_BLOCKS = {True: tiles}
-        try:
-            return both()
-        finally:
-            triton_backend.MDI_BLOCKS = saved
-
-    return fwd, tiled
+    return _tuned(dict(MDI_BLOCKS={True: tiles}), xs, cfg)
 
 
 def _with(be, f):
