@@ -264,6 +264,8 @@ def throughput_rows(arch: str, sizes: List[int], a: Dict[str, Any]) -> Iterator[
                 row.update(peak_mib=_maxrss_mib(), rss_before_mib=base_rss)
             if hasattr(model, "lstm_dtype"):
                 row["lstm_dtype"] = model.lstm_dtype
+            if a.get("profile") and device.type == "cuda":
+                row["profile"] = profile_step(lambda: train_step(data, batch, micro, T), a["profile"])
         except Exception as e:  # noqa: BLE001 -- every failure becomes a row, the run goes on
             row.update(status="oom" if _is_oom(e) else "error", error=f"{type(e).__name__}: {str(e)[:300]}")
             e = None
@@ -271,6 +273,20 @@ def throughput_rows(arch: str, sizes: List[int], a: Dict[str, Any]) -> Iterator[
         del data
         _free(device)
         yield row
+
+
+def profile_step(step, top: int) -> Dict[str, Any]:
+    """The CUDA kernels of one more step (torch.profiler): the `top` heaviest by summed device time, with their
+    calls, and the step's total kernel time."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step()
+    kernels = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    kernels.sort(key=lambda e: e.self_device_time_total, reverse=True)
+    total = sum(e.self_device_time_total for e in kernels)
+    return {"total_us": total, "kernels": [dict(name=e.key[:160], us=e.self_device_time_total, calls=e.count)
+                                           for e in kernels[:top]]}
 
 
 # ------------------------------------------------------------------------------------------ generation
@@ -430,6 +446,11 @@ def print_table(kind: str, rows: List[Dict[str, Any]]) -> None:
     print()
     for r in rows:
         print(_row_line(kind, r))
+        prof = r.get("profile")
+        if prof:
+            print(f"    kernels of one step: {prof['total_us'] / 1e3:,.1f} ms")
+            for k in prof["kernels"]:
+                print(f"    {k['us'] / 1e3:9.2f} ms {100 * k['us'] / prof['total_us']:5.1f} % {k['calls']:6d}x  {k['name']}")
 
 
 def _write(payload: Dict[str, Any], out: Optional[str], name: str, quick: bool, quiet: bool = False) -> Path:
@@ -470,7 +491,7 @@ def cmd_throughput(args) -> Path:
     a = dict(device=args.device, preset=preset, vocab=args.vocab, dtype=args.dtype, compile=compiled,
              tokens_per_step=args.tokens_per_step,
              micro_tokens=args.micro_tokens or args.tokens_per_step, steps=args.steps, warmup=args.warmup,
-             row_seconds=args.row_seconds, threads=args.threads)
+             row_seconds=args.row_seconds, threads=args.threads, profile=args.profile)
     payload = {"kind": "throughput", "command": _command(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
                "machine": machine(args.device, gpu=False), "settings": a, "quick": args.quick, "rows": []}
     rows, clock = payload["rows"], Budget(args.budget_s)
@@ -721,6 +742,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--warmup", type=int, default=2)
     t.add_argument("--row-seconds", type=float, default=30.0, help="stop timing a row after this (min 2 steps)")
     t.add_argument("--worker-timeout", type=float, default=300.0)
+    t.add_argument("--profile", type=int, default=0, metavar="K",
+                   help="cuda: profile one more step per row and keep its K heaviest kernels (0 = off)")
 
     g = sub.add_parser("generate", help="decode tokens/s and memory against context length")
     common(g, MODEL_ARCHS, MODEL_ARCHS)
