@@ -3,7 +3,8 @@ gradients; max|out-ref|/max|ref|), then fwd and fwd+bwd times against the unfuse
 [B, T, N, D], then the read in PyTorch) and a memory-traffic floor (inputs read once, r written once).
     python bench/check_memory_read.py [--B 8 --T 2048 --D 768 --heads 12 --N 4 --S 16 --C 64]
 --chunk L sets the triton backend's time chunk (tokens per program); --sweep times the triton backend at several
-(chunk, warps) pairs after the check (each compiles anew), --mdi-sweep at several tiles of the bank backward;
+(chunk, warps) pairs after the check (each compiles anew), --bank-sweep at several (channels, warps) of the bank
+backward;
 --profile prints the CUDA kernels of one triton fwd+bwd; --skip-check times only. The floor's bandwidth is a device copy measured in the same run."""
 from __future__ import annotations
 
@@ -101,9 +102,10 @@ def bench(a, backends):
     if "triton" in backends and a.sweep:
         for chunk, warps in ((16, 1), (16, 2), (16, 4), (32, 1), (32, 2), (32, 4), (64, 4)):
             paths[f"triton L={chunk} w{warps}"] = lambda c=chunk, w=warps: _run_chunks(c, w, xs, cfg)
-    if "triton" in backends and a.mdi_sweep:
-        for tiles in ((32, 16, 4), (32, 32, 4), (64, 16, 4), (16, 64, 4), (32, 64, 8), (64, 32, 8)):
-            paths["triton mdi bwd {}x{} w{}".format(*tiles)] = lambda tiles=tiles: _run_mdi_tiles(tiles, xs, cfg)
+    if "triton" in backends and a.bank_sweep:
+        for tiles in ((32, 1), (64, 1), (128, 1), (128, 2), (256, 2), (256, 4)):
+            paths["triton bank bwd {}c w{}".format(*tiles)] = lambda tiles=tiles: _tuned(dict(MR_BANK_BWD=tiles),
+                                                                                          xs, cfg)
     for name, make in paths.items():
         fwd_fn, both_fn = make()
         try:
@@ -142,7 +144,7 @@ def _run(be, fn, xs, cfg):
 
 def _tuned(overrides, xs, cfg):
     """The triton backend's (fwd, fwd+bwd) with module settings of mmrec_ops.backends.triton replaced during each
-    call: {name: value} (MR_CHUNK, MR_WARPS, MDI_BLOCKS), restored afterwards."""
+    call: {name: value} (MR_CHUNK, MR_WARPS, MR_BANK_BWD), restored afterwards."""
     from mmrec_ops.backends import triton as triton_backend
     fwd, both = _run("triton", mmrec_ops.memory_read, xs, cfg)
 
@@ -165,11 +167,6 @@ def _run_chunks(chunk, warps, xs, cfg):
     return _tuned(dict(MR_CHUNK=chunk, MR_WARPS={False: warps, True: warps}), xs, cfg)
 
 
-def _run_mdi_tiles(tiles, xs, cfg):
-    """The triton backend with the bank backward's (mdi_bwd_kernel's) tiles (BLOCK_T, BLOCK_D, warps)."""
-    return _tuned(dict(MDI_BLOCKS={True: tiles}), xs, cfg)
-
-
 def _with(be, f):
     with mmrec_ops.backend(be):
         return f()
@@ -182,8 +179,8 @@ if __name__ == "__main__":
     p.add_argument("--chunk", type=int, default=None, help="the triton backend's time chunk (tokens per program)")
     p.add_argument("--sweep", action="store_true", help="also time the triton backend at several (chunk, warps)")
     p.add_argument("--profile", action="store_true", help="print the CUDA kernels of one triton fwd+bwd")
-    p.add_argument("--mdi-sweep", action="store_true", help="also time the triton backend at several tiles of "
-                   "the bank backward (mdi_bwd_kernel)")
+    p.add_argument("--bank-sweep", action="store_true", help="also time the triton backend at several (channels, "
+                   "warps) per program of the bank backward (bank_bwd_kernel)")
     p.add_argument("--skip-check", action="store_true", help="timing only")
     args = p.parse_args()
     if args.chunk:

@@ -1,7 +1,8 @@
 # memory_read: banks m_t = g_t (m_{t-1} - v_t) + v_t, g = clamp(sig(base) sig(mod), eps, 1-eps); per read head the items
 #   {h_t, m_t^1..N, Ms[c(t), 1..S]} are RMS-normalised (n_i = x_i rho_i), w = softmax(<q_t, n_i> / sqrt(dh)), r_t = sum_i w_i n_i.
 # backward: a_i = <G, n_i>, ds_i = w_i (a_i - sum_j w_j a_j), dq = sum_i ds_i n_i / sqrt(dh), dn_i = w_i G + ds_i q / sqrt(dh),
-#   dx_i = rho_i (dn_i - n_i mean(dn_i n_i)); the banks' dx then run mdi's reverse-time backward.
+#   dx_i = rho_i (dn_i - n_i mean(dn_i n_i)); the banks: delta_t = dx_t + g_{t+1} delta_{t+1}, dv_t = sum_n (1 - g_t) delta_t,
+#   dlog g_t = delta_t (m_{t-1} - v_t) (where unclamped), dm0 = g_0 delta_0.
 # Time is cut into chunks of BLOCK_L tokens; a program owns (batch row, read head, chunk) and walks the chunk's tokens
 # one by one with the head's N banks [BLOCK_N, BLOCK_DH] and its slot chunk's normalised items [BLOCK_S, BLOCK_DH] in
 # registers: per token a handful of row reductions over dh, no layout changes, no tensor over time.
@@ -14,10 +15,14 @@
 #   memory_read_fwd_kernel: rebuilds the banks token by token from the chunk's entry and writes r ([B, T, N, D] never
 #     exists);
 #   memory_read_bwd_kernel: reads the banks m (written by mdi's forward for the backward alone and freed with it:
-#     mdi's backward needs them) and writes dq, dh, the banks' item gradient dx_m (accumulation dtype, consumed by
-#     mdi's backward, which gives dv, dmod, dbase, dm0) and the slots' gradient per (chunk, slot chunk), which
-#     dms_reduce_kernel sums in a fixed order. dx of a slot is linear in its dn (rho, n fixed per slot chunk), so dn
-#     is summed over the chunk's tokens first and the RMS backward runs once per slot chunk.
+#     bank_bwd_kernel needs m_{t-1} in reverse order) and writes dq, dh, the banks' item gradient dx_m (accumulation
+#     dtype), the chunk's affine map of the banks' reverse carry (prod g, and the carry it sends left from a zero
+#     carry on its right) and the slots' gradient per (chunk, slot chunk), which dms_reduce_kernel sums in a fixed
+#     order. dx of a slot is linear in its dn (rho, n fixed per slot chunk), so dn is summed over the chunk's tokens
+#     first and the RMS backward runs once per slot chunk.
+#   carry_kernel over the maps stored last chunk first gives each chunk the carry entering from its right (and dm0);
+#   bank_bwd_kernel: per (b, chunk, channel block) a walk over the chunk's tokens from the last: dv, dmod per token
+#     (partial per channel block), dbase per chunk.
 import triton
 import triton.language as tl
 
@@ -182,13 +187,16 @@ def _dx_rows(dn, nx, rho, dh):
 
 
 @triton.jit
-def memory_read_bwd_kernel(grad_r_ptr, grad_m_ptr, q_ptr, h_ptr, m_ptr, Ms_ptr, consts_ptr, dq_ptr, dh_ptr,
-                           dxm_ptr, dms_part_ptr, T, N, D, NS, S, H, k0, C, NC, J, HAS_GM: tl.constexpr,
-                           ACC: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_N: tl.constexpr,
+def memory_read_bwd_kernel(grad_r_ptr, grad_m_ptr, q_ptr, h_ptr, mod_ptr, base_ptr, m_ptr, Ms_ptr, consts_ptr,
+                           dq_ptr, dh_ptr, dxm_ptr, ta_ptr, tx_ptr, dms_part_ptr, T, N, D, NS, S, H, k0, C, NC, J,
+                           HAS_GM: tl.constexpr, ACC: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_N: tl.constexpr,
                            BLOCK_S: tl.constexpr, BLOCK_DH: tl.constexpr):
-    """grad_r, q, h, dq, dh: [B, T, D]; grad_m: [B, N, D] (dL/dm_last); m: [B, T, N, D]; dxm: [B, T, N, D] and
-    dms_part: [B, NC, J, S, D] (the chunk's dMs for slot chunks c(t0) + 0..J-1; those it reads are written) in the
-    accumulation dtype. dxm at T - 1 includes grad_m. Grid: (B * H, NC)."""
+    """grad_r, q, h, dq, dh: [B, T, D]; grad_m: [B, N, D] (dL/dm_last); mod: [B, T, N]; base: [N, D]; m: [B, T, N,
+    D]; dxm: [B, T, N, D], ta, tx: [B, NC, N, D] and dms_part: [B, NC, J, S, D] (the chunk's dMs for slot chunks
+    c(t0) + 0..J-1; those it reads are written) in the accumulation dtype. dxm at T - 1 includes grad_m. The banks'
+    carry c_t = g_t delta_t (delta_t = dx_t + c_{t+1}) crosses the chunk as c_t0 = ta c_t1 + tx, ta = prod g and
+    tx = sum_s (prod_{u<=s} g_u) dx_s over the chunk: both stored at chunk NC - 1 - c, so that carry_kernel, which
+    scans forward, runs the carry from the end of time. Grid: (B * H, NC)."""
     pid = tl.program_id(0)
     c = tl.program_id(1)
     bi = (pid // H).to(tl.int64)
@@ -203,7 +211,11 @@ def memory_read_bwd_kernel(grad_r_ptr, grad_m_ptr, q_ptr, h_ptr, m_ptr, Ms_ptr, 
     nd_ok = n_ok[:, None] & d_ok[None, :]
     sd_ok = s_ok[:, None] & d_ok[None, :]
     nd_offs = n[:, None] * D + cols[None, :]
+    lo, hi = tl.load(consts_ptr).to(ACC), tl.load(consts_ptr + 1).to(ACC)
     ne, scale = tl.load(consts_ptr + 2).to(ACC), tl.load(consts_ptr + 3).to(ACC)
+    sb = _sig(tl.load(base_ptr + nd_offs, mask=nd_ok, other=0.0).to(ACC))                # [BLOCK_N, BLOCK_DH]
+    g_prod = tl.full([BLOCK_N, BLOCK_DH], 1.0, ACC)                # prod of g over the chunk's tokens so far
+    carry_in = tl.zeros([BLOCK_N, BLOCK_DH], ACC)                  # the carry the chunk sends to its left
     t0 = c * BLOCK_L
     t1 = tl.minimum(t0 + BLOCK_L, T)
     gm = tl.zeros([BLOCK_N, BLOCK_DH], ACC)
@@ -243,10 +255,59 @@ def memory_read_bwd_kernel(grad_r_ptr, grad_m_ptr, q_ptr, h_ptr, m_ptr, Ms_ptr, 
         dx_m = _dx_rows(w_m[:, None] * G[None, :] + ds_m[:, None] * q[None, :], nm, rho_m, dh)
         dx_m += tl.where(t == T - 1, gm, 0.0)
         dn_M += w_M[:, None] * G[None, :] + ds_M[:, None] * q[None, :]
+        mod = tl.load(mod_ptr + row * N + n, mask=n_ok, other=0.0).to(ACC)                # [BLOCK_N]
+        g_prod *= tl.minimum(tl.maximum(sb * _sig(mod)[:, None], lo), hi)
+        carry_in += g_prod * dx_m
         tl.store(dq_ptr + row * D + cols, dq.to(dq_ptr.dtype.element_ty), mask=d_ok)
         tl.store(dh_ptr + row * D + cols, dx_h.to(dh_ptr.dtype.element_ty), mask=d_ok)
         tl.store(dxm_ptr + row * N * D + nd_offs, dx_m, mask=nd_ok)
     tl.store(part + (sc_cur - sc0) * S * D, _dx_rows(dn_M, nM, rho_M, dh), mask=sd_ok)
+    rev = (bi * NC + NC - 1 - c) * N * D + nd_offs
+    tl.store(ta_ptr + rev, g_prod, mask=nd_ok)
+    tl.store(tx_ptr + rev, carry_in, mask=nd_ok)
+
+
+@triton.jit
+def bank_bwd_kernel(dxm_ptr, v_ptr, mod_ptr, base_ptr, m0_ptr, m_ptr, consts_ptr, carry_ptr, dv_ptr, dmod_part_ptr,
+                    dbase_part_ptr, B, T, N, D, NC, HAS_M0: tl.constexpr, ACC: tl.constexpr, BLOCK_L: tl.constexpr,
+                    BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+    """dxm, m: [B, T, N, D]; v, dv: [B, T, D]; mod: [B, T, N]; base: [N, D]; m0: [B, N, D]; carry: [B, NC, N, D],
+    the carry entering chunk NC - 1 - c from its right (carry_kernel's entries); dmod_part: [cdiv(D, BLOCK_C), B, T,
+    N] and dbase_part: [B, NC, N, D] in the accumulation dtype. Walks the chunk's tokens from the last:
+    delta_t = dx_t + c_{t+1}, dv_t = sum_n delta_t (1 - g_t), dlog g_t = delta_t (m_{t-1} - v_t) x_t where
+    x = sig(base) sig(mod) is not clamped (else 0), c_t = g_t delta_t. Grid: (B * cdiv(D, BLOCK_C), NC)."""
+    nblk = tl.cdiv(D, BLOCK_C)
+    blk = tl.program_id(0) % nblk
+    bi = (tl.program_id(0) // nblk).to(tl.int64)
+    c = tl.program_id(1)
+    cols = blk * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = cols < D
+    n = tl.arange(0, BLOCK_N)
+    n_ok = n < N
+    nd_ok = n_ok[:, None] & c_ok[None, :]
+    nd_offs = n[:, None] * D + cols[None, :]
+    lo, hi = tl.load(consts_ptr).to(ACC), tl.load(consts_ptr + 1).to(ACC)
+    sb = _sig(tl.load(base_ptr + nd_offs, mask=nd_ok, other=0.0).to(ACC))                # [BLOCK_N, BLOCK_C]
+    carry = tl.load(carry_ptr + (bi * NC + NC - 1 - c) * N * D + nd_offs, mask=nd_ok, other=0.0)
+    dbase = tl.zeros([BLOCK_N, BLOCK_C], ACC)
+    t0 = c * BLOCK_L
+    for i in range(0, tl.minimum(BLOCK_L, T - t0)):
+        t = tl.minimum(t0 + BLOCK_L, T) - 1 - i
+        row = bi * T + t
+        delta = tl.load(dxm_ptr + row * N * D + nd_offs, mask=nd_ok, other=0.0) + carry     # [BLOCK_N, BLOCK_C]
+        sm = _sig(tl.load(mod_ptr + row * N + n, mask=n_ok, other=0.0).to(ACC))            # [BLOCK_N]
+        x = sb * sm[:, None]
+        g = tl.minimum(tl.maximum(x, lo), hi)
+        v = tl.load(v_ptr + row * D + cols, mask=c_ok, other=0.0).to(ACC)                 # [BLOCK_C]
+        m_prev = tl.load(m_ptr + (row - 1) * N * D + nd_offs, mask=nd_ok & (t > 0), other=0.0).to(ACC)
+        if HAS_M0:
+            m_prev += tl.load(m0_ptr + bi * N * D + nd_offs, mask=nd_ok & (t == 0), other=0.0).to(ACC)
+        tl.store(dv_ptr + row * D + cols, tl.sum(delta * (1.0 - g), 0).to(dv_ptr.dtype.element_ty), mask=c_ok)
+        dlog = tl.where((x >= lo) & (x <= hi) & nd_ok, delta * (m_prev - v[None, :]) * x, 0.0)
+        tl.store(dmod_part_ptr + ((blk * B + bi) * T + t) * N + n, tl.sum(dlog, 1) * (1.0 - sm), mask=n_ok)
+        dbase += dlog
+        carry = g * delta
+    tl.store(dbase_part_ptr + (bi * NC + c) * N * D + nd_offs, dbase * (1.0 - sb), mask=nd_ok)
 
 
 @triton.jit

@@ -25,9 +25,9 @@ BACKENDS = ("ref", "cpu", "cuda", "triton")
 OPS = ("scan", "recurrence", "mdi", "memory_update", "memory_read")
 DEVICES = ("cpu", "cuda")
 _DEFAULT_ORDER = {"cpu": ("cpu", "ref"), "cuda": ("cuda", "triton", "ref")}
-# memory_read on CUDA tensors: the Triton kernels run 0.39 ms forward, 3.1-3.6 forward+backward against 29.2 / 86.1
+# memory_read on CUDA tensors: the Triton kernels run 0.46 ms forward, 2.45 forward+backward against 29.2 / 86.1
 # for the CUDA kernel (one block per row and head, sequential in T); H200, bf16 B=8 T=2048 D=768
-# (bench/results/device/run-2026-12-02-h200-n/readcheck.log)
+# (bench/results/device/run-2026-12-02-h200-s/readcheck.log)
 _OP_ORDER = {("memory_read", "cuda"): ("triton", "cuda", "ref")}
 
 _forced: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("mmrec_backend", default=None)

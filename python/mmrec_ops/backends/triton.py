@@ -199,9 +199,6 @@ def _mdi_config(T: int, N: int, dtype: torch.dtype, backward: bool):
     block_n = triton.next_power_of_2(N)
     if INTERPRET:
         return dict(BLOCK_T=4, BLOCK_N=block_n, BLOCK_D=8, num_warps=1)
-    if MDI_BLOCKS is not None and backward in MDI_BLOCKS:
-        block_t, block_d, warps = MDI_BLOCKS[backward]
-        return dict(BLOCK_T=block_t, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=warps)
     if backward:  # H100, N=4, B=8, T=4096, D=1024 fp32: 64 x 16 1.50 ms; 32 x 16 2.31; 64 x 32 (8 warps) 2.78
         block_t = min(256, max(32, triton.next_power_of_2(triton.cdiv(T, 64))))
         return dict(BLOCK_T=block_t, BLOCK_N=block_n, BLOCK_D=max(16, 2048 // (block_t * block_n)), num_warps=4)
@@ -209,9 +206,6 @@ def _mdi_config(T: int, N: int, dtype: torch.dtype, backward: bool):
     block_t = min(256, max(32, triton.next_power_of_2(triton.cdiv(T, 128))))
     size = 2048 if dtype == torch.float64 else 4096
     return dict(BLOCK_T=block_t, BLOCK_N=block_n, BLOCK_D=max(32, size // (block_t * block_n)), num_warps=4)
-
-
-MDI_BLOCKS: Optional[dict] = None  # {False: (BLOCK_T, BLOCK_D, warps), True: ...} override for tuning (either key)
 
 
 def _chain_buffers(T: int, B: int, D: int, block_t: int, block_d: int, state: tuple, like: Tensor):
@@ -318,6 +312,7 @@ def memory_update_backward(grad: Tensor, M0: Tensor, key: Tensor, value: Tensor,
 MR_CHUNK = 32
 MR_WARPS = {False: 1, True: 1}
 MR_CHUNK_INTERPRET = 8  # the interpreter's chunk: the tests' sequences span several chunks and slot chunks
+MR_BANK_BWD = (64, 1)   # bank_bwd_kernel's (channels, warps) per program
 
 
 def _mr_setup(q: Tensor, base: Tensor, Ms: Tensor, n_heads: int, eps: float, norm_eps: float, backward: bool):
@@ -346,14 +341,21 @@ def _mr_entries(v: Tensor, mod: Tensor, base: Tensor, m0: Optional[Tensor], cons
                                                                  ACC=_tl_acc(v.dtype), BLOCK_L=block_l,
                                                                  BLOCK_N=block_n, BLOCK_C=block_c,
                                                                  num_warps=1 if INTERPRET else 4)
+    _mr_carry(ta, tx, m0, entry, m_last)
+    return entry
+
+
+def _mr_carry(ta: Tensor, tx: Tensor, init: Optional[Tensor], entry: Tensor, last: Tensor) -> None:
+    """entry[:, c] = the state before chunk c of state <- ta[:, c] state + tx[:, c] from `init` (zero if None),
+    last = the state after the last chunk; ta, tx, entry: [B, NC, N, D], init, last: [B, N, D]."""
+    B, nc, N, D = ta.shape
     # [BLOCK_NC chunks, BLOCK channels] tiles, 4 chunks per tile in the interpreter so that the tests' short
     # sequences span several tiles
     block_nc = 4 if INTERPRET else min(64, triton.next_power_of_2(nc))
     block = 64 if INTERPRET else 4096 // block_nc
-    _mr.carry_kernel[(B, triton.cdiv(N * D, block))](ta, tx, _dummy(ta) if m0 is None else m0, entry, m_last, nc,
-                                                      N * D, HAS_INIT=m0 is not None, ACC=_tl_acc(ta.dtype),
+    _mr.carry_kernel[(B, triton.cdiv(N * D, block))](ta, tx, _dummy(ta) if init is None else init, entry, last, nc,
+                                                      N * D, HAS_INIT=init is not None, ACC=_tl_acc(ta.dtype),
                                                       BLOCK_NC=block_nc, BLOCK=block, num_warps=1 if INTERPRET else 4)
-    return entry
 
 
 def _slot_chunks_per_time_chunk(block_l: int, chunk_len: int, k0: int) -> int:
@@ -379,8 +381,9 @@ def memory_read_forward(q, h, v, mod, base, Ms, m0, k0, chunk_len, n_heads, eps,
 
 
 def memory_read_backward(grad_r, grad_m, q, h, v, mod, base, Ms, m0, k0, chunk_len, n_heads, eps, norm_eps):
-    """The read's backward over the banks m (mdi's forward, freed on return), then mdi's backward over their
-    gradient: dv, dmod, dbase and dm0 come from the mdi kernels."""
+    """The read's backward over the banks m (mdi's forward, freed on return), which also gives each chunk's map of
+    the banks' reverse carry; carry_kernel runs the carry from the end of time, then bank_bwd_kernel walks each
+    chunk backwards for dv, dmod, dbase (dm0: the carry past t = 0)."""
     grad_r, grad_m, q, h, v, mod, base, Ms, m0 = (_in(x) for x in (grad_r, grad_m, q, h, v, mod, base, Ms, m0))
     _check_device(q)
     B, T, D = q.shape
@@ -392,13 +395,29 @@ def memory_read_backward(grad_r, grad_m, q, h, v, mod, base, Ms, m0, k0, chunk_l
     acc = acc_dtype(q.dtype)
     m = mdi_forward(v, mod, base, m0, eps)                                     # [B, T, N, D]
     dxm = torch.empty(B, T, N, D, dtype=acc, device=q.device)
+    ta, tx, carry = (torch.empty(B, nc, N, D, dtype=acc, device=q.device) for _ in range(3))
     dms_part = torch.empty(B, nc, J, S, D, dtype=acc, device=q.device)
     dq, dh = new_output(q.shape, q), new_output(q.shape, q)
-    _mr.memory_read_bwd_kernel[(B * n_heads, nc)](grad_r, _dummy(q) if grad_m is None else grad_m, q, h, m, Ms,
-                                                  consts, dq, dh, dxm, dms_part, T, N, D, NS, S, n_heads, k0,
-                                                  chunk_len, nc, J, HAS_GM=grad_m is not None,
+    _mr.memory_read_bwd_kernel[(B * n_heads, nc)](grad_r, _dummy(q) if grad_m is None else grad_m, q, h, mod, base,
+                                                  m, Ms, consts, dq, dh, dxm, ta, tx, dms_part, T, N, D, NS, S,
+                                                  n_heads, k0, chunk_len, nc, J, HAS_GM=grad_m is not None,
                                                   ACC=_tl_acc(q.dtype), **blocks)
-    dv, dmod, dbase, dm0 = mdi_backward(dxm, v, mod, base, m0, m, eps)
+    dm0 = new_output((B, N, D), v)
+    _mr_carry(ta, tx, None, carry, dm0)
+    block_c = 8 if INTERPRET else MR_BANK_BWD[0]
+    dmod_part = torch.empty(triton.cdiv(D, block_c), B, T, N, dtype=acc, device=q.device)
+    dbase_part = torch.empty(B, nc, N, D, dtype=acc, device=q.device)
+    dv = new_output(v.shape, v)
+    _mr.bank_bwd_kernel[(B * triton.cdiv(D, block_c), nc)](dxm, v, mod, base, _dummy(v) if m0 is None else m0, m,
+                                                           consts, carry, dv, dmod_part, dbase_part, B, T, N, D, nc,
+                                                           HAS_M0=m0 is not None, ACC=_tl_acc(q.dtype),
+                                                           BLOCK_L=block_l, BLOCK_N=blocks["BLOCK_N"],
+                                                           BLOCK_C=block_c,
+                                                           num_warps=1 if INTERPRET else MR_BANK_BWD[1])
+    dmod = new_output(mod.shape, mod)
+    dmod.copy_(dmod_part.sum(0))
+    dbase = new_output(base.shape, base)
+    dbase.copy_(dbase_part.sum((0, 1)))
     dMs = new_output(Ms.shape, q)
     block = 64 if INTERPRET else 512
     _mr.dms_reduce_kernel[(B * NS, triton.cdiv(S * D, block))](dms_part, dMs, T, S, D, NS, nc, J, k0, chunk_len,
