@@ -9,19 +9,22 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 DEVICE = Path(__file__).resolve().parent / "results" / "device"
 # (title, run directory, JSON) of each table, newest measurement of each kind
-TRAIN_RUNS = [("compiled, B=16 T=1,024", "run-2026-12-02-h200-p", "throughput_cuda_compiled_1024.json"),
-              ("compiled, B=1 T=16,384", "run-2026-12-02-h200-p", "throughput_cuda_compiled_16384.json"),
+TRAIN_RUNS = [("compiled, B=16 T=1,024", "run-2026-12-02-h200-s", "throughput_cuda_compiled_1024.json"),
+              ("compiled, B=1 T=16,384", "run-2026-12-02-h200-t", "throughput_cuda_compiled_16384.json"),
+              ("compiled, T=1,024 (B=16) and 4,096 (B=4), the read's backward through mdi's backward kernel "
+               "(run q, profiled)", "run-2026-12-02-h200-q", "throughput_cuda_compiled_profile.json"),
               ("compiled, B=16 T=1,024, the unfused read beside the fused one of run o's kernels (since replaced)",
                "run-2026-12-02-h200-o",
                "throughput_cuda_compiled_readpath.json"),
               ("eager, T=1,024 (B=16) and 16,384 (B=1)", "run-2026-12-01-h200-h", "throughput_cuda_eager_readpath.json")]
 # Rows whose arch name meant another read path when the run was made (run h: the default read on CUDA was unfused)
 RUN_LABELS = {"run-2026-12-01-h200-h": {"mmrec": "MM-Rec, unfused read", "mmrec-linear": "MM-Rec (linear), unfused read"},
-              "run-2026-12-02-h200-p": {"mmrec": "MM-Rec (fused read)", "mmrec-linear": "MM-Rec (linear, fused read)"}}
+              "run-2026-12-02-h200-q": {"mmrec": "MM-Rec (fused read)", "mmrec-linear": "MM-Rec (linear, fused read)"}}
+QUALITY_RUN = ("run-2026-12-02-h200-s", "quality_cuda.json")
 RECURRENCE_RUN = ("run-2026-12-01-h200-h", "recurrence_latency.json")
 # decode: MM-Rec nonlinear beside the HF static-cache peer in one process (run i), MM-Rec linear (run j), the eager
 # peers (run k); a ratio to the peer is printed only for rows of the peer's own run
@@ -153,12 +156,54 @@ def decode_table_and_plot(md: Path, img: Path) -> List[str]:
     return out
 
 
-def section(md: Path, img: Path) -> List[str]:
-    """Markdown lines of the H200 section (empty when none of its runs is committed)."""
-    body = training_tables() + recurrence_table() + decode_table_and_plot(md, img)
+def _loss_at(curve: List[List[float]], step: float) -> float:
+    """A held-out loss curve [[step, loss], ...] read at `step`, linear between its evaluations."""
+    for (s0, l0), (s1, l1) in zip(curve, curve[1:]):
+        if s0 <= step <= s1:
+            return l0 + (l1 - l0) * (step - s0) / (s1 - s0)
+    return curve[-1][1]
+
+
+def quality_tables(table_quality: Callable[[Dict[str, Any]], List[str]]) -> List[str]:
+    """The quality runs' held-out losses at equal tokens (`table_quality`) and each MM-Rec variant's pre-training
+    losses read at the GPT's pre-training time."""
+    run, name = QUALITY_RUN
+    data = _load(run, name)
+    if data is None:
+        return []
+    runs = [r for r in data["runs"] if r.get("status") == "ok"]
+    out = [f"Quality, `small` preset, the three-stage pipeline at equal tokens ({_command(run)}; "
+           f"`{data['command'].replace('/tmp/o/', '').replace('/tmp/runs', 'RUNS')}`); perplexity, mean (min-max) "
+           "over the seeds:", ""] + table_quality(data) + [""]
+
+    def per_step(arch: str) -> float:
+        times = [r["stages"]["pretrain"]["time_s"] / r["stages"]["pretrain"]["steps"] for r in runs if r["arch"] == arch]
+        return sum(times) / len(times)
+
+    if "gpt" not in {r["arch"] for r in runs}:
+        return out
+    budget = per_step("gpt") * max(r["stages"]["pretrain"]["steps"] for r in runs if r["arch"] == "gpt")
+    sets = sorted(runs[0]["eval_curves"]["pretrain"])
+    out += [f"Pre-training held-out loss at the GPT's pre-training time ({budget:.1f} s; the six pipelines shared the "
+            "GPU, so these times are shared-GPU times), each curve read linearly between its evaluations, mean over "
+            "the seeds:", "", "| arch | steps in that time | " + " | ".join(sets) + " |",
+            "|---|---:|" + "---:|" * len(sets)]
+    for arch in sorted({r["arch"] for r in runs}, key=lambda a: (a != "gpt", a)):
+        steps = budget / per_step(arch)
+        mine = [r for r in runs if r["arch"] == arch]
+        cells = [sum(_loss_at(r["eval_curves"]["pretrain"][s], steps) for r in mine) / len(mine) for s in sets]
+        out.append(f"| {LABELS.get(arch, arch)} | {steps:,.0f} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
+    return out + [""]
+
+
+def section(md: Path, img: Path, table_quality: Callable[[Dict[str, Any]], List[str]]) -> List[str]:
+    """Markdown lines of the H200 section (empty when none of its runs is committed); `table_quality` renders a
+    quality JSON's table (plot_benchmarks')."""
+    body = (training_tables() + quality_tables(table_quality) + recurrence_table()
+            + decode_table_and_plot(md, img))
     if not body:
         return []
-    return ["## H200, 2026-12-01: the current kernels (issues 15, 16, 18)", "",
+    return ["## H200, 2026-12-01/02: the current kernels (issues 15, 16, 18)", "",
             "torch 2.11 + CUDA 13 on one NVIDIA H200. The GPU sections further down are the H100 run of "
             "2026-11-24 (the issue 8 comparison, before the latency kernels, the compiled training default and the "
             "CUDA-graph decode).", ""] + body

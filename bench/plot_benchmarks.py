@@ -569,7 +569,7 @@ def write_doc(results, md: Path, img: Path) -> str:
     add("")
     add("Every subcommand has a `--quick` mode (tiny shapes, CPU, seconds) that the tests run.")
     add("")
-    L += doc_h200.section(md, img)
+    L += doc_h200.section(md, img, table_quality)
 
     add("## Models")
     add("")
