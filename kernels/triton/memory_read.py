@@ -6,9 +6,11 @@
 # Time is cut into chunks of BLOCK_L tokens; a program owns (batch row, read head, chunk) and walks the chunk's tokens
 # one by one with the head's N banks [BLOCK_N, BLOCK_DH] and its slot chunk's normalised items [BLOCK_S, BLOCK_DH] in
 # registers: per token a handful of row reductions over dh, no layout changes, no tensor over time.
-# (H200, bf16 B=8 T=2048 D=768, run n: forward kernel 249 us, backward kernel 1,005 us; the op took 1.08 / 5.98 ms
-# forward / forward+backward with [16, N, dh] chunk tensors and associative scans. Slot items as tl.dot tiles over
-# the chunk, run o: a 396 us forward kernel.)
+# (H200, bf16 B=8 T=2048 D=768, run s: forward kernel 248 us, backward kernel 1,012 us, bank_bwd_kernel 120 us, the
+# op 0.46 / 2.45 ms forward / forward+backward; 1.08 / 5.98 with [16, N, dh] chunk tensors and associative scans, run
+# h; 3.15-3.66 with mdi's backward kernel (901 us) in place of the bank backward, runs n and p. Slot items as tl.dot
+# tiles over the chunk, run o: a 396 us forward kernel. The backward kernel takes 255 registers and 360 bytes of
+# stack per thread at one warp (sm_90); the chunk map added to it left its time unchanged: 1,012 us against 1,005.)
 #   chunk_transfer_kernel: per (b, chunk, channel block) the chunk's product of g and the state reached from zero;
 #   carry_kernel: per (b, channel block) a scan over the chunks (blocks of BLOCK_NC chunks, carry handed on) giving
 #     each chunk's entry banks (and m_last);

@@ -312,7 +312,9 @@ def memory_update_backward(grad: Tensor, M0: Tensor, key: Tensor, value: Tensor,
 MR_CHUNK = 32
 MR_WARPS = {False: 1, True: 1}
 MR_CHUNK_INTERPRET = 8  # the interpreter's chunk: the tests' sequences span several chunks and slot chunks
-MR_BANK_BWD = (64, 1)   # bank_bwd_kernel's (channels, warps) per program
+# bank_bwd_kernel's (channels, warps) per program; run r, the op's forward+backward ms: (32, 1) 2.687, (64, 1) 2.626,
+# (128, 1) 2.889, (128, 2) 2.815, (256, 2) 2.622, (256, 4) 3.028
+MR_BANK_BWD = (64, 1)
 
 
 def _mr_setup(q: Tensor, base: Tensor, Ms: Tensor, n_heads: int, eps: float, norm_eps: float, backward: bool):
