@@ -264,8 +264,8 @@ def throughput_rows(arch: str, sizes: List[int], a: Dict[str, Any]) -> Iterator[
                 row.update(peak_mib=_maxrss_mib(), rss_before_mib=base_rss)
             if hasattr(model, "lstm_dtype"):
                 row["lstm_dtype"] = model.lstm_dtype
-            if a.get("profile") and device.type == "cuda":
-                row["profile"] = profile_step(lambda: train_step(data, batch, micro, T), a["profile"])
+            if a.get("profile"):
+                row["profile"] = profile_step(lambda: train_step(data, batch, micro, T), a["profile"], device)
         except Exception as e:  # noqa: BLE001 -- every failure becomes a row, the run goes on
             row.update(status="oom" if _is_oom(e) else "error", error=f"{type(e).__name__}: {str(e)[:300]}")
             e = None
@@ -275,18 +275,19 @@ def throughput_rows(arch: str, sizes: List[int], a: Dict[str, Any]) -> Iterator[
         yield row
 
 
-def profile_step(step, top: int) -> Dict[str, Any]:
-    """The CUDA kernels of one more step (torch.profiler): the `top` heaviest by summed device time, with their
-    calls, and the step's total kernel time."""
+def profile_step(step, top: int, device) -> Dict[str, Any]:
+    """One more step under torch.profiler: on CUDA its kernels by summed device time, on the CPU its operators by
+    self CPU time; the `top` heaviest with their calls, and the sum over all of them."""
     import torch
     from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    cuda = device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
         step()
-    kernels = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
-    kernels.sort(key=lambda e: e.self_device_time_total, reverse=True)
-    total = sum(e.self_device_time_total for e in kernels)
-    return {"total_us": total, "kernels": [dict(name=e.key[:160], us=e.self_device_time_total, calls=e.count)
-                                           for e in kernels[:top]]}
+    kind = torch.autograd.DeviceType.CUDA if cuda else torch.autograd.DeviceType.CPU
+    us = (lambda e: e.self_device_time_total) if cuda else (lambda e: e.self_cpu_time_total)
+    kernels = sorted((e for e in prof.key_averages() if e.device_type == kind), key=us, reverse=True)
+    return {"total_us": sum(us(e) for e in kernels),
+            "kernels": [dict(name=e.key[:160], us=us(e), calls=e.count) for e in kernels[:top]]}
 
 
 # ------------------------------------------------------------------------------------------ generation
@@ -448,7 +449,7 @@ def print_table(kind: str, rows: List[Dict[str, Any]]) -> None:
         print(_row_line(kind, r))
         prof = r.get("profile")
         if prof:
-            print(f"    kernels of one step: {prof['total_us'] / 1e3:,.1f} ms")
+            print(f"    kernels (cuda) or operators (cpu) of one step: {prof['total_us'] / 1e3:,.1f} ms")
             for k in prof["kernels"]:
                 print(f"    {k['us'] / 1e3:9.2f} ms {100 * k['us'] / prof['total_us']:5.1f} % {k['calls']:6d}x  {k['name']}")
 
@@ -743,7 +744,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--row-seconds", type=float, default=30.0, help="stop timing a row after this (min 2 steps)")
     t.add_argument("--worker-timeout", type=float, default=300.0)
     t.add_argument("--profile", type=int, default=0, metavar="K",
-                   help="cuda: profile one more step per row and keep its K heaviest kernels (0 = off)")
+                   help="profile one more step per row and keep its K heaviest CUDA kernels (cpu: operators by "
+                        "self time); 0 = off")
 
     g = sub.add_parser("generate", help="decode tokens/s and memory against context length")
     common(g, MODEL_ARCHS, MODEL_ARCHS)

@@ -25,7 +25,7 @@ def _run(*args, timeout=300):
 def quick_results(tmp_path_factory, bench_data):
     """The three quick JSONs (two archs each for throughput/generate; quality on the small data directory)."""
     root = tmp_path_factory.mktemp("compare")
-    _run("throughput", "--quick", "--archs", "mmrec,lstm", "--out", root / "throughput_cpu.json")
+    _run("throughput", "--quick", "--archs", "mmrec,lstm", "--profile", "5", "--out", root / "throughput_cpu.json")
     _run("generate", "--quick", "--archs", "mmrec,gpt", "--out", root / "generate_cpu.json")
     _run("quality", "--quick", "--archs", "mmrec,gpt,lstm", "--data-dir", bench_data, "--runs-dir", root / "runs",
          "--out", root / "quality_cpu.json", "--jobs", "2")
@@ -43,6 +43,16 @@ def test_quick_speed_modes_write_rows(quick_results, kind):
         assert r["status"] == "ok", r
         assert ROW_KEYS[kind] <= set(r), ROW_KEYS[kind] - set(r)
         assert r["tokens_per_s" if kind == "throughput" else "decode_tokens_per_s"] > 0
+
+
+def test_quick_throughput_profiles_one_step(quick_results):
+    for r in json.loads((quick_results / "throughput_cpu.json").read_text())["rows"]:
+        prof = r["profile"]
+        kernels = prof["kernels"]
+        assert 1 <= len(kernels) <= 5 and all(k["name"] and k["calls"] >= 1 for k in kernels)
+        assert [k["us"] for k in kernels] == sorted((k["us"] for k in kernels), reverse=True)
+        assert 0 < sum(k["us"] for k in kernels) <= prof["total_us"]
+        assert prof["total_us"] < 1e6 * r["step_s"] * 10                   # one step's operators, not the run's
 
 
 def test_quick_generate_state_sizes(quick_results):
