@@ -124,11 +124,8 @@ def decode_table_and_plot(md: Path, img: Path) -> List[str]:
         out.append(f"| {r['context']:,} | {r['batch']} | {LABELS.get(r['model'], r['model'])} | {r['run']} | "
                    f"{r['tokens_per_s']:,.0f} | {r['ms_per_token']:.3f} | {r['state_mib']:,.2f} | {ratio} |")
     out.append("")
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = _pyplot()
+    if plt is None:
         return out
     batches = sorted({r["batch"] for r in rows})
     fig, axes = plt.subplots(1, len(batches), figsize=(5 * len(batches), 3.6), squeeze=False)
@@ -147,13 +144,63 @@ def decode_table_and_plot(md: Path, img: Path) -> List[str]:
         ax.set_title(f"H200, base, bf16, batch {batch}")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    img.mkdir(parents=True, exist_ok=True)
-    path = img / "decode_h200.png"
+    out += [f"![decode against context, H200]({_save(plt, fig, img / 'decode_h200.png', md)})", ""]
+    return out
+
+
+def _pyplot():
+    """matplotlib.pyplot on the Agg backend, or None without matplotlib (the tables are written anyway)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+def _save(plt, fig, path: Path, md: Path) -> str:
+    """Writes the figure to `path`; its link relative to the document `md`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    out += [f"![decode against context, H200]({os.path.relpath(path, md.parent).replace(os.sep, '/')})", ""]
-    return out
+    return os.path.relpath(path, md.parent).replace(os.sep, "/")
+
+
+def training_plot(md: Path, img: Path) -> List[str]:
+    """Bars of compiled training tokens/s per arch at each T of the first two TRAIN_RUNS (the current kernels), the
+    ratio to the GPT of the same run above each bar; docs/img/training_h200.png (the README shows it too)."""
+    rows = []
+    for _, run, name in TRAIN_RUNS[:2]:
+        data = _load(run, name)
+        rows += [dict(r, run=run) for r in (data or {}).get("rows", []) if r.get("status") == "ok"]
+    plt = _pyplot()
+    if not rows or plt is None:
+        return []
+    sizes = sorted({r["T"] for r in rows})
+    archs = [a for a in ("gpt", "mmrec-linear", "mmrec") if any(r["arch"] == a for r in rows)]
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    width = 0.8 / len(archs)
+    for i, arch in enumerate(archs):
+        for j, T in enumerate(sizes):
+            r = next((r for r in rows if r["arch"] == arch and r["T"] == T), None)
+            gpt = next((g for g in rows if g["arch"] == "gpt" and g["T"] == T), None)
+            if r is None:
+                continue
+            x = j + (i - (len(archs) - 1) / 2) * width
+            ax.bar(x, r["tokens_per_s"] / 1e3, width, color=f"C{i}", label=LABELS.get(arch, arch) if j == 0 else None)
+            if gpt:
+                ax.annotate(f"{r['tokens_per_s'] / gpt['tokens_per_s']:.2f}x", (x, r["tokens_per_s"] / 1e3),
+                            ha="center", va="bottom", fontsize=7)
+    batch = {r["T"]: r["batch"] for r in rows}
+    ax.set_xticks(range(len(sizes)), [f"T={T:,} (B={batch[T]})" for T in sizes])
+    ax.set_ylabel("training tokens/s (thousands)")
+    ax.set_title(f"H200, base, bf16, compiled, {rows[0]['tokens_per_step']:,} tokens per step ("
+                 f"runs {', '.join(dict.fromkeys(r['run'].rsplit('-', 1)[-1] for r in rows))})", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(axis="y", alpha=0.3)
+    return [f"![compiled training throughput, H200]({_save(plt, fig, img / 'training_h200.png', md)})", ""]
 
 
 def _loss_at(curve: List[List[float]], step: float) -> float:
@@ -199,7 +246,7 @@ def quality_tables(table_quality: Callable[[Dict[str, Any]], List[str]]) -> List
 def section(md: Path, img: Path, table_quality: Callable[[Dict[str, Any]], List[str]]) -> List[str]:
     """Markdown lines of the H200 section (empty when none of its runs is committed); `table_quality` renders a
     quality JSON's table (plot_benchmarks')."""
-    body = (training_tables() + quality_tables(table_quality) + recurrence_table()
+    body = (training_tables() + training_plot(md, img) + quality_tables(table_quality) + recurrence_table()
             + decode_table_and_plot(md, img))
     if not body:
         return []
