@@ -55,13 +55,10 @@ def _gate(mod_ptr, sb, bi, t, N, T, n, n_ok, lo, hi, pad, ACC: tl.constexpr):
 
 
 @triton.jit
-def chunk_transfer_kernel(v_ptr, mod_ptr, base_ptr, bounds_ptr, ta_ptr, tx_ptr, T, N, D, NC,
-                          ACC: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
-    """v: [B, T, D]; mod: [B, T, N]; base: [N, D]; bounds: [eps, 1 - eps]; ta, tx: [B, NC, N, D] (accumulation dtype):
-    the chunk's prod of g and its end state from a zero entry. Grid: (B * NC, cdiv(D, BLOCK_C))."""
-    bi = (tl.program_id(0) // NC).to(tl.int64)
-    c = tl.program_id(0) % NC
-    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+def _bank_tile(base_ptr, bounds_ptr, col0, N, D, ACC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+    """The [BLOCK_N, BLOCK_C] tile of the banks at channels col0.. : its columns, masks, offsets into an [N, D] row,
+    the clamp bounds (bounds: [eps, 1 - eps, ...]) and sig(base) on the tile."""
+    cols = col0 + tl.arange(0, BLOCK_C)
     c_ok = cols < D
     n = tl.arange(0, BLOCK_N)
     n_ok = n < N
@@ -69,6 +66,18 @@ def chunk_transfer_kernel(v_ptr, mod_ptr, base_ptr, bounds_ptr, ta_ptr, tx_ptr, 
     nd_offs = n[:, None] * D + cols[None, :]
     lo, hi = tl.load(bounds_ptr).to(ACC), tl.load(bounds_ptr + 1).to(ACC)
     sb = _sig(tl.load(base_ptr + nd_offs, mask=nd_ok, other=0.0).to(ACC))
+    return cols, c_ok, n, n_ok, nd_ok, nd_offs, lo, hi, sb
+
+
+@triton.jit
+def chunk_transfer_kernel(v_ptr, mod_ptr, base_ptr, bounds_ptr, ta_ptr, tx_ptr, T, N, D, NC,
+                          ACC: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+    """v: [B, T, D]; mod: [B, T, N]; base: [N, D]; bounds: [eps, 1 - eps]; ta, tx: [B, NC, N, D] (accumulation dtype):
+    the chunk's prod of g and its end state from a zero entry. Grid: (B * NC, cdiv(D, BLOCK_C))."""
+    bi = (tl.program_id(0) // NC).to(tl.int64)
+    c = tl.program_id(0) % NC
+    cols, c_ok, n, n_ok, nd_ok, nd_offs, lo, hi, sb = _bank_tile(base_ptr, bounds_ptr, tl.program_id(1) * BLOCK_C, N,
+                                                                 D, ACC, BLOCK_N, BLOCK_C)
     t = c * BLOCK_L + tl.arange(0, BLOCK_L)
     g, _ = _gate(mod_ptr, sb, bi, t, N, T, n, n_ok, lo, hi, 1.0, ACC)                   # [BLOCK_L, BLOCK_N, BLOCK_C]
     v = tl.load(v_ptr + (bi * T + t[:, None]) * D + cols[None, :], mask=(t < T)[:, None] & c_ok[None, :],
@@ -282,14 +291,8 @@ def bank_bwd_kernel(dxm_ptr, v_ptr, mod_ptr, base_ptr, m0_ptr, m_ptr, consts_ptr
     blk = tl.program_id(0) % nblk
     bi = (tl.program_id(0) // nblk).to(tl.int64)
     c = tl.program_id(1)
-    cols = blk * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = cols < D
-    n = tl.arange(0, BLOCK_N)
-    n_ok = n < N
-    nd_ok = n_ok[:, None] & c_ok[None, :]
-    nd_offs = n[:, None] * D + cols[None, :]
-    lo, hi = tl.load(consts_ptr).to(ACC), tl.load(consts_ptr + 1).to(ACC)
-    sb = _sig(tl.load(base_ptr + nd_offs, mask=nd_ok, other=0.0).to(ACC))                # [BLOCK_N, BLOCK_C]
+    cols, c_ok, n, n_ok, nd_ok, nd_offs, lo, hi, sb = _bank_tile(base_ptr, consts_ptr, blk * BLOCK_C, N, D, ACC,
+                                                                 BLOCK_N, BLOCK_C)
     carry = tl.load(carry_ptr + (bi * NC + NC - 1 - c) * N * D + nd_offs, mask=nd_ok, other=0.0)
     dbase = tl.zeros([BLOCK_N, BLOCK_C], ACC)
     t0 = c * BLOCK_L

@@ -208,6 +208,15 @@ def _mdi_config(T: int, N: int, dtype: torch.dtype, backward: bool):
     return dict(BLOCK_T=block_t, BLOCK_N=block_n, BLOCK_D=max(32, size // (block_t * block_n)), num_warps=4)
 
 
+def _decay_grads(dmod_part: Tensor, dbase_part: Tensor, mod: Tensor, base: Tensor):
+    """dmod and dbase (dtypes of mod and base) from the kernels' partials: dmod_part [tiles over D, B, T, N],
+    dbase_part [tiles, B, N, D] or [B, tiles, N, D], summed in a fixed order."""
+    dmod, dbase = new_output(mod.shape, mod), new_output(base.shape, base)
+    dmod.copy_(dmod_part.sum(0))
+    dbase.copy_(dbase_part.sum((0, 1)))
+    return dmod, dbase
+
+
 def _chain_buffers(T: int, B: int, D: int, block_t: int, block_d: int, state: tuple, like: Tensor):
     """ends [n_tiles_T, B, *state] in the accumulation dtype and zeroed int32 flags for a chained scan."""
     tiles_t = triton.cdiv(T, block_t)
@@ -248,11 +257,7 @@ def mdi_backward(grad: Tensor, v: Tensor, mod: Tensor, base: Tensor, m0: Optiona
     _mdi.mdi_bwd_kernel[(tiles,)](grad, v, mod, base, m0 if m0 is not None else _dummy(v), m, _bounds(eps, v),
                                   ends, flags, dv, dm0, dmod_part, dbase_part, B, T, N, D,
                                   HAS_M0=m0 is not None, ACC=_tl_acc(v.dtype), **cfg)
-    dmod = new_output(mod.shape, mod)
-    dmod.copy_(dmod_part.sum(0))
-    dbase = new_output(base.shape, base)
-    dbase.copy_(dbase_part.sum((0, 1)))
-    return dv, dmod, dbase, dm0
+    return (dv, *_decay_grads(dmod_part, dbase_part, mod, base), dm0)
 
 
 # ------------------------------------------------------------------------------ memory_update
@@ -416,10 +421,7 @@ def memory_read_backward(grad_r, grad_m, q, h, v, mod, base, Ms, m0, k0, chunk_l
                                                            BLOCK_L=block_l, BLOCK_N=blocks["BLOCK_N"],
                                                            BLOCK_C=block_c,
                                                            num_warps=1 if INTERPRET else MR_BANK_BWD[1])
-    dmod = new_output(mod.shape, mod)
-    dmod.copy_(dmod_part.sum(0))
-    dbase = new_output(base.shape, base)
-    dbase.copy_(dbase_part.sum((0, 1)))
+    dmod, dbase = _decay_grads(dmod_part, dbase_part, mod, base)
     dMs = new_output(Ms.shape, q)
     block = 64 if INTERPRET else 512
     _mr.dms_reduce_kernel[(B * NS, triton.cdiv(S * D, block))](dms_part, dMs, T, S, D, NS, nc, J, k0, chunk_len,
