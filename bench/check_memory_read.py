@@ -2,9 +2,9 @@
 gradients; max|out-ref|/max|ref|), then fwd and fwd+bwd times against the unfused path (mdi materialising
 [B, T, N, D], then the read in PyTorch) and a memory-traffic floor (inputs read once, r written once).
     python bench/check_memory_read.py [--B 8 --T 2048 --D 768 --heads 12 --N 4 --S 16 --C 64]
---chunk L sets the triton backend's time chunk (tokens per program); --sweep times the triton backend at several
-(chunk, warps) pairs after the check (each compiles anew), --bank-sweep at several (channels, warps) of the bank
-backward;
+--chunk L sets the triton backend's forward time chunk (tokens per program); --sweep times the triton backend at
+several (chunk, warps) pairs of the forward kernel and (tokens, warps) pairs of the backward kernel after the check
+(each compiles anew), --bank-sweep at several (channels, warps) of the bank backward;
 --profile prints the CUDA kernels of one triton fwd+bwd; --skip-check times only. The floor's bandwidth is a device copy measured in the same run."""
 from __future__ import annotations
 
@@ -100,8 +100,11 @@ def bench(a, backends):
     paths = {f"fused/{be}": (lambda be=be: _run(be, mmrec_ops.memory_read, xs, cfg)) for be in backends}
     paths["unfused mdi+read"] = lambda: _run(None, unfused, xs, cfg)
     if "triton" in backends and a.sweep:
-        for chunk, warps in ((16, 1), (16, 2), (16, 4), (32, 1), (32, 2), (32, 4), (64, 4)):
-            paths[f"triton L={chunk} w{warps}"] = lambda c=chunk, w=warps: _run_chunks(c, w, xs, cfg)
+        for chunk, warps in ((16, 1), (32, 1), (64, 1), (32, 2)):
+            paths[f"triton fwd L={chunk} w{warps}"] = lambda c=chunk, w=warps: _tuned(dict(MR_CHUNK=c, MR_WARPS=w),
+                                                                                      xs, cfg)
+        for tiles in ((16, 2), (16, 4), (32, 4), (32, 8), (64, 4), (64, 8)):
+            paths["triton bwd L={} w{}".format(*tiles)] = lambda tiles=tiles: _tuned(dict(MR_BWD=tiles), xs, cfg)
     if "triton" in backends and a.bank_sweep:
         for tiles in ((32, 1), (64, 1), (128, 1), (128, 2), (256, 2), (256, 4)):
             paths["triton bank bwd {}c w{}".format(*tiles)] = lambda tiles=tiles: _tuned(dict(MR_BANK_BWD=tiles),
@@ -144,7 +147,7 @@ def _run(be, fn, xs, cfg):
 
 def _tuned(overrides, xs, cfg):
     """The triton backend's (fwd, fwd+bwd) with module settings of mmrec_ops.backends.triton replaced during each
-    call: {name: value} (MR_CHUNK, MR_WARPS, MR_BANK_BWD), restored afterwards."""
+    call: {name: value} (MR_CHUNK, MR_WARPS, MR_BWD, MR_BANK_BWD), restored afterwards."""
     from mmrec_ops.backends import triton as triton_backend
     fwd, both = _run("triton", mmrec_ops.memory_read, xs, cfg)
 
@@ -162,11 +165,6 @@ def _tuned(overrides, xs, cfg):
     return tuned(fwd), tuned(both)
 
 
-def _run_chunks(chunk, warps, xs, cfg):
-    """The triton backend with time chunks of `chunk` tokens and `warps` per program."""
-    return _tuned(dict(MR_CHUNK=chunk, MR_WARPS={False: warps, True: warps}), xs, cfg)
-
-
 def _with(be, f):
     with mmrec_ops.backend(be):
         return f()
@@ -177,7 +175,8 @@ if __name__ == "__main__":
     for k, v in dict(B=8, T=2048, D=768, heads=12, N=4, S=16, C=64).items():
         p.add_argument(f"--{k}", type=int, default=v)
     p.add_argument("--chunk", type=int, default=None, help="the triton backend's time chunk (tokens per program)")
-    p.add_argument("--sweep", action="store_true", help="also time the triton backend at several (chunk, warps)")
+    p.add_argument("--sweep", action="store_true", help="also time the triton backend at several (chunk, warps) of "
+                   "its forward and (tokens, warps) of its backward kernel")
     p.add_argument("--profile", action="store_true", help="print the CUDA kernels of one triton fwd+bwd")
     p.add_argument("--bank-sweep", action="store_true", help="also time the triton backend at several (channels, "
                    "warps) per program of the bank backward (bank_bwd_kernel)")

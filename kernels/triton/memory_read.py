@@ -3,26 +3,29 @@
 # backward: a_i = <G, n_i>, ds_i = w_i (a_i - sum_j w_j a_j), dq = sum_i ds_i n_i / sqrt(dh), dn_i = w_i G + ds_i q / sqrt(dh),
 #   dx_i = rho_i (dn_i - n_i mean(dn_i n_i)); the banks: delta_t = dx_t + g_{t+1} delta_{t+1}, dv_t = sum_n (1 - g_t) delta_t,
 #   dlog g_t = delta_t (m_{t-1} - v_t) (where unclamped), dm0 = g_0 delta_0.
-# Time is cut into chunks of BLOCK_L tokens; a program owns (batch row, read head, chunk) and walks the chunk's tokens
-# one by one with the head's N banks [BLOCK_N, BLOCK_DH] and its slot chunk's normalised items [BLOCK_S, BLOCK_DH] in
-# registers: per token a handful of row reductions over dh, no layout changes, no tensor over time.
-# (H200, bf16 B=8 T=2048 D=768, run s: forward kernel 248 us, backward kernel 1,012 us, bank_bwd_kernel 120 us, the
-# op 0.46 / 2.45 ms forward / forward+backward; 1.08 / 5.98 with [16, N, dh] chunk tensors and associative scans, run
-# h; 3.15-3.66 with mdi's backward kernel (901 us) in place of the bank backward, runs n and p. Slot items as tl.dot
-# tiles over the chunk, run o: a 396 us forward kernel. The backward kernel takes 255 registers and 360 bytes of
-# stack per thread at one warp (sm_90); the chunk map added to it left its time unchanged: 1,012 us against 1,005.)
+# The forward cuts time into chunks of BLOCK_L tokens; a program owns (batch row, read head, chunk) and walks the
+# chunk's tokens one by one with the head's N banks [BLOCK_N, BLOCK_DH] and its slot chunk's normalised items
+# [BLOCK_S, BLOCK_DH] in registers: per token a handful of row reductions over dh, no tensor over time. The backward
+# reads the banks (written by mdi's forward), so its tokens are independent: a program takes a chunk's tokens as
+# [L, dh] tiles, the slots as tl.dot tiles. dh is a kernel argument: a multiple of 16 lets Triton prove the head's
+# columns aligned and load 8-element vectors (rows of [L, dh] over 8 lanes: 3 shuffles per row reduction).
+# (H200, bf16 B=8 T=2048 D=768 N=4 S=16, run 2026-12-04 a: forward kernel 183 us, backward kernel 487 us,
+# carry_map_kernel 64, bank_bwd_kernel 118; the op ~0.34 / 1.92 ms forward / forward+backward. Before: the
+# backward as a token loop at one warp, unaligned columns, 1,012 us, 255 registers and 360 bytes of stack; the
+# forward 248 us (run 2026-12-02 s). The backward at (tokens, warps) (16, 2) 1.93 ms, (32, 4) 1.92, (32, 8) 2.17,
+# (64, 8) 1.92; the forward's token loop at 2 warps 0.73 ms against 0.34-0.46 at 1 (a barrier per reduction).)
 #   chunk_transfer_kernel: per (b, chunk, channel block) the chunk's product of g and the state reached from zero;
 #   carry_kernel: per (b, channel block) a scan over the chunks (blocks of BLOCK_NC chunks, carry handed on) giving
 #     each chunk's entry banks (and m_last);
 #   memory_read_fwd_kernel: rebuilds the banks token by token from the chunk's entry and writes r ([B, T, N, D] never
 #     exists);
-#   memory_read_bwd_kernel: reads the banks m (written by mdi's forward for the backward alone and freed with it:
-#     bank_bwd_kernel needs m_{t-1} in reverse order) and writes dq, dh, the banks' item gradient dx_m (accumulation
-#     dtype), the chunk's affine map of the banks' reverse carry (prod g, and the carry it sends left from a zero
-#     carry on its right) and the slots' gradient per (chunk, slot chunk), which dms_reduce_kernel sums in a fixed
-#     order. dx of a slot is linear in its dn (rho, n fixed per slot chunk), so dn is summed over the chunk's tokens
-#     first and the RMS backward runs once per slot chunk.
-#   carry_kernel over the maps stored last chunk first gives each chunk the carry entering from its right (and dm0);
+#   memory_read_bwd_kernel: reads the banks m (mdi's forward, for the backward alone and freed with it: bank_bwd_kernel
+#     needs m_{t-1}) and writes dq, dh, the banks' item gradient dx_m (accumulation dtype) and the slots' gradient
+#     per (chunk, slot chunk), which dms_reduce_kernel sums in a fixed order. dx of a slot is linear in its dn (rho,
+#     n fixed per slot chunk), so dn is summed over the chunk's tokens (a tl.dot) before the RMS backward;
+#   carry_map_kernel: each chunk's affine map of the banks' reverse carry (prod g, and the carry it sends left from
+#     a zero carry on its right), stored last chunk first, so that carry_kernel runs the carry from the end of time
+#     (and gives dm0);
 #   bank_bwd_kernel: per (b, chunk, channel block) a walk over the chunk's tokens from the last: dv, dmod per token
 #     (partial per channel block), dbase per chunk.
 import triton
@@ -147,15 +150,15 @@ def _weights(q, nh, nm, nM, n_ok, s_ok, scale):
 
 @triton.jit
 def memory_read_fwd_kernel(q_ptr, h_ptr, v_ptr, mod_ptr, base_ptr, Ms_ptr, entry_ptr, r_ptr, consts_ptr,
-                           T, N, D, NS, S, H, k0, C, NC, ACC: tl.constexpr,
+                           T, N, D, dh, NS, S, H, k0, C, NC, ACC: tl.constexpr,
                            BLOCK_L: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr,
                            BLOCK_DH: tl.constexpr):
     """q, h, v, r: [B, T, D]; mod: [B, T, N]; base: [N, D]; Ms: [B, NS, S, D]; entry: [B, NC, N, D] (the banks
-    before each chunk, accumulation dtype); consts: [eps, 1 - eps, norm_eps, 1 / sqrt(dh)]. Grid: (B * H, NC)."""
+    before each chunk, accumulation dtype); consts: [eps, 1 - eps, norm_eps, 1 / sqrt(dh)]; dh = D / H (an
+    argument, as in the backward). Grid: (B * H, NC)."""
     pid = tl.program_id(0)
     c = tl.program_id(1)
     bi = (pid // H).to(tl.int64)
-    dh = D // H
     dd = tl.arange(0, BLOCK_DH)
     cols = (pid % H) * dh + dd
     d_ok = dd < dh
@@ -198,20 +201,29 @@ def _dx_rows(dn, nx, rho, dh):
 
 
 @triton.jit
-def memory_read_bwd_kernel(grad_r_ptr, grad_m_ptr, q_ptr, h_ptr, mod_ptr, base_ptr, m_ptr, Ms_ptr, consts_ptr,
-                           dq_ptr, dh_ptr, dxm_ptr, ta_ptr, tx_ptr, dms_part_ptr, T, N, D, NS, S, H, k0, C, NC, J,
-                           HAS_GM: tl.constexpr, ACC: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_N: tl.constexpr,
-                           BLOCK_S: tl.constexpr, BLOCK_DH: tl.constexpr):
-    """grad_r, q, h, dq, dh: [B, T, D]; grad_m: [B, N, D] (dL/dm_last); mod: [B, T, N]; base: [N, D]; m: [B, T, N,
-    D]; dxm: [B, T, N, D], ta, tx: [B, NC, N, D] and dms_part: [B, NC, J, S, D] (the chunk's dMs for slot chunks
-    c(t0) + 0..J-1; those it reads are written) in the accumulation dtype. dxm at T - 1 includes grad_m. The banks'
-    carry c_t = g_t delta_t (delta_t = dx_t + c_{t+1}) crosses the chunk as c_t0 = ta c_t1 + tx, ta = prod g and
-    tx = sum_s (prod_{u<=s} g_u) dx_s over the chunk: both stored at chunk NC - 1 - c, so that carry_kernel, which
-    scans forward, runs the carry from the end of time. Grid: (B * H, NC)."""
+def _chunk_slots(t, t_ok, k0, C, T, c, BLOCK_L: tl.constexpr):
+    """The slot chunk of each token [L] (-1 past T), the time chunk's first slot chunk and how many it reads."""
+    sc_tok = tl.where(t_ok, (k0 + t) // C, -1)
+    sc0 = (k0 + c * BLOCK_L) // C
+    t_last = tl.minimum(c * BLOCK_L + BLOCK_L, T) - 1
+    return sc_tok, sc0, (k0 + t_last) // C - sc0 + 1
+
+
+@triton.jit
+def memory_read_bwd_kernel(grad_r_ptr, grad_m_ptr, q_ptr, h_ptr, m_ptr, Ms_ptr, consts_ptr, dq_ptr, dh_ptr, dxm_ptr,
+                           dms_part_ptr, T, N, D, dh, NS, S, H, k0, C, NC, J, HAS_GM: tl.constexpr, ACC: tl.constexpr,
+                           PREC: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr,
+                           BLOCK_DH: tl.constexpr):
+    """grad_r, q, h, dq, dh: [B, T, D]; grad_m: [B, N, D] (dL/dm_last); m: [B, T, N, D]; in the accumulation dtype:
+    dxm [B, T, N, D] (incl. grad_m at T - 1) and dms_part [B, NC, J, S, D] (the chunk's dMs for slot chunks
+    c(t0) + 0..J-1; those it reads are written). With the banks given, the tokens are independent: the program
+    takes its BLOCK_L tokens as [L, DH] tiles: h, each bank (read twice, for the scores and for the gradients), and
+    the slots' scores, dq part and gradient as tl.dot tiles per slot chunk the tokens read. dh = D / H is an
+    argument: when it is a multiple of 16 Triton knows the head's columns aligned and loads them as vectors.
+    Grid: (B * H, NC)."""
     pid = tl.program_id(0)
     c = tl.program_id(1)
     bi = (pid // H).to(tl.int64)
-    dh = D // H
     dd = tl.arange(0, BLOCK_DH)
     cols = (pid % H) * dh + dd
     d_ok = dd < dh
@@ -219,63 +231,87 @@ def memory_read_bwd_kernel(grad_r_ptr, grad_m_ptr, q_ptr, h_ptr, mod_ptr, base_p
     n_ok = n < N
     j = tl.arange(0, BLOCK_S)
     s_ok = j < S
-    nd_ok = n_ok[:, None] & d_ok[None, :]
-    sd_ok = s_ok[:, None] & d_ok[None, :]
-    nd_offs = n[:, None] * D + cols[None, :]
-    lo, hi = tl.load(consts_ptr).to(ACC), tl.load(consts_ptr + 1).to(ACC)
     ne, scale = tl.load(consts_ptr + 2).to(ACC), tl.load(consts_ptr + 3).to(ACC)
-    sb = _sig(tl.load(base_ptr + nd_offs, mask=nd_ok, other=0.0).to(ACC))                # [BLOCK_N, BLOCK_DH]
-    g_prod = tl.full([BLOCK_N, BLOCK_DH], 1.0, ACC)                # prod of g over the chunk's tokens so far
-    carry_in = tl.zeros([BLOCK_N, BLOCK_DH], ACC)                  # the carry the chunk sends to its left
-    t0 = c * BLOCK_L
-    t1 = tl.minimum(t0 + BLOCK_L, T)
-    gm = tl.zeros([BLOCK_N, BLOCK_DH], ACC)
-    if HAS_GM:
-        gm = tl.load(grad_m_ptr + bi * N * D + nd_offs, mask=nd_ok & (t1 == T), other=0.0).to(ACC)
-    sc0 = (k0 + t0) // C
-    sc_cur = sc0
-    nM, rho_M = _slot_tile(Ms_ptr, bi, sc_cur, NS, S, D, cols, d_ok, j, s_ok, dh, ne, ACC)
-    dn_M = tl.zeros([BLOCK_S, BLOCK_DH], ACC)                   # sum over the slot chunk's tokens of dn
-    part = dms_part_ptr + ((bi * NC + c) * J * S + j[:, None]) * D + cols[None, :]        # [BLOCK_S, BLOCK_DH]
-    for t in range(t0, t1):
-        sc = (k0 + t) // C
-        if sc != sc_cur:
-            tl.store(part + (sc_cur - sc0) * S * D, _dx_rows(dn_M, nM, rho_M, dh), mask=sd_ok)
-            nM, rho_M = _slot_tile(Ms_ptr, bi, sc, NS, S, D, cols, d_ok, j, s_ok, dh, ne, ACC)
-            dn_M = tl.zeros([BLOCK_S, BLOCK_DH], ACC)
-            sc_cur = sc
+    t = c * BLOCK_L + tl.arange(0, BLOCK_L)
+    t_ok = t < T
+    td_ok = t_ok[:, None] & d_ok[None, :]
+    td_offs = (bi * T + t[:, None]) * D + cols[None, :]                                  # [L, DH]
+    Q = tl.load(q_ptr + td_offs, mask=td_ok, other=0.0).to(ACC)
+    G = tl.load(grad_r_ptr + td_offs, mask=td_ok, other=0.0).to(ACC)
+    nh, rho_h = _rms_rows(tl.load(h_ptr + td_offs, mask=td_ok, other=0.0).to(ACC), dh, ne)
+    s_h = tl.sum(nh * Q, 1) * scale                                                       # [L]
+    a_h = tl.sum(nh * G, 1)
+    m_rows = m_ptr + (bi * T + t[:, None]) * N * D + cols[None, :]                       # bank 0 of [L, DH]
+    s_m = tl.full([BLOCK_L, BLOCK_N], float("-inf"), ACC)                                # [L, N]
+    a_m = tl.zeros([BLOCK_L, BLOCK_N], ACC)
+    for k in range(N):
+        nm = _rms_rows(tl.load(m_rows + k * D, mask=td_ok, other=0.0).to(ACC), dh, ne)[0]
+        mine = (n == k)[None, :]
+        s_m = tl.where(mine, tl.sum(nm * Q, 1)[:, None] * scale, s_m)
+        a_m = tl.where(mine, tl.sum(nm * G, 1)[:, None], a_m)
+    sc_tok, sc0, n_sc = _chunk_slots(t, t_ok, k0, C, T, c, BLOCK_L)
+    s_M = tl.full([BLOCK_L, BLOCK_S], float("-inf"), ACC)                                # [L, S]
+    a_M = tl.zeros([BLOCK_L, BLOCK_S], ACC)
+    for jj in range(n_sc):
+        nM = _slot_tile(Ms_ptr, bi, sc0 + jj, NS, S, D, cols, d_ok, j, s_ok, dh, ne, ACC)[0]   # [S, DH]
+        mine = (sc_tok == sc0 + jj)[:, None] & s_ok[None, :]
+        s_M = tl.where(mine, tl.dot(Q, tl.trans(nM), input_precision=PREC) * scale, s_M)
+        a_M = tl.where(mine, tl.dot(G, tl.trans(nM), input_precision=PREC), a_M)
+    mx = tl.maximum(s_h, tl.maximum(tl.max(s_m, 1), tl.max(s_M, 1)))                    # [L]
+    e_h, e_m, e_M = tl.exp(s_h - mx), tl.exp(s_m - mx[:, None]), tl.exp(s_M - mx[:, None])
+    inv = 1.0 / (e_h + tl.sum(e_m, 1) + tl.sum(e_M, 1))
+    w_h, w_m, w_M = e_h * inv, e_m * inv[:, None], e_M * inv[:, None]
+    abar = w_h * a_h + tl.sum(w_m * a_m, 1) + tl.sum(w_M * a_M, 1)                       # [L]
+    ds_h = w_h * (a_h - abar) * scale
+    ds_m = w_m * (a_m - abar[:, None]) * scale                                            # [L, N]
+    ds_M = w_M * (a_M - abar[:, None]) * scale                                            # [L, S]
+    dq = ds_h[:, None] * nh                                                               # [L, DH]
+    dn_h = w_h[:, None] * G + ds_h[:, None] * Q
+    tl.store(dh_ptr + td_offs, _dx_rows(dn_h, nh, rho_h, dh).to(dh_ptr.dtype.element_ty), mask=td_ok)
+    dxm_rows = dxm_ptr + (bi * T + t[:, None]) * N * D + cols[None, :]
+    for k in range(N):
+        nm, rho_m = _rms_rows(tl.load(m_rows + k * D, mask=td_ok, other=0.0).to(ACC), dh, ne)
+        mine = (n == k)[None, :]
+        w_k, ds_k = tl.sum(tl.where(mine, w_m, 0.0), 1), tl.sum(tl.where(mine, ds_m, 0.0), 1)   # [L]
+        dq += ds_k[:, None] * nm
+        dx_m = _dx_rows(w_k[:, None] * G + ds_k[:, None] * Q, nm, rho_m, dh)
+        if HAS_GM:
+            gm = tl.load(grad_m_ptr + (bi * N + k) * D + cols, mask=d_ok, other=0.0).to(ACC)   # [DH]
+            dx_m += tl.where((t == T - 1)[:, None], gm[None, :], 0.0)
+        tl.store(dxm_rows + k * D, dx_m, mask=td_ok)
+    part = dms_part_ptr + ((bi * NC + c) * J * S + j[:, None]) * D + cols[None, :]       # [S, DH]
+    for jj in range(n_sc):
+        nM, rho_M = _slot_tile(Ms_ptr, bi, sc0 + jj, NS, S, D, cols, d_ok, j, s_ok, dh, ne, ACC)
+        mine = (sc_tok == sc0 + jj)[:, None]
+        w_j, ds_j = tl.where(mine, w_M, 0.0), tl.where(mine, ds_M, 0.0)                  # [L, S]
+        dq += tl.dot(ds_j, nM, input_precision=PREC)
+        dn = (tl.dot(tl.trans(w_j), G, input_precision=PREC)
+              + tl.dot(tl.trans(ds_j), Q, input_precision=PREC))                          # [S, DH]
+        tl.store(part + jj * S * D, _dx_rows(dn, nM, rho_M, dh), mask=s_ok[:, None] & d_ok[None, :])
+    tl.store(dq_ptr + td_offs, dq.to(dq_ptr.dtype.element_ty), mask=td_ok)
+
+
+@triton.jit
+def carry_map_kernel(dxm_ptr, mod_ptr, base_ptr, consts_ptr, ta_ptr, tx_ptr, T, N, D, NC, ACC: tl.constexpr,
+                     BLOCK_L: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+    """dxm: [B, T, N, D]; mod: [B, T, N]; base: [N, D]; ta, tx: [B, NC, N, D] (accumulation dtype). The banks'
+    reverse carry c_t = g_t (dx_t + c_{t+1}) crosses chunk c as c_t0 = ta c_t1 + tx, ta = prod g and
+    tx = sum_s (prod_{u<=s} g_u) dx_s over its tokens: both stored at chunk NC - 1 - c, so that carry_kernel, which
+    scans forward, runs the carry from the end of time. Grid: (B * NC, cdiv(D, BLOCK_C))."""
+    bi = (tl.program_id(0) // NC).to(tl.int64)
+    c = tl.program_id(0) % NC
+    cols, c_ok, n, n_ok, nd_ok, nd_offs, lo, hi, sb = _bank_tile(base_ptr, consts_ptr, tl.program_id(1) * BLOCK_C, N,
+                                                                 D, ACC, BLOCK_N, BLOCK_C)
+    g_prod = tl.full([BLOCK_N, BLOCK_C], 1.0, ACC)
+    carry = tl.zeros([BLOCK_N, BLOCK_C], ACC)
+    for t in range(c * BLOCK_L, tl.minimum(c * BLOCK_L + BLOCK_L, T)):
         row = bi * T + t
-        q = tl.load(q_ptr + row * D + cols, mask=d_ok, other=0.0).to(ACC)                 # [BLOCK_DH]
-        x_h = tl.load(h_ptr + row * D + cols, mask=d_ok, other=0.0).to(ACC)
-        G = tl.load(grad_r_ptr + row * D + cols, mask=d_ok, other=0.0).to(ACC)
-        m = tl.load(m_ptr + row * N * D + nd_offs, mask=nd_ok, other=0.0).to(ACC)         # [BLOCK_N, BLOCK_DH]
-        rho_h = 1.0 / tl.sqrt(tl.sum(x_h * x_h, 0) / dh + ne)
-        nh = x_h * rho_h
-        nm, rho_m = _rms_rows(m, dh, ne)
-        w_h, w_m, w_M = _weights(q, nh, nm, nM, n_ok, s_ok, scale)
-        a_h = tl.sum(nh * G, 0)
-        a_m = tl.sum(nm * G[None, :], 1)                                                  # [BLOCK_N]
-        a_M = tl.sum(nM * G[None, :], 1)                                                  # [BLOCK_S]
-        abar = w_h * a_h + tl.sum(w_m * a_m, 0) + tl.sum(w_M * a_M, 0)
-        ds_h = w_h * (a_h - abar) * scale
-        ds_m = w_m * (a_m - abar) * scale
-        ds_M = w_M * (a_M - abar) * scale
-        dq = ds_h * nh + tl.sum(ds_m[:, None] * nm, 0) + tl.sum(ds_M[:, None] * nM, 0)
-        dn_h = w_h * G + ds_h * q
-        dx_h = rho_h * (dn_h - nh * (tl.sum(dn_h * nh, 0) / dh))
-        dx_m = _dx_rows(w_m[:, None] * G[None, :] + ds_m[:, None] * q[None, :], nm, rho_m, dh)
-        dx_m += tl.where(t == T - 1, gm, 0.0)
-        dn_M += w_M[:, None] * G[None, :] + ds_M[:, None] * q[None, :]
         mod = tl.load(mod_ptr + row * N + n, mask=n_ok, other=0.0).to(ACC)                # [BLOCK_N]
         g_prod *= tl.minimum(tl.maximum(sb * _sig(mod)[:, None], lo), hi)
-        carry_in += g_prod * dx_m
-        tl.store(dq_ptr + row * D + cols, dq.to(dq_ptr.dtype.element_ty), mask=d_ok)
-        tl.store(dh_ptr + row * D + cols, dx_h.to(dh_ptr.dtype.element_ty), mask=d_ok)
-        tl.store(dxm_ptr + row * N * D + nd_offs, dx_m, mask=nd_ok)
-    tl.store(part + (sc_cur - sc0) * S * D, _dx_rows(dn_M, nM, rho_M, dh), mask=sd_ok)
+        carry += g_prod * tl.load(dxm_ptr + row * N * D + nd_offs, mask=nd_ok, other=0.0)
     rev = (bi * NC + NC - 1 - c) * N * D + nd_offs
     tl.store(ta_ptr + rev, g_prod, mask=nd_ok)
-    tl.store(tx_ptr + rev, carry_in, mask=nd_ok)
+    tl.store(tx_ptr + rev, carry, mask=nd_ok)
 
 
 @triton.jit

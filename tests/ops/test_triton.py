@@ -167,6 +167,7 @@ def test_memory_read_time_chunks(monkeypatch, block_l, C, k0, eps):
     eps = 0.2 clamps many decays."""
     monkeypatch.setattr(triton_backend, "MR_CHUNK", block_l)
     monkeypatch.setattr(triton_backend, "MR_CHUNK_INTERPRET", block_l)
+    monkeypatch.setattr(triton_backend, "MR_BWD_INTERPRET", block_l)
     gen = torch.Generator().manual_seed(block_l * 100 + C)
     xs = _memory_read_case(gen, torch.float64, T=40, C=C, k0=k0)
     _check_memory_read(xs, (k0, C, 2, eps, 1e-6), torch.float64, 1e-12, 1e-10)

@@ -310,26 +310,38 @@ def memory_update_backward(grad: Tensor, M0: Tensor, key: Tensor, value: Tensor,
 
 
 # ------------------------------------------------------------------------------ memory_read
-# Tokens per program of the read kernels (a power of two) and warps per program {forward, backward}; tuning
-# overrides. H200, bf16 B=8 T=2048 D=768 N=4 S=16 (bench/results/device/run-2026-12-02-h200-n/readcheck.log):
-# forward / forward+backward ms 0.46 / 3.25 (16 tokens, 1 warp), 0.37 / 3.15 (32, 1), 0.44 / 3.39 (64, 1),
-# 0.69-0.73 / 3.47-3.54 with 2 warps (a barrier per reduction), 1.21 / 5.27 with 4.
+# Tokens per program of the forward kernel (a power of two) and its warps; tuning overrides. H200, bf16 B=8 T=2048
+# D=768 N=4 S=16 (bench/results/device/run-2026-12-04-h200-a/readcheck.log), forward ms (one call each, +-0.1):
+# 0.37 (16 tokens, 1 warp), 0.34-0.46 (32, 1), 0.43 (64, 1), 0.73 (32, 2: a barrier per reduction).
 MR_CHUNK = 32
-MR_WARPS = {False: 1, True: 1}
+MR_WARPS = 1
 MR_CHUNK_INTERPRET = 8  # the interpreter's chunk: the tests' sequences span several chunks and slot chunks
-# bank_bwd_kernel's (channels, warps) per program; run r, the op's forward+backward ms: (32, 1) 2.687, (64, 1) 2.626,
-# (128, 1) 2.889, (128, 2) 2.815, (256, 2) 2.622, (256, 4) 3.028
+# The backward kernel's (tokens, warps) per program: its tokens are tiles, so its chunk is its own (>= 16 for
+# tl.dot). Run a, the op's forward+backward ms: (16, 2) 1.93, (16, 4) 2.05, (32, 4) 1.92, (32, 8) 2.17, (64, 4) 2.17,
+# (64, 8) 1.92
+MR_BWD = (32, 4)
+MR_BWD_INTERPRET = 16
+# bank_bwd_kernel's and carry_map_kernel's (channels, warps) per program; run r, the op's forward+backward ms:
+# (32, 1) 2.687, (64, 1) 2.626, (128, 1) 2.889, (128, 2) 2.815, (256, 2) 2.622, (256, 4) 3.028
 MR_BANK_BWD = (64, 1)
 
 
 def _mr_setup(q: Tensor, base: Tensor, Ms: Tensor, n_heads: int, eps: float, norm_eps: float, backward: bool):
     """Blocks (a chunk of BLOCK_L tokens x the head's dh channels x all N banks / all S slots per program) and the
-    constants [eps, 1 - eps, norm_eps, 1 / sqrt(dh)] as a tensor (a float64 scalar argument would be rounded)."""
+    constants [eps, 1 - eps, norm_eps, 1 / sqrt(dh)] as a tensor (a float64 scalar argument would be rounded). The
+    backward's slot and channel blocks are >= 16 (tl.dot); its dots take TF32 for 16-bit inputs (10 mantissa bits
+    against their 7-10), IEEE otherwise."""
     D = q.shape[2]
     N, S, dh = base.shape[0], Ms.shape[2], D // n_heads
-    blocks = dict(BLOCK_L=MR_CHUNK_INTERPRET if INTERPRET else MR_CHUNK, BLOCK_N=triton.next_power_of_2(N),
-                  BLOCK_S=triton.next_power_of_2(S), BLOCK_DH=triton.next_power_of_2(dh),
-                  num_warps=1 if INTERPRET else MR_WARPS[backward])
+    if backward:
+        blocks = dict(BLOCK_L=MR_BWD_INTERPRET if INTERPRET else MR_BWD[0], BLOCK_N=triton.next_power_of_2(N),
+                      BLOCK_S=max(16, triton.next_power_of_2(S)), BLOCK_DH=max(16, triton.next_power_of_2(dh)),
+                      PREC="tf32" if q.dtype in (torch.float16, torch.bfloat16) else "ieee",
+                      num_warps=1 if INTERPRET else MR_BWD[1])
+    else:
+        blocks = dict(BLOCK_L=MR_CHUNK_INTERPRET if INTERPRET else MR_CHUNK, BLOCK_N=triton.next_power_of_2(N),
+                      BLOCK_S=triton.next_power_of_2(S), BLOCK_DH=triton.next_power_of_2(dh),
+                      num_warps=1 if INTERPRET else MR_WARPS)
     consts = torch.tensor([eps, 1.0 - eps, norm_eps, 1.0 / math.sqrt(dh)], dtype=acc_dtype(q.dtype), device=q.device)
     return blocks, consts
 
@@ -382,15 +394,16 @@ def memory_read_forward(q, h, v, mod, base, Ms, m0, k0, chunk_len, n_heads, eps,
     blocks, consts = _mr_setup(q, base, Ms, n_heads, eps, norm_eps, backward=False)
     entry = _mr_entries(v, mod, base, m0, consts, blocks["BLOCK_L"], m_last)
     nc = entry.shape[1]
-    _mr.memory_read_fwd_kernel[(B * n_heads, nc)](q, h, v, mod, base, Ms, entry, r, consts, T, N, D, NS, S, n_heads,
-                                                  k0, chunk_len, nc, ACC=_tl_acc(q.dtype), **blocks)
+    _mr.memory_read_fwd_kernel[(B * n_heads, nc)](q, h, v, mod, base, Ms, entry, r, consts, T, N, D, D // n_heads,
+                                                  NS, S, n_heads, k0, chunk_len, nc, ACC=_tl_acc(q.dtype), **blocks)
     return r, m_last
 
 
 def memory_read_backward(grad_r, grad_m, q, h, v, mod, base, Ms, m0, k0, chunk_len, n_heads, eps, norm_eps):
-    """The read's backward over the banks m (mdi's forward, freed on return), which also gives each chunk's map of
-    the banks' reverse carry; carry_kernel runs the carry from the end of time, then bank_bwd_kernel walks each
-    chunk backwards for dv, dmod, dbase (dm0: the carry past t = 0)."""
+    """The read's backward over the banks m (mdi's forward, freed on return): memory_read_bwd_kernel gives dq, dh,
+    the banks' item gradient dxm and the slots' parts; carry_map_kernel each chunk's map of the banks' reverse
+    carry, carry_kernel runs the carry from the end of time, then bank_bwd_kernel walks each chunk backwards for dv,
+    dmod, dbase (dm0: the carry past t = 0)."""
     grad_r, grad_m, q, h, v, mod, base, Ms, m0 = (_in(x) for x in (grad_r, grad_m, q, h, v, mod, base, Ms, m0))
     _check_device(q)
     B, T, D = q.shape
@@ -405,22 +418,23 @@ def memory_read_backward(grad_r, grad_m, q, h, v, mod, base, Ms, m0, k0, chunk_l
     ta, tx, carry = (torch.empty(B, nc, N, D, dtype=acc, device=q.device) for _ in range(3))
     dms_part = torch.empty(B, nc, J, S, D, dtype=acc, device=q.device)
     dq, dh = new_output(q.shape, q), new_output(q.shape, q)
-    _mr.memory_read_bwd_kernel[(B * n_heads, nc)](grad_r, _dummy(q) if grad_m is None else grad_m, q, h, mod, base,
-                                                  m, Ms, consts, dq, dh, dxm, ta, tx, dms_part, T, N, D, NS, S,
+    _mr.memory_read_bwd_kernel[(B * n_heads, nc)](grad_r, _dummy(q) if grad_m is None else grad_m, q, h, m, Ms,
+                                                  consts, dq, dh, dxm, dms_part, T, N, D, D // n_heads, NS, S,
                                                   n_heads, k0, chunk_len, nc, J, HAS_GM=grad_m is not None,
                                                   ACC=_tl_acc(q.dtype), **blocks)
+    block_c, bank_warps = (8, 1) if INTERPRET else MR_BANK_BWD
+    bank_blocks = dict(ACC=_tl_acc(q.dtype), BLOCK_L=block_l, BLOCK_N=blocks["BLOCK_N"], BLOCK_C=block_c,
+                       num_warps=bank_warps)
+    _mr.carry_map_kernel[(B * nc, triton.cdiv(D, block_c))](dxm, mod, base, consts, ta, tx, T, N, D, nc,
+                                                            **bank_blocks)
     dm0 = new_output((B, N, D), v)
     _mr_carry(ta, tx, None, carry, dm0)
-    block_c = 8 if INTERPRET else MR_BANK_BWD[0]
     dmod_part = torch.empty(triton.cdiv(D, block_c), B, T, N, dtype=acc, device=q.device)
     dbase_part = torch.empty(B, nc, N, D, dtype=acc, device=q.device)
     dv = new_output(v.shape, v)
     _mr.bank_bwd_kernel[(B * triton.cdiv(D, block_c), nc)](dxm, v, mod, base, _dummy(v) if m0 is None else m0, m,
                                                            consts, carry, dv, dmod_part, dbase_part, B, T, N, D, nc,
-                                                           HAS_M0=m0 is not None, ACC=_tl_acc(q.dtype),
-                                                           BLOCK_L=block_l, BLOCK_N=blocks["BLOCK_N"],
-                                                           BLOCK_C=block_c,
-                                                           num_warps=1 if INTERPRET else MR_BANK_BWD[1])
+                                                           HAS_M0=m0 is not None, **bank_blocks)
     dmod, dbase = _decay_grads(dmod_part, dbase_part, mod, base)
     dMs = new_output(Ms.shape, q)
     block = 64 if INTERPRET else 512
