@@ -209,7 +209,8 @@ def throughput_rows(arch: str, sizes: List[int], a: Dict[str, Any]) -> Iterator[
     optimizer = adamw(model, 1e-4, 0.1, (0.9, 0.95))                   # the trainer's optimizer
     params = [p for p in model.parameters() if p.requires_grad]
     bf16 = a["dtype"] == "bf16"
-    step_model = torch.compile(model) if a.get("compile") else model    # as the trainer's --compile on
+    mode = a.get("compile_mode") or None
+    step_model = torch.compile(model, mode=mode) if a.get("compile") else model    # as the trainer's --compile on
 
     def train_step(data, batch: int, micro: int, T: int) -> float:
         """One optimizer step over `data` [batch, T + 1]; its seconds. Its tensors die with this frame (OOM)."""
@@ -234,7 +235,7 @@ def throughput_rows(arch: str, sizes: List[int], a: Dict[str, Any]) -> Iterator[
         while batch % micro:
             micro -= 1
         row = dict(arch=arch, T=T, batch=batch, micro_batch=micro, tokens_per_step=batch * T,
-                   compiled=bool(a.get("compile")), **info)
+                   compiled=bool(a.get("compile")), compile_mode=mode or "default", **info)
         times: List[float] = []
         data = None
         try:
@@ -433,7 +434,9 @@ def _row_line(kind: str, r: Dict[str, Any]) -> str:
         head = f"{r['arch']:<13} T={r['T']:<6} B={r.get('batch', '-')!s:<4} micro={r.get('micro_batch', '-')!s:<4}"
         if r.get("status") != "ok":
             return f"{head} {r.get('status', '?').upper()}: {r.get('error', '')}"
-        return (f"{head} {'compiled' if r.get('compiled') else 'eager':<8} {r['params']:>12,} params "
+        how = ("compiled" + ("/" + r["compile_mode"] if r.get("compile_mode", "default") != "default" else "")
+               if r.get("compiled") else "eager")
+        return (f"{head} {how:<8} {r['params']:>12,} params "
                 f"{r['tokens_per_s']:>12,.0f} tok/s  step {r['step_s']:.3f} s  peak {r['peak_mib']:,.0f} MiB")
     head = f"{r['arch']:<13} ctx={r['context']:<6} B={r.get('batch', '-')!s:<3}"
     if r.get("status") != "ok":
@@ -492,7 +495,8 @@ def cmd_throughput(args) -> Path:
     a = dict(device=args.device, preset=preset, vocab=args.vocab, dtype=args.dtype, compile=compiled,
              tokens_per_step=args.tokens_per_step,
              micro_tokens=args.micro_tokens or args.tokens_per_step, steps=args.steps, warmup=args.warmup,
-             row_seconds=args.row_seconds, threads=args.threads, profile=args.profile)
+             row_seconds=args.row_seconds, threads=args.threads, profile=args.profile,
+             compile_mode=None if args.compile_mode == "default" else args.compile_mode)
     payload = {"kind": "throughput", "command": _command(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
                "machine": machine(args.device, gpu=False), "settings": a, "quick": args.quick, "rows": []}
     rows, clock = payload["rows"], Budget(args.budget_s)
@@ -739,6 +743,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bf16: autocast, as the trainer on GPU (default: bf16 on cuda, fp32 on cpu)")
     t.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
                    help="torch.compile the model as the trainer does (auto: on for cuda, off for cpu)")
+    t.add_argument("--compile-mode", choices=("default", "reduce-overhead", "max-autotune-no-cudagraphs"),
+                   default="default", help="torch.compile's mode for every arch (reduce-overhead: CUDA graphs)")
     t.add_argument("--steps", type=int, default=5, help="timed steps (median)")
     t.add_argument("--warmup", type=int, default=2)
     t.add_argument("--row-seconds", type=float, default=30.0, help="stop timing a row after this (min 2 steps)")

@@ -4,9 +4,10 @@ float32, float64 in float64. Outputs come from outputs.new_output; scratch in th
 sums reduced here in a fixed order, so results are deterministic) from torch.empty."""
 from __future__ import annotations
 
+import functools
 import math
 import os
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 import triton
@@ -40,6 +41,17 @@ def _check_device(x: Tensor) -> None:
 
 def _dummy(like: Tensor) -> Tensor:
     return torch.empty(1, dtype=like.dtype, device=like.device)
+
+
+def _consts(values: Tuple[float, ...], like: Tensor) -> Tensor:
+    """values as a tensor in the accumulation dtype on like's device (a float64 scalar argument would be rounded to
+    float32), made once per (values, dtype, device): a host-to-device copy per call would wait for the stream."""
+    return _device_consts(values, acc_dtype(like.dtype), like.device)
+
+
+@functools.lru_cache(maxsize=256)
+def _device_consts(values: Tuple[float, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    return torch.tensor(values, dtype=dtype, device=device)
 
 
 # --------------------------------------------------------------------------------------- scan
@@ -226,7 +238,7 @@ def _chain_buffers(T: int, B: int, D: int, block_t: int, block_d: int, state: tu
 
 
 def _bounds(eps: float, like: Tensor) -> Tensor:
-    return torch.tensor([eps, 1.0 - eps], dtype=acc_dtype(like.dtype), device=like.device)
+    return _consts((eps, 1.0 - eps), like)
 
 
 def mdi_forward(v: Tensor, mod: Tensor, base: Tensor, m0: Optional[Tensor], eps: float) -> Tensor:
@@ -280,7 +292,7 @@ MU_WARPS = 8
 
 
 def _scale(D: int, like: Tensor) -> Tensor:
-    return torch.tensor([1.0 / math.sqrt(D)], dtype=acc_dtype(like.dtype), device=like.device)
+    return _consts((1.0 / math.sqrt(D),), like)
 
 
 def memory_update_forward(M0: Tensor, key: Tensor, value: Tensor, strength: Tensor) -> Tensor:
@@ -342,7 +354,7 @@ def _mr_setup(q: Tensor, base: Tensor, Ms: Tensor, n_heads: int, eps: float, nor
         blocks = dict(BLOCK_L=MR_CHUNK_INTERPRET if INTERPRET else MR_CHUNK, BLOCK_N=triton.next_power_of_2(N),
                       BLOCK_S=triton.next_power_of_2(S), BLOCK_DH=triton.next_power_of_2(dh),
                       num_warps=1 if INTERPRET else MR_WARPS)
-    consts = torch.tensor([eps, 1.0 - eps, norm_eps, 1.0 / math.sqrt(dh)], dtype=acc_dtype(q.dtype), device=q.device)
+    consts = _consts((eps, 1.0 - eps, norm_eps, 1.0 / math.sqrt(dh)), q)
     return blocks, consts
 
 
