@@ -189,75 +189,6 @@ MMREC_INLINE void matmul(int64_t rows, const A* x, int64_t xr, int64_t xc, Mat<A
   if (i < width) panel<A, 1>(rows, x, xr, xc, m.col(i), m.ld, K, init + i, ldi, out + i, ldo);
 }
 
-// r[i] = sum of the lanes of v[i], for N vectors: pairwise shuffles, the same order every call.
-MMREC_INLINE vec<float> lane_sums(const vec<float>* v) {
-  vec<float> t[4], u[2];
-  for (int k = 0; k < 4; ++k)  // [a01 b01 a23 b23 a45 b45 a67 b67] of a = v[2k], b = v[2k+1]
-    t[k] = __builtin_shufflevector(v[2 * k], v[2 * k + 1], 0, 8, 2, 10, 4, 12, 6, 14) +
-           __builtin_shufflevector(v[2 * k], v[2 * k + 1], 1, 9, 3, 11, 5, 13, 7, 15);
-  for (int k = 0; k < 2; ++k)  // [v0-3 of 4 vectors, v4-7 of the same 4]
-    u[k] = __builtin_shufflevector(t[2 * k], t[2 * k + 1], 0, 1, 8, 9, 4, 5, 12, 13) +
-           __builtin_shufflevector(t[2 * k], t[2 * k + 1], 2, 3, 10, 11, 6, 7, 14, 15);
-  return __builtin_shufflevector(u[0], u[1], 0, 1, 2, 3, 8, 9, 10, 11) +
-         __builtin_shufflevector(u[0], u[1], 4, 5, 6, 7, 12, 13, 14, 15);
-}
-MMREC_INLINE vec<double> lane_sums(const vec<double>* v) {
-  const vec<double> t0 = __builtin_shufflevector(v[0], v[1], 0, 4, 2, 6) + __builtin_shufflevector(v[0], v[1], 1, 5, 3, 7);
-  const vec<double> t1 = __builtin_shufflevector(v[2], v[3], 0, 4, 2, 6) + __builtin_shufflevector(v[2], v[3], 1, 5, 3, 7);
-  return __builtin_shufflevector(t0, t1, 0, 1, 4, 5) + __builtin_shufflevector(t0, t1, 2, 3, 6, 7);
-}
-
-// One column panel of w[k] (K = d rows of NV vectors, pp[i][c] = w[k][i][c0 + c]) read once for two products
-// of one batch row: carry[c0:] += sum_i e[i] pp[i] (W^T e, with Carry) and q[i] (+)= pp[i] * hs[c0:] lane-wise
-// (W h, its lane sums taken later). Each loaded vector of w[k] feeds two FMAs, so the recomputation of W h rides
-// on the W^T e matvec's L2 stream instead of being a pass of its own.
-template <class A, int NV, bool Carry>
-MMREC_INLINE void dual_panel(const A* e, const A* m, int64_t K, const A* hs, A* carry, A* q, bool first) {
-  constexpr int N = Simd<A>::N, ld = NV * N;
-  vec<A> acc[NV];
-  if constexpr (Carry)
-    for (int c = 0; c < NV; ++c) acc[c] = load(carry + c * N);
-  // One row per iteration and two chains for q: 13 vector registers.
-  for (int64_t j = 0; j < K; ++j) {
-    vec<A> qa = splat(A(0)), qb = splat(A(0));
-    const vec<A> ev = splat(Carry ? e[j] : A(0));
-    for (int c = 0; c < NV; ++c) {
-      vec<A> mv = load(m + j * ld + c * N);
-      asm("" : "+x"(mv));  // kept in a register: GCC would otherwise fold the load into both FMAs
-      if constexpr (Carry) acc[c] += ev * mv;
-      if (c & 1)
-        qb += mv * load(hs + c * N);
-      else
-        qa += mv * load(hs + c * N);
-    }
-    store(q + j * N, first ? qa + qb : load(q + j * N) + (qa + qb));
-  }
-  if constexpr (Carry)
-    for (int c = 0; c < NV; ++c) store(carry + c * N, acc[c]);
-}
-
-// For one batch row: carry += W^T e (with Carry) and p = W h + bias, from one pass over the panels of w[k]
-// (wp, see Mat). q: [dp, N] lane partials, rows d..dp-1 zero.
-template <class A, bool Carry>
-MMREC_INLINE void dual_matvec(const A* e, Mat<A> wp, int64_t d, int64_t dp, const A* hs, const A* bias, A* carry,
-                              A* q, A* p) {
-  constexpr int N = Simd<A>::N;
-  for (int64_t c0 = 0; c0 < dp; c0 += wp.pw) {
-    const int64_t width = std::min(wp.pw, dp);
-    const A* m = wp.col(c0);
-    const bool first = c0 == 0;
-    switch (width / N) {
-#define MMREC_DUAL(NV) \
-  case NV: dual_panel<A, NV, Carry>(e, m, d, hs + c0, carry + c0, q, first); break;
-      MMREC_DUAL(1) MMREC_DUAL(2) MMREC_DUAL(3) MMREC_DUAL(4) MMREC_DUAL(5) MMREC_DUAL(6) MMREC_DUAL(7)
-      MMREC_DUAL(8)
-#undef MMREC_DUAL
-      default: break;
-    }
-  }
-  for (int64_t i = 0; i < dp; i += N) store(p + i, load(bias + i) + lane_sums(reinterpret_cast<const vec<A>*>(q + i * N)));
-}
-
 struct FreeDeleter {
   void operator()(void* p) const { std::free(p); }
 };
@@ -304,14 +235,13 @@ inline Plan plan(int64_t B, int64_t T_, int64_t H, int64_t d) {
 }
 
 // Packed float copies of w[k] in panels of pw columns (see Mat), d x dp each: wT holds w[k]^T (for W h), wp
-// w[k] (for W^T e); either may be null (not packed). Columns past d are zeros, so padded state lanes never leak
-// into real ones.
+// w[k] (for W^T e); columns past d are zeros, so padded state lanes never leak into real ones.
 template <class T, class A>
 void pack_head(const T* wk, int64_t d, int64_t dp, int64_t pw, A* wT, A* wp) {
   for (int64_t c0 = 0; c0 < dp; c0 += pw) {
     const int64_t width = std::max<int64_t>(0, std::min(pw, d - c0));
-    A* tp = wT ? wT + c0 * d : nullptr;  // tp[j][c] = w[k][c0 + c][j]
-    for (int64_t j = 0; tp && j < d; ++j) {
+    A* tp = wT + c0 * d;  // tp[j][c] = w[k][c0 + c][j]
+    for (int64_t j = 0; j < d; ++j) {
       for (int64_t c = 0; c < width; ++c) tp[j * pw + c] = A(to_float(wk[(c0 + c) * d + j]));
       for (int64_t c = width; c < pw; ++c) tp[j * pw + c] = A(0);
     }
@@ -438,70 +368,6 @@ MMREC_INLINE void bwd_task(const T* z, const T* gamma, const T* h, const T* h0, 
   store_rows(dh0, D, carry, dp, rows, d);
 }
 
-// The reverse walk of a single batch row (B = 1): the gate of step t uses p_t, left by the previous step's
-// dual_matvec, which computes W^T e_t and p_{t-1} = W h_{t-2} + bias together; dW as in bwd_task. Only w[k] is
-// read per step, so wT is not needed.
-template <class T, class A>
-MMREC_INLINE void bwd_task_row(const T* z, const T* gamma, const T* h, const T* h0, const T* grad, T* dz, T* dgamma,
-                               T* dh0, Mat<A> wp, const A* bias, A* dw_acc, A* db_acc, int64_t T_, int64_t D,
-                               int64_t d, int64_t dp, A* scratch) {
-  constexpr int N = Simd<A>::N;
-  A* carry = scratch;     // [dp] gamma_{t+1} delta_{t+1} + W^T e_{t+1}
-  A* gs = carry + dp;     // [dp] G_t, then dz_t
-  A* zs = gs + dp;        // [dp] z_t, then dgamma_t
-  A* ys = zs + dp;        // [dp] gamma_t
-  A* ps = ys + dp;        // [dp] p_t
-  A* hn = ps + dp;        // [dp] h_{t-2}
-  A* q = hn + dp;         // [dp, N] lane partials of W h_{t-2}
-  A* e_buf = q + N * dp;  // [kBlockRows, dp] e_t of the block's steps (t descending)
-  A* hp_buf = e_buf + kBlockRows * dp;  // [kBlockRows, dp] their h_{t-1}
-  std::memset(scratch, 0, (6 + N) * dp * sizeof(A));
-  std::memset(hp_buf, 0, kBlockRows * dp * sizeof(A));  // padding lanes; e_buf is written in full
-  // h_{t-1} of step t into dst (h0, or zeros, at t = 0); padding lanes stay zero.
-  const auto load_prev = [&](A* dst, int64_t t) {
-    if (t > 0)
-      load_rows(dst, dp, h + (t - 1) * D, 0, 1, d);
-    else if (h0)
-      load_rows(dst, dp, h0, 0, 1, d);
-    else
-      std::memset(dst, 0, dp * sizeof(A));
-  };
-  load_prev(hn, T_ - 1);
-  dual_matvec<A, false>(nullptr, wp, d, dp, hn, bias, nullptr, q, ps);
-  for (int64_t t_hi = T_ - 1; t_hi >= 0; t_hi -= kBlockRows) {
-    const int64_t steps = std::min(kBlockRows, t_hi + 1);
-    for (int64_t s = 0; s < steps; ++s) load_prev(hp_buf + s * dp, t_hi - s);
-    for (int64_t s = 0; s < steps; ++s) {
-      const int64_t t = t_hi - s;
-      const A* hp = hp_buf + s * dp;
-      A* e = e_buf + s * dp;
-      load_rows(gs, dp, grad + t * D, 0, 1, d);
-      load_rows(zs, dp, z + t * D, 0, 1, d);
-      load_rows(ys, dp, gamma + t * D, 0, 1, d);
-      for (int64_t i = 0; i < dp; i += N) {
-        const vec<A> sg = sigmoid(load(ps + i));
-        const vec<A> delta = load(gs + i) + load(carry + i);
-        const vec<A> ev = delta * load(zs + i) * sg * (A(1) - sg);
-        store(zs + i, delta * load(hp + i));
-        store(gs + i, delta * sg);
-        store(e + i, ev);
-        store(carry + i, load(ys + i) * delta);
-        store(db_acc + i, load(db_acc + i) + ev);
-      }
-      store_rows(dz + t * D, 0, gs, dp, 1, d);
-      store_rows(dgamma + t * D, 0, zs, dp, 1, d);
-      if (t > 0) {
-        load_prev(hn, t - 1);
-        dual_matvec<A, true>(e, wp, d, dp, hn, bias, carry, q, ps);
-      } else {
-        matmul<A>(1, e, dp, 1, wp, d, dp, carry, dp, carry, dp);
-      }
-    }
-    matmul<A>(d, e_buf, 1, dp, row_major(hp_buf, dp), steps, dp, dw_acc, dp, dw_acc, dp);
-  }
-  store_rows(dh0, D, carry, dp, 1, d);
-}
-
 // The task bodies are the ISA-dispatched functions: the drivers below (and the pool's task lambdas) are compiled
 // for the baseline ISA, so everything vectorised happens inside these calls.
 #define MMREC_REC_TASKS(T, A)                                                                                       \
@@ -512,12 +378,9 @@ MMREC_INLINE void bwd_task_row(const T* z, const T* gamma, const T* h, const T* 
   MMREC_ISA_DISPATCH void bwd_task_isa(const T* z, const T* gamma, const T* h, const T* h0, const T* grad, T* dz,   \
                                        T* dgamma, T* dh0, Mat<A> wT, Mat<A> wp, const A* bias, A* dw_acc,       \
                                        A* db_acc, int64_t rows, int64_t T_, int64_t D, int64_t d, int64_t dp,       \
-                                       A* scratch, bool single_row) {                                               \
-    if (single_row)                                                                                                 \
-      bwd_task_row<T, A>(z, gamma, h, h0, grad, dz, dgamma, dh0, wp, bias, dw_acc, db_acc, T_, D, d, dp, scratch);   \
-    else                                                                                                            \
-      bwd_task<T, A>(z, gamma, h, h0, grad, dz, dgamma, dh0, wT, wp, bias, dw_acc, db_acc, rows, T_, D, d, dp,      \
-                     scratch);                                                                                      \
+                                       A* scratch) {                                                                \
+    bwd_task<T, A>(z, gamma, h, h0, grad, dz, dgamma, dh0, wT, wp, bias, dw_acc, db_acc, rows, T_, D, d, dp,        \
+                   scratch);                                                                                        \
   }
 MMREC_REC_TASKS(float, float)
 MMREC_REC_TASKS(double, double)
@@ -568,16 +431,12 @@ void bwd(const T* z, const T* gamma, const T* w, const T* bias, const T* h0, con
   const int64_t pw = std::min<int64_t>(dp, 8 * Simd<A>::N);
   pack_bias(bias, H, d, dp, biasp);
   const bool pack_in_task = pl.blocks == 1;  // as in fwd
-  // One batch row: bwd_task_row, which reads w[k] only (the same task split and bits for any thread count).
-  const bool single_row = B == 1;
   if (!pack_in_task)
-    for (int64_t k = 0; k < H; ++k)
-      pack_head(w + k * d * d, d, dp, pw, single_row ? nullptr : wT + k * d * dp, wp + k * d * dp);
+    for (int64_t k = 0; k < H; ++k) pack_head(w + k * d * d, d, dp, pw, wT + k * d * dp, wp + k * d * dp);
   // Per-task partials: [tasks][d + 1][dp] (task = head * blocks + block); row d holds dbias^k.
   const int64_t part = (d + 1) * dp;
   A* parts = workspace<A>(kParts, pl.tasks * part);
-  const int64_t scratch_size = std::max<int64_t>((4 * pl.rows + 3 * (kBlockRows + pl.rows)) * dp,
-                                                 (6 + Simd<A>::N + 2 * kBlockRows) * dp);  // >= any task's need
+  const int64_t scratch_size = (4 * pl.rows + 3 * (kBlockRows + pl.rows)) * dp;  // >= any task's need
   A* scratch = workspace<A>(kScratch, pl.threads * scratch_size);
   // dW[k] and dbias^k: the partials of head k's blocks summed in block order (the same bits every run).
   const auto reduce_head = [&](int64_t k) {
@@ -597,11 +456,11 @@ void bwd(const T* z, const T* gamma, const T* w, const T* bias, const T* h0, con
     const int64_t rows = std::min(pl.rows, B - b0), base = b0 * T_ * D + k * d;
     A* acc = parts + task * part;
     std::memset(acc, 0, part * sizeof(A));
-    if (pack_in_task) pack_head(w + k * d * d, d, dp, pw, single_row ? nullptr : wT + k * d * dp, wp + k * d * dp);
+    if (pack_in_task) pack_head(w + k * d * d, d, dp, pw, wT + k * d * dp, wp + k * d * dp);
     bwd_task_isa(z + base, gamma + base, h + base, h0 ? h0 + b0 * D + k * d : nullptr, grad + base, dz + base,
                  dgamma + base, dh0 + b0 * D + k * d, Mat<A>{wT + k * d * dp, pw, pw, d * pw},
                  Mat<A>{wp + k * d * dp, pw, pw, d * pw}, biasp + k * dp, acc, acc + d * dp, rows, T_, D, d, dp,
-                 scratch + participant * scratch_size, single_row);
+                 scratch + participant * scratch_size);
     if (pl.blocks == 1) reduce_head(k);
   });
   if (pl.blocks > 1) pool.run(H, pl.threads, [&](int64_t k, int) { reduce_head(k); });
