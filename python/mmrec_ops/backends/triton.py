@@ -4,6 +4,7 @@ float32, float64 in float64. Outputs come from outputs.new_output; scratch in th
 sums reduced here in a fixed order, so results are deterministic) from torch.empty."""
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import math
 import os
@@ -51,7 +52,10 @@ def _consts(values: Tuple[float, ...], like: Tensor) -> Tensor:
 
 @functools.lru_cache(maxsize=256)
 def _device_consts(values: Tuple[float, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
-    return torch.tensor(values, dtype=dtype, device=device)
+    # made on another thread: CUDA-graph trees (torch.compile mode="reduce-overhead") send the calling thread's
+    # allocations to the graph's pool while they warm up, and a cached tensor there fails their liveness check
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(torch.tensor, values, dtype=dtype, device=device).result()
 
 
 # --------------------------------------------------------------------------------------- scan
