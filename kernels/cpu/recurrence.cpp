@@ -13,10 +13,11 @@
 // t = T-1 .. 0 in blocks of ~64 rows (steps x batch rows): p_t of a block is one matmul over the saved h,
 // dW[k] += E^T H_prev of the block another, so only W^T e_t is a per-step matvec. dW and dbias go to
 // per-task partials, summed per head in block order: the same bits every run and for any thread count.
-// w[k] is packed once per call into 8-vector column panels (256 B rows); the per-step matvecs alternate the
-// panel order so the panel they end with starts the next step from L1 (B=1, d=128 forward: ~1.6x). With one
-// task per head (B <= 4) the task packs its own w[k] and writes its own dW[k]; the fixed cost of a call
-// (packing, zeroing, summing) at B=1 T=1 H=4 d=128 fell from 55 to 34 us (forward) and 134 to ~120 us (backward).
+// w[k] is packed once per call into 8-vector column panels (256 B rows; w[k]^T by 8 x 8 register transposes);
+// the per-step matvecs alternate the panel order so the panel they end with starts the next step from L1 (B=1,
+// d=128 forward: ~1.6x). With one task per head (B <= 4) the task packs its own w[k], and its last dW product
+// writes dW[k] itself (float32/float64 with no padded columns). The fixed cost of a call at B=1 T=1
+// H=4 d=128 float32, 2 threads (kernel alone, Zen 4 VM, AVX2 clone): forward 10 us, backward 30-38 us.
 // Tasks run on a HelpPool (cpu/help_pool.h), not an OpenMP region: a task never synchronises with another,
 // and the caller never waits for a worker to be scheduled. Measured on the shared 2-core Zen 3 (AVX2) at load
 // 7-10, B=1 T=256 H=4 d=128 float32, 2 threads, kernel alone (a C++ loop, median of 100-200 calls):
@@ -31,6 +32,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <type_traits>
 
 #include "cpu/help_pool.h"
 #include "cpu/parallel.h"
@@ -234,6 +236,32 @@ inline Plan plan(int64_t B, int64_t T_, int64_t H, int64_t d) {
   return {rows, blocks, H * blocks, num_threads_for(B * T_ * H * d * d / 4, H * blocks)};
 }
 
+// dst[j][c] = src[c][j] for j < rows, c < cols (both multiples of 8), in 8 x 8 register blocks: the element loop
+// of pack_head took 6.2 us for w[k]^T at d = 128 (a strided gather per element), this 1.5 us.
+MMREC_ISA_DISPATCH void transpose8(const float* src, int64_t lds, float* dst, int64_t ldd, int64_t rows,
+                                   int64_t cols) {
+  typedef float U __attribute__((vector_size(32), aligned(4)));  // rows of w need not be 32-byte aligned
+  using V = vec<float>;
+  for (int64_t c = 0; c < cols; c += 8)
+    for (int64_t j = 0; j < rows; j += 8) {
+      V v[8], t[8], s[8];
+      for (int r = 0; r < 8; ++r) v[r] = *reinterpret_cast<const U*>(src + (c + r) * lds + j);
+      for (int r = 0; r < 8; r += 2) {
+        t[r] = __builtin_shufflevector(v[r], v[r + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+        t[r + 1] = __builtin_shufflevector(v[r], v[r + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+      }
+      for (int r = 0; r < 8; r += 4)
+        for (int h = 0; h < 2; ++h) {
+          s[r + 2 * h] = __builtin_shufflevector(t[r + h], t[r + h + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+          s[r + 2 * h + 1] = __builtin_shufflevector(t[r + h], t[r + h + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+        }
+      for (int i = 0; i < 4; ++i) {  // s[i]: columns i and i + 4 of rows 0-3, s[i + 4] the same of rows 4-7
+        store(dst + (j + i) * ldd + c, __builtin_shufflevector(s[i], s[i + 4], 0, 1, 2, 3, 8, 9, 10, 11));
+        store(dst + (j + i + 4) * ldd + c, __builtin_shufflevector(s[i], s[i + 4], 4, 5, 6, 7, 12, 13, 14, 15));
+      }
+    }
+}
+
 // Packed float copies of w[k] in panels of pw columns (see Mat), d x dp each: wT holds w[k]^T (for W h), wp
 // w[k] (for W^T e); columns past d are zeros, so padded state lanes never leak into real ones.
 template <class T, class A>
@@ -241,14 +269,22 @@ void pack_head(const T* wk, int64_t d, int64_t dp, int64_t pw, A* wT, A* wp) {
   for (int64_t c0 = 0; c0 < dp; c0 += pw) {
     const int64_t width = std::max<int64_t>(0, std::min(pw, d - c0));
     A* tp = wT + c0 * d;  // tp[j][c] = w[k][c0 + c][j]
-    for (int64_t j = 0; j < d; ++j) {
+    bool transposed = false;
+    if constexpr (std::is_same_v<T, float> && std::is_same_v<A, float>) {
+      transposed = width == pw && d % 8 == 0;  // whole 8 x 8 blocks (d = 128: every panel)
+      if (transposed) transpose8(wk + c0 * d, d, tp, pw, d, pw);
+    }
+    for (int64_t j = 0; j < d && !transposed; ++j) {
       for (int64_t c = 0; c < width; ++c) tp[j * pw + c] = A(to_float(wk[(c0 + c) * d + j]));
       for (int64_t c = width; c < pw; ++c) tp[j * pw + c] = A(0);
     }
     if (!wp) continue;
     A* pp = wp + c0 * d;  // pp[i][c] = w[k][i][c0 + c]
     for (int64_t i = 0; i < d; ++i) {
-      for (int64_t c = 0; c < width; ++c) pp[i * pw + c] = A(to_float(wk[i * d + c0 + c]));
+      if constexpr (std::is_same_v<T, A>)
+        std::memcpy(pp + i * pw, wk + i * d + c0, width * sizeof(A));
+      else
+        for (int64_t c = 0; c < width; ++c) pp[i * pw + c] = A(to_float(wk[i * d + c0 + c]));
       for (int64_t c = width; c < pw; ++c) pp[i * pw + c] = A(0);
     }
   }
@@ -311,9 +347,12 @@ MMREC_INLINE void fwd_task(const T* z, const T* gamma, const T* h0, T* h, Mat<A>
 constexpr int64_t kBlockRows = 64;
 
 // Reverse walk of one task. dw_acc: this thread's [d, dp] partial of dW[k]; db_acc: its [dp] partial of dbias^k.
+// The last block's dW product writes to dw_out (row stride ldw): dw_acc, or dW[k] itself when it is the only task
+// of head k and needs no conversion.
 template <class T, class A>
 MMREC_INLINE void bwd_task(const T* z, const T* gamma, const T* h, const T* h0, const T* grad, T* dz, T* dgamma,
-                           T* dh0, Mat<A> wT, Mat<A> wp, const A* bias, A* dw_acc, A* db_acc, int64_t rows,
+                           T* dh0, Mat<A> wT, Mat<A> wp, const A* bias, A* dw_acc, A* db_acc, A* dw_out, int64_t ldw,
+                           int64_t rows,
                            int64_t T_, int64_t D, int64_t d, int64_t dp, A* scratch) {
   constexpr int N = Simd<A>::N;
   const int64_t n = rows * dp, seq = T_ * D;
@@ -363,7 +402,9 @@ MMREC_INLINE void bwd_task(const T* z, const T* gamma, const T* h, const T* h0, 
       matmul<A>(rows, e, dp, 1, wp, d, dp, carry, dp, carry, dp, s & 1);
     }
     // dW[k][i][j] += sum_n e[n][i] hp[n][j] over the block's rows n, in the order they were produced.
-    matmul<A>(d, e_buf, 1, dp, row_major(hp_buf, dp), steps * rows, dp, dw_acc, dp, dw_acc, dp);
+    const bool last = t_hi + 1 == steps;
+    matmul<A>(d, e_buf, 1, dp, row_major(hp_buf, dp), steps * rows, dp, dw_acc, dp, last ? dw_out : dw_acc,
+              last ? ldw : dp);
   }
   store_rows(dh0, D, carry, dp, rows, d);
 }
@@ -377,10 +418,10 @@ MMREC_INLINE void bwd_task(const T* z, const T* gamma, const T* h, const T* h0, 
   }                                                                                                                 \
   MMREC_ISA_DISPATCH void bwd_task_isa(const T* z, const T* gamma, const T* h, const T* h0, const T* grad, T* dz,   \
                                        T* dgamma, T* dh0, Mat<A> wT, Mat<A> wp, const A* bias, A* dw_acc,       \
-                                       A* db_acc, int64_t rows, int64_t T_, int64_t D, int64_t d, int64_t dp,       \
-                                       A* scratch) {                                                                \
-    bwd_task<T, A>(z, gamma, h, h0, grad, dz, dgamma, dh0, wT, wp, bias, dw_acc, db_acc, rows, T_, D, d, dp,        \
-                   scratch);                                                                                        \
+                                       A* db_acc, A* dw_out, int64_t ldw, int64_t rows, int64_t T_, int64_t D,      \
+                                       int64_t d, int64_t dp, A* scratch) {                                         \
+    bwd_task<T, A>(z, gamma, h, h0, grad, dz, dgamma, dh0, wT, wp, bias, dw_acc, db_acc, dw_out, ldw, rows, T_, D, \
+                   d, dp, scratch);                                                                                 \
   }
 MMREC_REC_TASKS(float, float)
 MMREC_REC_TASKS(double, double)
@@ -450,6 +491,9 @@ void bwd(const T* z, const T* gamma, const T* w, const T* bias, const T* h0, con
       }
     }
   };
+  // One task per head, no padding, no conversion: the task's last dW product writes dW[k] itself, so the partial
+  // is never read back (that pass cost ~11 us per head at d = 128).
+  const bool direct = std::is_same_v<T, A> && pl.blocks == 1 && d == dp;
   HelpPool& pool = HelpPool::instance();
   pool.run(pl.tasks, pl.threads, [&](int64_t task, int participant) {
     const int64_t k = task / pl.blocks, b0 = (task % pl.blocks) * pl.rows;
@@ -457,11 +501,15 @@ void bwd(const T* z, const T* gamma, const T* w, const T* bias, const T* h0, con
     A* acc = parts + task * part;
     std::memset(acc, 0, part * sizeof(A));
     if (pack_in_task) pack_head(w + k * d * d, d, dp, pw, wT + k * d * dp, wp + k * d * dp);
+    A* const dw_out = direct ? reinterpret_cast<A*>(dw + k * d * d) : acc;
     bwd_task_isa(z + base, gamma + base, h + base, h0 ? h0 + b0 * D + k * d : nullptr, grad + base, dz + base,
                  dgamma + base, dh0 + b0 * D + k * d, Mat<A>{wT + k * d * dp, pw, pw, d * pw},
-                 Mat<A>{wp + k * d * dp, pw, pw, d * pw}, biasp + k * dp, acc, acc + d * dp, rows, T_, D, d, dp,
-                 scratch + participant * scratch_size);
-    if (pl.blocks == 1) reduce_head(k);
+                 Mat<A>{wp + k * d * dp, pw, pw, d * pw}, biasp + k * dp, acc, acc + d * dp, dw_out,
+                 direct ? d : dp, rows, T_, D, d, dp, scratch + participant * scratch_size);
+    if (direct)
+      for (int64_t j = 0; j < d; ++j) dbias[k * d + j] = from_acc<T>(acc[d * dp + j]);
+    else if (pl.blocks == 1)
+      reduce_head(k);
   });
   if (pl.blocks > 1) pool.run(H, pl.threads, [&](int64_t k, int) { reduce_head(k); });
 }
