@@ -7,6 +7,7 @@ from typing import Dict, Optional
 
 import torch
 from torch import Tensor
+from torch.utils.dlpack import to_dlpack as _to_dlpack
 
 from ..outputs import new_output
 from . import Wrappers
@@ -24,12 +25,14 @@ def _in(x: Optional[Tensor]) -> Optional[Tensor]:
 
 
 def _run(kernel, like: Tensor, *args) -> None:
-    """kernel(*args, stream): on a CUDA tensor's device and its current stream, else on the CPU."""
+    """kernel(*args, stream): on a CUDA tensor's device and its current stream, else on the CPU. CPU tensors cross
+    as DLPack capsules made by to_dlpack: 0.3 us each against 2.3 us for the binding's call of Tensor.__dlpack__
+    (18 tensors in a recurrence forward+backward)."""
     if like.is_cuda:
         with torch.cuda.device(like.device):
             kernel(*args, torch.cuda.current_stream(like.device).cuda_stream)
     else:
-        kernel(*args, 0)
+        kernel(*(_to_dlpack(x) if isinstance(x, Tensor) else x for x in args), 0)
 
 
 def scan_forward(a: Tensor, b: Tensor, h0: Optional[Tensor], reverse: bool) -> Tensor:
