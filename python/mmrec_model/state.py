@@ -39,6 +39,11 @@ class MMRecState:
         """The same state cut from the autograd graph (truncated BPTT between training segments)."""
         return MMRecState([s.map(Tensor.detach) for s in self.layers], self.position)
 
+    def copy(self) -> "MMRecState":
+        """The state cut from the autograd graph in memory of its own: a CUDA-graph replay (torch.compile
+        mode="reduce-overhead") overwrites the outputs of the one before it."""
+        return MMRecState([s.map(lambda x: x.detach().clone()) for s in self.layers], self.position)
+
     def to(self, *args, **kwargs) -> "MMRecState":
         """Tensor.to on every tensor; chunk sums keep their float32/float64 accumulation dtype."""
         def move(x: Tensor) -> Tensor:

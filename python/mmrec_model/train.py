@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", default=None, help="an int >= 0")
     p.add_argument("--compile", choices=("auto", "on", "off"), default=None,
                    help="torch.compile the model: auto = on for CUDA training, off on CPU")
+    p.add_argument("--compile-mode", choices=("default", "reduce-overhead"), default=None,
+                   help="torch.compile's mode on CUDA (default reduce-overhead: CUDA graphs; DDP runs take default)")
     p.add_argument("--backend", default=None, help="force an mmrec_ops backend: ref, cpu, cuda, triton")
     p.add_argument("--threads", default=None, help="torch CPU threads per process (an int >= 1)")
     p.add_argument("--no-progress", action="store_true", help="plain log lines instead of a progress bar")
@@ -76,7 +78,7 @@ def resolve_config(args, out: Path, stages: Sequence[str]) -> TrainConfig:
     if args.config:
         values = merge(values, load_config_file(args.config))
     flat = {"preset": args.preset, "data_dir": args.data_dir, "seed": args.seed, "device": args.device,
-            "compile": args.compile, "backend": args.backend, "on_bad_record": args.on_bad_record,
+            "compile": args.compile, "compile_mode": args.compile_mode, "backend": args.backend, "on_bad_record": args.on_bad_record,
             "threads": args.threads}
     values = merge(values, {k: v for k, v in flat.items() if v is not None})
     if args.no_progress:

@@ -111,6 +111,19 @@ def test_init_state_equals_no_state(variant):
     assert rel_err(b, a) < 1e-6
 
 
+def test_state_copy_is_detached_in_its_own_memory(variant):
+    """MMRecState.copy (the trainer's carried state under CUDA graphs): equal values, no autograd history, no
+    storage shared with the original."""
+    model = tiny_model(recurrence=variant).train()
+    _, state = model(torch.randint(0, V, (2, 5)))
+    copy = state.copy()
+    assert copy.position == state.position
+    for s, c in zip(state.layers, copy.layers):
+        for x, y in zip((s.h, s.m, s.slots, s.chunk_sum), (c.h, c.m, c.slots, c.chunk_sum)):
+            assert torch.equal(x, y) and not y.requires_grad
+            assert x.untyped_storage().data_ptr() != y.untyped_storage().data_ptr()
+
+
 def test_state_size_is_constant(variant):
     model = tiny_model(recurrence=variant)
     sizes = []

@@ -51,6 +51,7 @@ BAD_VALUES = [
     "stages.pretrain.batch_size=-4", "stages.pretrain.log_every=0", "stages.pretrain.eval_windows=0",
     "stages.pretrain.eval_batch_size=0", "model.d_model=abc", "model.no_such_field=1", "stages=5", "model=[1]",
     "device=meta", "stages.finetune.lr=1", "amp=fp8", "backend=gpu", "compile=maybe",
+    "compile_mode=max-autotune",
 ]
 
 
@@ -172,3 +173,20 @@ def test_compile_failure_falls_back_to_eager_with_a_message(tmp_path, capsys, mo
                  "--compile", "on"] + PRETRAIN) == 0
     assert "torch.compile failed (RuntimeError: backend compiler failed" in capsys.readouterr().out
     assert [r["step"] for r in read_metrics(out)] == [1, 2]
+
+
+def test_cuda_graphs_only_for_single_process_cuda(tmp_path, monkeypatch, tiny_config, small_data):
+    """--compile on for a CPU run compiles with torch's default mode: reduce-overhead (CUDA graphs, the CUDA
+    default) is not asked for off the GPU."""
+    import torch
+
+    modes = []
+
+    def record(module, **kw):
+        modes.append(kw.get("mode"))
+        return module
+
+    monkeypatch.setattr(torch, "compile", record)
+    assert _run(["--config", tiny_config, "--data-dir", small_data, "--max-steps", 1, "--out", tmp_path / "run",
+                 "--compile", "on", "--compile-mode", "reduce-overhead"] + PRETRAIN) == 0
+    assert modes == [None]

@@ -84,6 +84,9 @@ class TrainConfig(BaseModel):
     seed: int = Field(1234, ge=0)
     device: str = "auto"                                   # auto, cpu, cuda, cuda:N
     compile: Literal["auto", "on", "off"] = "auto"         # torch.compile: auto = on for CUDA training
+    # torch.compile's mode on CUDA: reduce-overhead replays CUDA graphs (no per-kernel launch cost from Python;
+    # single-process runs, DDP runs compile with the default mode)
+    compile_mode: Literal["default", "reduce-overhead"] = "reduce-overhead"
     backend: Optional[Literal["ref", "cpu", "cuda", "triton"]] = None
     amp: Literal["auto", "bf16", "none"] = "auto"          # auto = bf16 autocast on GPU, none on CPU
     threads: Optional[int] = Field(None, ge=1)             # torch CPU threads per process (None = torch's)

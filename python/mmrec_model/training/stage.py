@@ -131,8 +131,9 @@ def run_stage(stage: str, tcfg: TrainConfig, rt: Runtime, out: Path, tok: Tokeni
                           find_unused_parameters=tbptt)
     compiled = tcfg.compile == "on" or (tcfg.compile == "auto" and rt.device.type == "cuda")
     eager_model = train_model
+    graphs = compiled and tcfg.compile_mode == "reduce-overhead" and rt.device.type == "cuda" and not rt.distributed
     if compiled:
-        train_model = torch.compile(train_model)
+        train_model = torch.compile(train_model, mode="reduce-overhead" if graphs else None)
     amp = amp_context(tcfg, rt.device)
     params = [p for p in model.parameters() if p.requires_grad]
 
@@ -176,13 +177,15 @@ def run_stage(stage: str, tcfg: TrainConfig, rt: Runtime, out: Path, tok: Tokeni
             last = i == len(micro_batches) - 1
             sync = contextlib.nullcontext() if (last or not rt.distributed) else net.no_sync()
             with sync:
+                if graphs and net is not eager_model:
+                    torch.compiler.cudagraph_mark_step_begin()
                 with amp():
                     logits, new_state = net(x, carried)
                 loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=D.IGNORE,
                                        reduction="sum")
                 (loss * (rt.world / max(n_targets, 1.0))).backward()
             if tbptt:
-                new_lanes[mb.lane] = new_state.detach()
+                new_lanes[mb.lane] = new_state.copy() if graphs else new_state.detach()
             loss_sum += loss.detach().double()
             step_tokens += x.numel()
         return loss_sum, step_tokens, new_lanes
