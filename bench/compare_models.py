@@ -235,7 +235,8 @@ def throughput_rows(arch: str, sizes: List[int], a: Dict[str, Any]) -> Iterator[
         while batch % micro:
             micro -= 1
         row = dict(arch=arch, T=T, batch=batch, micro_batch=micro, tokens_per_step=batch * T,
-                   compiled=bool(a.get("compile")), compile_mode=mode or "default", **info)
+                   compiled=bool(a.get("compile")), compile_mode=(mode or "default") if a.get("compile") else None,
+                   **info)
         times: List[float] = []
         data = None
         try:
@@ -744,7 +745,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
                    help="torch.compile the model as the trainer does (auto: on for cuda, off for cpu)")
     t.add_argument("--compile-mode", choices=("default", "reduce-overhead", "max-autotune-no-cudagraphs"),
-                   default="default", help="torch.compile's mode for every arch (reduce-overhead: CUDA graphs)")
+                   default="reduce-overhead", help="torch.compile's mode for every arch (reduce-overhead: CUDA "
+                   "graphs, the trainer's default on CUDA; no effect on the CPU)")
     t.add_argument("--steps", type=int, default=5, help="timed steps (median)")
     t.add_argument("--warmup", type=int, default=2)
     t.add_argument("--row-seconds", type=float, default=30.0, help="stop timing a row after this (min 2 steps)")

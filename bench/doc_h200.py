@@ -13,8 +13,16 @@ from typing import Any, Callable, Dict, List, Optional
 
 DEVICE = Path(__file__).resolve().parent / "results" / "device"
 # (title, run directory, JSON) of each table, newest measurement of each kind
-TRAIN_RUNS = [("compiled, B=16 T=1,024", "run-2026-12-02-h200-s", "throughput_cuda_compiled_1024.json"),
-              ("compiled, B=1 T=16,384", "run-2026-12-02-h200-t", "throughput_cuda_compiled_16384.json"),
+TRAIN_RUNS = [("compiled with CUDA graphs (mode reduce-overhead, the trainer's default on CUDA), B=16 T=1,024",
+               "run-2026-12-04-h200-c", "throughput_cuda_graphs_1024.json"),
+              ("compiled with CUDA graphs (mode reduce-overhead), B=1 T=16,384", "run-2026-12-04-h200-d",
+               "throughput_cuda_graphs_16384.json"),
+              ("compiled, torch's default mode (no CUDA graphs), B=16 T=1,024, profiled", "run-2026-12-04-h200-b",
+               "throughput_cuda_compiled_1024.json"),
+              ("compiled, default mode, B=16 T=1,024, the read's backward as a token loop (run s, since replaced)",
+               "run-2026-12-02-h200-s", "throughput_cuda_compiled_1024.json"),
+              ("compiled, default mode, B=1 T=16,384, the read's backward as a token loop (run t, since replaced)",
+               "run-2026-12-02-h200-t", "throughput_cuda_compiled_16384.json"),
               ("compiled, T=1,024 (B=16) and 4,096 (B=4), the read's backward through mdi's backward kernel "
                "(run q, profiled)", "run-2026-12-02-h200-q", "throughput_cuda_compiled_profile.json"),
               ("compiled, B=16 T=1,024, the unfused read beside the fused one of run o's kernels (since replaced)",
@@ -57,20 +65,21 @@ def training_tables() -> List[str]:
             continue
         rows = [r for r in data["rows"] if r.get("status") == "ok"]
         labels = {**LABELS, **RUN_LABELS.get(run, {})}
-        out += [f"Training, `base`, bf16 autocast, {title}, forward + backward + AdamW, median of "
-                f"{data['settings']['steps']} steps ({_command(run)}; `{data['command'].replace('/tmp/o/', '')}`):",
-                "", "| arch | T | tokens/s | step (s) | peak KiB per token | vs GPT at that T |",
-                "|---|---:|---:|---:|---:|---:|"]
+        out += [f"Training, `base`, bf16 autocast, {title}, forward + backward + AdamW, median of the timed steps "
+                f"(up to {data['settings']['steps']}; a row stops after 2 once it has run its time) "
+                f"({_command(run)}; `{data['command'].replace('/tmp/o/', '')}`):",
+                "", "| arch | T | tokens/s | step (s) | timed steps | peak KiB per token | vs GPT at that T |",
+                "|---|---:|---:|---:|---:|---:|---:|"]
         for r in sorted(rows, key=lambda r: r["T"]):
             gpt = next((g for g in rows if g["arch"] == "gpt" and g["T"] == r["T"]), None)
             ratio = f"{r['tokens_per_s'] / gpt['tokens_per_s']:.2f}x" if gpt else "–"
             out.append(f"| {labels.get(r['arch'], r['arch'])} | {r['T']:,} | {r['tokens_per_s']:,.0f} | "
-                       f"{r['step_s']:.3f} | {r['peak_kib_per_token']:,.0f} | {ratio} |")
+                       f"{r['step_s']:.3f} | {r.get('timed_steps', '–')} | {r['peak_kib_per_token']:,.0f} | {ratio} |")
         asked = data["command"].split("--archs ")[1].split()[0].split(",") if "--archs " in data["command"] else []
         missing = [a for a in asked if a not in {r["arch"] for r in rows}]
         if missing:
             out.append(f"| {', '.join(LABELS.get(a, a) for a in missing)} | | not finished in the run's time budget "
-                       "(compiling) | | | |")
+                       "(compiling) | | | | |")
         out.append("")
     return out
 
@@ -250,7 +259,7 @@ def section(md: Path, img: Path, table_quality: Callable[[Dict[str, Any]], List[
             + decode_table_and_plot(md, img))
     if not body:
         return []
-    return ["## H200, 2026-12-01/02: the current kernels (issues 15, 16, 18)", "",
+    return ["## H200, 2026-12-01/04: the current kernels (issues 15, 16, 18)", "",
             "torch 2.11 + CUDA 13 on one NVIDIA H200. The GPU sections further down are the H100 run of "
             "2026-11-24 (the issue 8 comparison, before the latency kernels, the compiled training default and the "
             "CUDA-graph decode).", ""] + body
