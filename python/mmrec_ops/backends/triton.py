@@ -50,10 +50,11 @@ def _consts(values: Tuple[float, ...], like: Tensor) -> Tensor:
     return _device_consts(values, acc_dtype(like.dtype), like.device)
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=None)
 def _device_consts(values: Tuple[float, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
-    # made on another thread: CUDA-graph trees (torch.compile mode="reduce-overhead") send the calling thread's
-    # allocations to the graph's pool while they warm up, and a cached tensor there fails their liveness check
+    # never evicted: a captured CUDA graph keeps the address. Made on another thread: CUDA-graph trees
+    # (torch.compile mode="reduce-overhead") send the calling thread's allocations to the graph's pool while they
+    # warm up, and a cached tensor there fails their liveness check
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         return pool.submit(torch.tensor, values, dtype=dtype, device=device).result()
 
