@@ -27,8 +27,8 @@
 // 2 FMA/cycle peak (6-row tiles, 12 accumulators: 3% faster than 4-row ones).
 // CPU, a 2-core Zen 4 VM (3.6 GHz; the AVX2 clone, forced, runs as fast as the AVX-512 one), B=1 T=256 d=128
 // float32, kernel alone, one thread and H=1: forward 0.165 ms = 0.64 us per step, of which the w[k]^T matvec is
-// 0.53 (64 KB from L2 at ~34 B/cycle); backward 0.35 ms, of which (each part left out in turn) W^T e 0.165, the
-// recomputed W h 0.085, dW 0.09, gates and row copies 0.07. H=4 on 2 threads: minima forward 0.33 ms, backward
+// 0.53 (64 KB from L2 at ~34 B/cycle); backward 0.35 ms, of which (each part left out in turn, minima of 300 calls)
+// W^T e 0.15, the recomputed W h 0.08, dW 0.09, the rest 0.05. H=4 on 2 threads: minima forward 0.33 ms, backward
 // 0.70 (two heads per thread, ~30 us for the woken worker to start); medians 10-40% higher while another process
 // holds a core. Through autograd (bench/bench_recurrence.py) forward+backward is 1.26 ms at best, ~0.15 ms of it
 // Python and autograd. W h taken from the same loaded w[k] vectors as W^T e (lane-wise dots, no w[k]^T) measured
