@@ -244,7 +244,7 @@ def throughput_rows(arch: str, sizes: List[int], a: Dict[str, Any]) -> Iterator[
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             base_rss = _rss_mib()
-            t_row = time.perf_counter()
+            t_row = None                      # the row's clock starts after warm-up (compiling is not its time)
             step = 0
             while True:
                 dt = train_step(data, batch, micro, T)
@@ -253,7 +253,8 @@ def throughput_rows(arch: str, sizes: List[int], a: Dict[str, Any]) -> Iterator[
                 warm = a["warmup"] if dt < 5.0 or a.get("compile") else 1
                 if step > warm:
                     times.append(dt)
-                spent = time.perf_counter() - t_row
+                    t_row = t_row if t_row is not None else time.perf_counter() - dt
+                spent = time.perf_counter() - t_row if t_row is not None else 0.0
                 if len(times) >= a["steps"] or (len(times) >= 2 and spent > a["row_seconds"]):
                     break
             step_s = statistics.median(times)
@@ -497,7 +498,8 @@ def cmd_throughput(args) -> Path:
              tokens_per_step=args.tokens_per_step,
              micro_tokens=args.micro_tokens or args.tokens_per_step, steps=args.steps, warmup=args.warmup,
              row_seconds=args.row_seconds, threads=args.threads, profile=args.profile,
-             compile_mode=None if args.compile_mode == "default" else args.compile_mode)
+             compile_mode=None if args.compile_mode == "default" else args.compile_mode,
+             row_clock="timed steps")           # row_seconds counts the timed steps (earlier JSONs: from warm-up)
     payload = {"kind": "throughput", "command": _command(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
                "machine": machine(args.device, gpu=False), "settings": a, "quick": args.quick, "rows": []}
     rows, clock = payload["rows"], Budget(args.budget_s)
@@ -749,7 +751,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "graphs, the trainer's default on CUDA; no effect on the CPU)")
     t.add_argument("--steps", type=int, default=5, help="timed steps (median)")
     t.add_argument("--warmup", type=int, default=2)
-    t.add_argument("--row-seconds", type=float, default=30.0, help="stop timing a row after this (min 2 steps)")
+    t.add_argument("--row-seconds", type=float, default=30.0,
+                   help="stop timing a row after this many seconds of timed steps (min 2 steps; warm-up not counted)")
     t.add_argument("--worker-timeout", type=float, default=300.0)
     t.add_argument("--profile", type=int, default=0, metavar="K",
                    help="profile one more step per row and keep its K heaviest CUDA kernels (cpu: operators by "

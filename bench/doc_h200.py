@@ -57,6 +57,14 @@ def _command(run: str) -> str:
     return f"`bench/results/device/{run}/command.sh` (log and JSON beside it)"
 
 
+def _row_clock(settings: Dict[str, Any]) -> str:
+    """When compare_models stopped timing a row: runs before settings["row_clock"] counted the warm-up too."""
+    seconds = settings.get("row_seconds", 30.0)
+    if settings.get("row_clock") == "timed steps":
+        return f"its timed steps have run {seconds:g} s"
+    return f"its warm-up and steps have run {seconds:g} s"
+
+
 def training_tables() -> List[str]:
     out: List[str] = []
     for title, run, name in TRAIN_RUNS:
@@ -66,7 +74,7 @@ def training_tables() -> List[str]:
         rows = [r for r in data["rows"] if r.get("status") == "ok"]
         labels = {**LABELS, **RUN_LABELS.get(run, {})}
         out += [f"Training, `base`, bf16 autocast, {title}, forward + backward + AdamW, median of the timed steps "
-                f"(up to {data['settings']['steps']}; a row stops after 2 once it has run its time) "
+                f"(up to {data['settings']['steps']}; a row stops after 2 once {_row_clock(data['settings'])}) "
                 f"({_command(run)}; `{data['command'].replace('/tmp/o/', '')}`):",
                 "", "| arch | T | tokens/s | step (s) | timed steps | peak KiB per token | vs GPT at that T |",
                 "|---|---:|---:|---:|---:|---:|---:|"]

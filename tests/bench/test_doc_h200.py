@@ -31,3 +31,8 @@ def test_quality_tables_read_each_curve_at_the_gpts_time(tmp_path, monkeypatch):
     assert "TABLE" in lines
     assert "| GPT (SDPA) | 400 | 4.000 |" in lines                      # 8 s: the GPT's own 400 steps
     assert "| MM-Rec | 160 | 4.900 |" in lines                          # 8 s / 0.05 s: seeds read 4.4 and 5.4 at 160
+
+
+def test_row_clock_names_what_the_run_counted():
+    assert doc_h200._row_clock({"row_seconds": 30.0}) == "its warm-up and steps have run 30 s"
+    assert doc_h200._row_clock({"row_seconds": 12.5, "row_clock": "timed steps"}) == "its timed steps have run 12.5 s"
