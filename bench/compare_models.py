@@ -31,13 +31,9 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import math
 import os
 import platform
 import resource
-import shlex
-import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -45,33 +41,14 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-RESULTS = HERE / "results" / "models"
-QUICK_RESULTS = ROOT / "runs" / "compare_quick"
+from compare_common import Budget, command_line, fmt, machine, write_json  # noqa: E402
+from compare_quality import QUALITY_ARCHS, cmd_quality  # noqa: E402
 MODEL_ARCHS = ("mmrec", "mmrec-linear", "gpt", "lstm")
 READ_VARIANTS = ("mmrec-fused", "mmrec-linear-fused", "mmrec-unfused", "mmrec-linear-unfused")
 THROUGHPUT_ARCHS = MODEL_ARCHS + READ_VARIANTS
-QUALITY_ARCHS = ("mmrec", "mmrec-linear", "mmrec-tbptt", "gpt", "lstm")
-STAGES = ("pretrain", "instruct", "chat")
 
-# The quality runs: the settings of bench/results/gpu_train/README.md (the `small` preset on the H100),
-# with TBPTT off (every arch sees the same random 512-token windows) and the held-out sets read in full
-# (pre-training: 64 windows of 512 tokens per set; instruct/chat: every held-out example).
-QUALITY_SETS = ["vocab_size=8192", "stages.pretrain.max_steps=400", "stages.pretrain.batch_size=32",
-                "stages.pretrain.seq_len=512", "stages.pretrain.eval_every=100", "stages.pretrain.eval_windows=64",
-                "stages.instruct.max_steps=150", "stages.instruct.eval_windows=1000",
-                "stages.chat.max_steps=100", "stages.chat.eval_windows=1000"]
-QUALITY_SETS_QUICK = ["vocab_size=512", "tokenizer_max_chars=60000", "stages.pretrain.max_steps=3",
-                      "stages.pretrain.batch_size=4", "stages.pretrain.seq_len=32", "stages.pretrain.eval_every=0",
-                      "stages.pretrain.eval_windows=4", "stages.pretrain.sample_tokens=4",
-                      "stages.instruct.max_steps=2", "stages.instruct.batch_size=4", "stages.instruct.seq_len=48",
-                      "stages.instruct.eval_every=0", "stages.instruct.eval_windows=4",
-                      "stages.instruct.sample_tokens=4", "stages.chat.max_steps=2", "stages.chat.batch_size=4",
-                      "stages.chat.seq_len=64", "stages.chat.eval_every=0", "stages.chat.eval_windows=4",
-                      "stages.chat.sample_tokens=4"]
 
 
 def _ints(text: str) -> List[int]:
@@ -92,18 +69,6 @@ def _archs(allowed):
             raise argparse.ArgumentTypeError(f"archs must be from {allowed}, got {text!r}")
         return values
     return parse
-
-
-def machine(device: str, gpu: bool = True) -> Dict[str, Any]:
-    """The machine; gpu=False leaves CUDA uninitialised (the parent must not hold GPU memory while workers run)."""
-    import torch
-    info = {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-            "python": platform.python_version()}
-    if gpu and device == "cuda" and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-        info["cuda"] = torch.version.cuda
-        info["cudnn"] = torch.backends.cudnn.version()
-    return info
 
 
 # ------------------------------------------------------------------------------------------ models
@@ -427,10 +392,6 @@ def _worker_main(argv: List[str]) -> int:
 
 
 # ------------------------------------------------------------------------------------------ tables
-def _fmt(x, spec: str = ",.0f") -> str:
-    return "-" if x is None else format(x, spec)
-
-
 def _row_line(kind: str, r: Dict[str, Any]) -> str:
     if kind == "throughput":
         head = f"{r['arch']:<13} T={r['T']:<6} B={r.get('batch', '-')!s:<4} micro={r.get('micro_batch', '-')!s:<4}"
@@ -445,7 +406,7 @@ def _row_line(kind: str, r: Dict[str, Any]) -> str:
         return f"{head} {r.get('status', '?').upper()}: {r.get('error', '')}"
     peak = r.get("decode_peak_mib", r.get("peak_mib"))
     return (f"{head} decode {r['decode_tokens_per_s']:>10,.1f} tok/s ({r['token_ms']:.2f} ms/step)  "
-            f"state {r['state_mib']:>9,.2f} MiB  peak {_fmt(peak)} MiB  prefill {r['prefill_tokens_per_s']:>10,.0f} tok/s")
+            f"state {r['state_mib']:>9,.2f} MiB  peak {fmt(peak)} MiB  prefill {r['prefill_tokens_per_s']:>10,.0f} tok/s")
 
 
 def print_table(kind: str, rows: List[Dict[str, Any]]) -> None:
@@ -457,34 +418,6 @@ def print_table(kind: str, rows: List[Dict[str, Any]]) -> None:
             print(f"    kernels (cuda) or operators (cpu) of one step: {prof['total_us'] / 1e3:,.1f} ms")
             for k in prof["kernels"]:
                 print(f"    {k['us'] / 1e3:9.2f} ms {100 * k['us'] / prof['total_us']:5.1f} % {k['calls']:6d}x  {k['name']}")
-
-
-def _write(payload: Dict[str, Any], out: Optional[str], name: str, quick: bool, quiet: bool = False) -> Path:
-    """Writes the JSON (again after every worker, so a run cut short still leaves its rows)."""
-    path = Path(out) if out else (QUICK_RESULTS if quick else RESULTS) / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=1) + "\n")
-    os.replace(tmp, path)
-    if not quiet:
-        print(f"wrote {path}")
-    return path
-
-
-class Budget:
-    """Wall-clock budget of a subcommand: each worker's timeout is cut to what is left (at least 5 s)."""
-
-    def __init__(self, seconds: Optional[float]):
-        self.end = None if not seconds else time.perf_counter() + seconds
-
-    def timeout(self, worker_timeout: float) -> float:
-        if self.end is None:
-            return worker_timeout
-        return max(5.0, min(worker_timeout, self.end - time.perf_counter()))
-
-
-def _command() -> str:
-    return "python bench/compare_models.py " + " ".join(shlex.quote(x) for x in sys.argv[1:])
 
 
 # ------------------------------------------------------------------------------------------ subcommands
@@ -500,7 +433,7 @@ def cmd_throughput(args) -> Path:
              row_seconds=args.row_seconds, threads=args.threads, profile=args.profile,
              compile_mode=None if args.compile_mode == "default" else args.compile_mode,
              row_clock="timed steps")           # row_seconds counts the timed steps (earlier JSONs: from warm-up)
-    payload = {"kind": "throughput", "command": _command(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    payload = {"kind": "throughput", "command": command_line(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
                "machine": machine(args.device, gpu=False), "settings": a, "quick": args.quick, "rows": []}
     rows, clock = payload["rows"], Budget(args.budget_s)
     # the device's default (cuda compiled, cpu eager, as the trainer's --compile auto) -> throughput_<device>.json
@@ -511,10 +444,10 @@ def cmd_throughput(args) -> Path:
         groups = [[T] for T in args.sizes] if args.device == "cpu" and not args.quick else [args.sizes]
         for points in groups:
             rows += _worker("throughput", arch, points, a, clock.timeout(args.worker_timeout))
-            _write(payload, args.out, name, args.quick, quiet=True)
+            write_json(payload, args.out, name, args.quick, quiet=True)
     print_table("throughput", rows)
     payload["machine"] = machine(args.device)
-    return _write(payload, args.out, name, args.quick)
+    return write_json(payload, args.out, name, args.quick)
 
 
 def cmd_generate(args) -> Path:
@@ -522,7 +455,7 @@ def cmd_generate(args) -> Path:
         args.device, args.preset, args.contexts, args.new_tokens = "cpu", "tiny", [16, 64], 4
         args.prefill_chunk, args.warmup_tokens, args.batches = 32, 1, [1]
     preset = args.preset or ("base" if args.device == "cuda" else "small")
-    payload = {"kind": "generate", "command": _command(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    payload = {"kind": "generate", "command": command_line(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
                "machine": machine(args.device, gpu=False), "settings": [], "quick": args.quick, "rows": []}
     rows, clock = payload["rows"], Budget(args.budget_s)
     for batch in args.batches:
@@ -534,188 +467,10 @@ def cmd_generate(args) -> Path:
             groups = [[c] for c in args.contexts] if args.device == "cpu" and not args.quick else [args.contexts]
             for points in groups:
                 rows += _worker("generate", arch, points, a, clock.timeout(args.worker_timeout))
-                _write(payload, args.out, f"generate_{args.device}.json", args.quick, quiet=True)
+                write_json(payload, args.out, f"generate_{args.device}.json", args.quick, quiet=True)
     print_table("generate", rows)
     payload["machine"] = machine(args.device)
-    return _write(payload, args.out, f"generate_{args.device}.json", args.quick)
-
-
-def _run_params(run_dir: Path, arch: str) -> Optional[int]:
-    """Parameter count of a run's pre-trained model, from its config.json (built on the meta device)."""
-    import torch
-    final = run_dir / "pretrain" / "final" / "config.json"
-    if not final.is_file():
-        return None
-    if arch.startswith("mmrec"):
-        from mmrec_model import MMRecConfig, MMRecLM
-        with torch.device("meta"):
-            return MMRecLM(MMRecConfig.load(str(final))).num_parameters()
-    import baselines
-    return baselines.CONFIGS[arch].load(str(final)).num_parameters()
-
-
-def collect_run(run_dir: Path, arch: str, seed: int) -> Dict[str, Any]:
-    """Held-out results of one finished (or failed) pipeline run, from its stage outputs and metrics.jsonl."""
-    out: Dict[str, Any] = {"arch": arch, "seed": seed, "run_dir": str(run_dir), "stages": {}}
-    for stage in STAGES:
-        meta = run_dir / stage / "final" / "meta.json"
-        if meta.is_file():
-            m = json.loads(meta.read_text())
-            out["stages"][stage] = {k: m.get(k) for k in ("steps", "tokens", "time_s", "loss_first", "loss_last",
-                                                          "held_out")}
-    curves: Dict[str, Dict[str, List]] = {}
-    metrics = run_dir / "metrics.jsonl"
-    if metrics.is_file():
-        for line in metrics.read_text().splitlines():
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if r.get("kind") == "eval":
-                curves.setdefault(r["stage"], {}).setdefault(r["set"], []).append([r["step"], r["loss"]])
-    out["eval_curves"] = curves
-    out["params"] = _run_params(run_dir, arch)
-    return out
-
-
-def quality_commands(args, runs_dir: Path) -> List[Dict[str, Any]]:
-    sets = QUALITY_SETS_QUICK if args.quick else QUALITY_SETS
-    jobs = []
-    for seed in args.seeds:
-        for arch in args.archs:
-            base_arch = "mmrec" if arch.startswith("mmrec") else arch
-            extra = []
-            if arch.startswith("mmrec"):
-                extra += ["--set", f"stages.pretrain.tbptt={'true' if arch == 'mmrec-tbptt' else 'false'}"]
-            if arch == "mmrec-linear":
-                extra += ["--set", "model.recurrence=linear"]
-            run_dir = runs_dir / f"{arch}-seed{seed}"
-            cmd = [sys.executable, str(HERE / "train_baseline.py"), "--arch", base_arch, "--stage", "all",
-                   "--preset", args.preset, "--device", args.device, "--seed", str(seed), "--no-progress",
-                   "--out", str(run_dir)]
-            for s in sets:
-                cmd += ["--set", s]
-            cmd += extra
-            if args.data_dir:
-                cmd += ["--data-dir", args.data_dir]
-            if args.threads:
-                cmd += ["--threads", str(args.threads)]
-            jobs.append({"arch": arch, "seed": seed, "run_dir": run_dir, "cmd": cmd})
-    # the MM-Rec variants (tbptt, linear) after the main comparison, so that a cut budget loses them first
-    jobs.sort(key=lambda j: (j["arch"] in ("mmrec-tbptt", "mmrec-linear"), j["seed"], args.archs.index(j["arch"])))
-    return jobs
-
-
-def _terminate(signum, frame):
-    raise SystemExit(f"stopped by signal {signum}")
-
-
-def cmd_quality(args) -> Path:
-    if args.quick:
-        args.device, args.preset = "cpu", "tiny"
-        args.seeds = args.seeds if args.seeds_given else [1]
-    runs_dir = Path(args.runs_dir) if args.runs_dir else \
-        (QUICK_RESULTS if args.quick else ROOT / "runs") / f"quality_{args.device}"
-    if args.quick and not args.runs_dir:
-        shutil.rmtree(runs_dir, ignore_errors=True)                   # scratch runs of an earlier --quick
-    jobs = quality_commands(args, runs_dir)
-    for j in jobs:
-        if j["run_dir"].exists() and any(j["run_dir"].iterdir()):
-            raise SystemExit(f"error: {j['run_dir']} already exists; pass another --runs-dir or remove it")
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, args.jobs))))
-    pending, running, results = list(jobs), [], []
-    t_all = time.perf_counter()
-    settings = dict(device=args.device, preset=args.preset, seeds=args.seeds, archs=args.archs, jobs=args.jobs,
-                    sets=QUALITY_SETS_QUICK if args.quick else QUALITY_SETS)
-    payload = {"kind": "quality", "command": _command(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-               "machine": machine(args.device, gpu=False), "settings": settings, "quick": args.quick, "runs": results}
-    clock = Budget(args.budget_s)
-    previous = signal.signal(signal.SIGTERM, _terminate)    # `timeout` stops us: stop the runs too
-    try:
-        while pending or running:
-            while pending and len(running) < args.jobs:
-                j = pending.pop(0)
-                if clock.timeout(args.run_timeout) < 30:           # not enough budget left to finish a run
-                    results.append({"arch": j["arch"], "seed": j["seed"], "status": "skipped (budget)", "stages": {},
-                                    "command": " ".join(shlex.quote(c) for c in j["cmd"])})
-                    continue
-                j["run_dir"].mkdir(parents=True, exist_ok=True)
-                j["log"] = open(j["run_dir"].parent / f"{j['run_dir'].name}.log", "w")
-                j["log"].write("$ " + " ".join(shlex.quote(c) for c in j["cmd"]) + "\n")
-                j["log"].flush()
-                j["proc"] = subprocess.Popen(j["cmd"], stdout=j["log"], stderr=subprocess.STDOUT, env=env,
-                                             start_new_session=True)
-                j["t0"] = time.perf_counter()
-                j["timeout"] = clock.timeout(args.run_timeout)
-                print(f"# started {j['arch']} seed {j['seed']}", file=sys.stderr, flush=True)
-                running.append(j)
-            time.sleep(0.2)
-            for j in list(running):
-                rc = j["proc"].poll()
-                wall = time.perf_counter() - j["t0"]
-                if rc is None and wall > j["timeout"]:
-                    os.killpg(j["proc"].pid, signal.SIGKILL)
-                    j["proc"].wait()
-                    rc = "timeout"
-                if rc is None:
-                    continue
-                running.remove(j)
-                j["log"].close()
-                r = collect_run(j["run_dir"], j["arch"], j["seed"])
-                r.update(status="ok" if rc == 0 else ("timeout" if rc == "timeout" else f"exit {rc}"), wall_s=wall,
-                         command=" ".join(shlex.quote(c) for c in j["cmd"]), log=str(j["log"].name))
-                results.append(r)
-                print(f"# {j['arch']} seed {j['seed']}: {r['status']} in {wall:.0f} s", file=sys.stderr, flush=True)
-                _write(payload, args.out, f"quality_{args.device}.json", args.quick, quiet=True)
-    finally:
-        for j in running:                                  # their own sessions: not in our process group
-            os.killpg(j["proc"].pid, signal.SIGKILL)
-        signal.signal(signal.SIGTERM, previous)
-    order = {(j["arch"], j["seed"]): i for i, j in enumerate(jobs)}
-    results.sort(key=lambda r: order[(r["arch"], r["seed"])])
-    print_quality(results)
-    settings["wall_s"] = time.perf_counter() - t_all
-    payload["machine"] = machine(args.device)
-    return _write(payload, args.out, f"quality_{args.device}.json", args.quick)
-
-
-def quality_summary(runs: List[Dict[str, Any]]) -> Dict[str, Dict[str, Dict[str, Dict[str, float]]]]:
-    """{arch: {stage: {set: {mean, std, min, max, ppl_mean, n}}}} of the held-out losses over the seeds."""
-    acc: Dict[str, Dict[str, Dict[str, List[float]]]] = {}
-    for r in runs:
-        if r.get("status") != "ok":
-            continue
-        for stage, s in r["stages"].items():
-            for name, h in (s.get("held_out") or {}).items():
-                acc.setdefault(r["arch"], {}).setdefault(stage, {}).setdefault(name, []).append(h["loss"])
-    out: Dict[str, Any] = {}
-    for arch, stages in acc.items():
-        for stage, sets in stages.items():
-            for name, losses in sets.items():
-                mean = statistics.fmean(losses)
-                out.setdefault(arch, {}).setdefault(stage, {})[name] = {
-                    "mean": mean, "std": statistics.stdev(losses) if len(losses) > 1 else 0.0,
-                    "min": min(losses), "max": max(losses), "ppl_mean": math.exp(mean), "n": len(losses),
-                    "ppl_min": math.exp(min(losses)), "ppl_max": math.exp(max(losses))}
-    return out
-
-
-def print_quality(runs: List[Dict[str, Any]]) -> None:
-    print()
-    for r in runs:
-        cells = []
-        for stage, s in r["stages"].items():
-            for name, h in (s.get("held_out") or {}).items():
-                cells.append(f"{stage}/{name} {h['loss']:.3f} (ppl {h['ppl']:.1f})")
-        print(f"{r['arch']:<12} seed {r['seed']:<3} {r['status']:<8} {_fmt(r.get('params'), ',')} params  "
-              + "; ".join(cells))
-    for arch, stages in quality_summary(runs).items():
-        for stage, sets in stages.items():
-            for name, s in sets.items():
-                print(f"  mean {arch:<12} {stage:<9} {name:<24} loss {s['mean']:.4f} +- {s['std']:.4f} "
-                      f"ppl {s['ppl_mean']:.1f} (n={s['n']})")
+    return write_json(payload, args.out, f"generate_{args.device}.json", args.quick)
 
 
 # ------------------------------------------------------------------------------------------ CLI

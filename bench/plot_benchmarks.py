@@ -19,7 +19,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from compare_models import quality_summary  # noqa: E402
+from compare_quality import quality_summary  # noqa: E402
 import doc_h200  # noqa: E402
 
 ARCH_ORDER = ["mmrec", "mmrec-linear", "mmrec-tbptt", "gpt", "lstm"]
