@@ -18,11 +18,12 @@ def logsigmoid(x):
 
 
 @triton.jit
-def mdi_fwd_kernel(v_ptr, mod_ptr, base_ptr, m0_ptr, m_ptr, bounds_ptr, ends_ptr, flags_ptr, B, T, N, D,
+def mdi_fwd_kernel(v_ptr, mod_ptr, base_ptr, m0_ptr, m_ptr, bounds_ptr, ends_ptr, flags_ptr, B, T, N, D, SV,
                    HAS_M0: tl.constexpr, ACC: tl.constexpr,
                    BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    """v: [B, T, D]; mod: [B, T, N]; base: [N, D]; m0: [B, N, D]; m: [B, T, N, D]; bounds: [eps, 1 - eps];
-    ends: [n_tiles_T, B, N, D] (state after each T tile); flags: int32 [1 + tiles] zeroed (ticket, ready flags)."""
+    """v: [B, T, D] (token stride SV); mod: [B, T, N]; base: [N, D]; m0: [B, N, D]; m: [B, T, N, D]; bounds:
+    [eps, 1 - eps]; ends: [n_tiles_T, B, N, D] (state after each T tile); flags: int32 [1 + tiles] zeroed (ticket,
+    ready flags)."""
     nd = tl.cdiv(D, BLOCK_D)
     ticket = tl.atomic_add(flags_ptr, 1)
     chunk = ticket // (B * nd)
@@ -37,7 +38,7 @@ def mdi_fwd_kernel(v_ptr, mod_ptr, base_ptr, m0_ptr, m_ptr, bounds_ptr, ends_ptr
     log_sig_base = logsigmoid(tl.load(base_ptr + nd_offs, mask=nd_ok, other=0.0).to(ACC))
     t = chunk * BLOCK_T + tl.arange(0, BLOCK_T)  # [BLOCK_T]
     t_ok = t < T
-    v = tl.load(v_ptr + (bi * T + t[:, None]) * D + cols[None, :],
+    v = tl.load(v_ptr + (bi * T + t[:, None]) * SV + cols[None, :],
                 mask=t_ok[:, None] & (cols < D)[None, :], other=0.0).to(ACC)  # [BLOCK_T, BLOCK_D]
     mod = tl.load(mod_ptr + (bi * T + t[:, None]) * N + n[None, :],
                   mask=t_ok[:, None] & (n < N)[None, :], other=0.0).to(ACC)  # [BLOCK_T, BLOCK_N]

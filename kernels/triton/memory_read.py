@@ -20,7 +20,7 @@
 #   memory_read_fwd_kernel: rebuilds the banks token by token from the chunk's entry and writes r ([B, T, N, D] never
 #     exists);
 #   memory_read_bwd_kernel: reads the banks m (mdi's forward, for the backward alone and freed with it: bank_bwd_kernel
-#     needs m_{t-1}) and writes dq, dh, the banks' item gradient dx_m (accumulation dtype) and the slots' gradient
+#     needs m_{t-1}) and writes dq, dh, the banks' item gradient dx_m (the inputs' dtype) and the slots' gradient
 #     per (chunk, slot chunk), which dms_reduce_kernel sums in a fixed order. dx of a slot is linear in its dn (rho,
 #     n fixed per slot chunk), so dn is summed over the chunk's tokens (a tl.dot) before the RMS backward;
 #   carry_map_kernel: each chunk's affine map of the banks' reverse carry (prod g, and the carry it sends left from
@@ -73,17 +73,18 @@ def _bank_tile(base_ptr, bounds_ptr, col0, N, D, ACC: tl.constexpr, BLOCK_N: tl.
 
 
 @triton.jit
-def chunk_transfer_kernel(v_ptr, mod_ptr, base_ptr, bounds_ptr, ta_ptr, tx_ptr, T, N, D, NC,
+def chunk_transfer_kernel(v_ptr, mod_ptr, base_ptr, bounds_ptr, ta_ptr, tx_ptr, T, N, D, NC, SV,
                           ACC: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
-    """v: [B, T, D]; mod: [B, T, N]; base: [N, D]; bounds: [eps, 1 - eps]; ta, tx: [B, NC, N, D] (accumulation dtype):
-    the chunk's prod of g and its end state from a zero entry. Grid: (B * NC, cdiv(D, BLOCK_C))."""
+    """v: [B, T, D] (token stride SV); mod: [B, T, N]; base: [N, D]; bounds: [eps, 1 - eps]; ta, tx: [B, NC, N, D]
+    (accumulation dtype): the chunk's prod of g and its end state from a zero entry.
+    Grid: (B * NC, cdiv(D, BLOCK_C))."""
     bi = (tl.program_id(0) // NC).to(tl.int64)
     c = tl.program_id(0) % NC
     cols, c_ok, n, n_ok, nd_ok, nd_offs, lo, hi, sb = _bank_tile(base_ptr, bounds_ptr, tl.program_id(1) * BLOCK_C, N,
                                                                  D, ACC, BLOCK_N, BLOCK_C)
     t = c * BLOCK_L + tl.arange(0, BLOCK_L)
     g, _ = _gate(mod_ptr, sb, bi, t, N, T, n, n_ok, lo, hi, 1.0, ACC)                   # [BLOCK_L, BLOCK_N, BLOCK_C]
-    v = tl.load(v_ptr + (bi * T + t[:, None]) * D + cols[None, :], mask=(t < T)[:, None] & c_ok[None, :],
+    v = tl.load(v_ptr + (bi * T + t[:, None]) * SV + cols[None, :], mask=(t < T)[:, None] & c_ok[None, :],
                 other=0.0).to(ACC)                                                       # [BLOCK_L, BLOCK_C]
     g_cum, x_cum = tl.associative_scan((g, (1.0 - g) * v[:, None, :]), 0, combine)
     out = (bi * NC + c) * N * D + nd_offs
@@ -128,11 +129,11 @@ def _rms_rows(x, dh, ne):
 
 
 @triton.jit
-def _slot_tile(Ms_ptr, bi, sc, NS, S, D, cols, d_ok, j, s_ok, dh, ne, ACC: tl.constexpr):
-    """Slot chunk sc of the head, Ms[bi, sc, :, cols] normalised: [BLOCK_S, BLOCK_DH] (zero past S and dh) and its
-    rho [BLOCK_S]."""
+def _slot_tile(Ms_row, sc, NS, S, D, cols, d_ok, j, s_ok, dh, ne, ACC: tl.constexpr):
+    """Slot chunk sc of the head, Ms_row[sc, :, cols] normalised (Ms_row: the batch row's [NS, S, D]):
+    [BLOCK_S, BLOCK_DH] (zero past S and dh) and its rho [BLOCK_S]."""
     ok = s_ok[:, None] & d_ok[None, :] & (sc < NS)
-    x = tl.load(Ms_ptr + ((bi * NS + sc) * S + j[:, None]) * D + cols[None, :], mask=ok, other=0.0).to(ACC)
+    x = tl.load(Ms_row + (sc * S + j[:, None]) * D + cols[None, :], mask=ok, other=0.0).to(ACC)
     return _rms_rows(x, dh, ne)
 
 
@@ -150,12 +151,12 @@ def _weights(q, nh, nm, nM, n_ok, s_ok, scale):
 
 @triton.jit
 def memory_read_fwd_kernel(q_ptr, h_ptr, v_ptr, mod_ptr, base_ptr, Ms_ptr, entry_ptr, r_ptr, consts_ptr,
-                           T, N, D, dh, NS, S, H, k0, C, NC, ACC: tl.constexpr,
+                           T, N, D, dh, NS, S, H, k0, C, NC, SQ, SV, SMB, ACC: tl.constexpr,
                            BLOCK_L: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr,
                            BLOCK_DH: tl.constexpr):
-    """q, h, v, r: [B, T, D]; mod: [B, T, N]; base: [N, D]; Ms: [B, NS, S, D]; entry: [B, NC, N, D] (the banks
-    before each chunk, accumulation dtype); consts: [eps, 1 - eps, norm_eps, 1 / sqrt(dh)]; dh = D / H (an
-    argument, as in the backward). Grid: (B * H, NC)."""
+    """q, h, v, r: [B, T, D] (q and v with token strides SQ, SV); mod: [B, T, N]; base: [N, D]; Ms: [B, NS, S, D]
+    (batch stride SMB); entry: [B, NC, N, D] (the banks before each chunk, accumulation dtype); consts: [eps, 1 - eps,
+    norm_eps, 1 / sqrt(dh)]; dh = D / H (an argument, as in the backward). Grid: (B * H, NC)."""
     pid = tl.program_id(0)
     c = tl.program_id(1)
     bi = (pid // H).to(tl.int64)
@@ -172,18 +173,19 @@ def memory_read_fwd_kernel(q_ptr, h_ptr, v_ptr, mod_ptr, base_ptr, Ms_ptr, entry
     ne, scale = tl.load(consts_ptr + 2).to(ACC), tl.load(consts_ptr + 3).to(ACC)
     sb = _sig(tl.load(base_ptr + nd_offs, mask=nd_ok, other=0.0).to(ACC))                # [BLOCK_N, BLOCK_DH]
     m = tl.load(entry_ptr + (bi * NC + c) * N * D + nd_offs, mask=nd_ok, other=0.0)      # [BLOCK_N, BLOCK_DH]
+    Ms_row = Ms_ptr + bi * SMB
     t0 = c * BLOCK_L
     sc_cur = (k0 + t0) // C
-    nM = _slot_tile(Ms_ptr, bi, sc_cur, NS, S, D, cols, d_ok, j, s_ok, dh, ne, ACC)[0]   # [BLOCK_S, BLOCK_DH]
+    nM = _slot_tile(Ms_row, sc_cur, NS, S, D, cols, d_ok, j, s_ok, dh, ne, ACC)[0]   # [BLOCK_S, BLOCK_DH]
     for t in range(t0, tl.minimum(t0 + BLOCK_L, T)):
         sc = (k0 + t) // C
         if sc != sc_cur:
-            nM = _slot_tile(Ms_ptr, bi, sc, NS, S, D, cols, d_ok, j, s_ok, dh, ne, ACC)[0]
+            nM = _slot_tile(Ms_row, sc, NS, S, D, cols, d_ok, j, s_ok, dh, ne, ACC)[0]
             sc_cur = sc
         row = bi * T + t
-        q = tl.load(q_ptr + row * D + cols, mask=d_ok, other=0.0).to(ACC)                 # [BLOCK_DH]
+        q = tl.load(q_ptr + row * SQ + cols, mask=d_ok, other=0.0).to(ACC)                # [BLOCK_DH]
         x_h = tl.load(h_ptr + row * D + cols, mask=d_ok, other=0.0).to(ACC)
-        v = tl.load(v_ptr + row * D + cols, mask=d_ok, other=0.0).to(ACC)
+        v = tl.load(v_ptr + row * SV + cols, mask=d_ok, other=0.0).to(ACC)
         mod = tl.load(mod_ptr + row * N + n, mask=n_ok, other=0.0).to(ACC)                # [BLOCK_N]
         g = tl.minimum(tl.maximum(sb * _sig(mod)[:, None], lo), hi)
         m = g * (m - v[None, :]) + v[None, :]
@@ -211,15 +213,17 @@ def _chunk_slots(t, t_ok, k0, C, T, c, BLOCK_L: tl.constexpr):
 
 @triton.jit
 def memory_read_bwd_kernel(grad_r_ptr, grad_m_ptr, q_ptr, h_ptr, m_ptr, Ms_ptr, consts_ptr, dq_ptr, dh_ptr, dxm_ptr,
-                           dms_part_ptr, T, N, D, dh, NS, S, H, k0, C, NC, J, HAS_GM: tl.constexpr, ACC: tl.constexpr,
-                           PREC: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr,
-                           BLOCK_DH: tl.constexpr):
-    """grad_r, q, h, dq, dh: [B, T, D]; grad_m: [B, N, D] (dL/dm_last); m: [B, T, N, D]; in the accumulation dtype:
-    dxm [B, T, N, D] (incl. grad_m at T - 1) and dms_part [B, NC, J, S, D] (the chunk's dMs for slot chunks
-    c(t0) + 0..J-1; those it reads are written). With the banks given, the tokens are independent: the program
-    takes its BLOCK_L tokens as [L, DH] tiles: h, each bank (read twice, for the scores and for the gradients), and
-    the slots' scores, dq part and gradient as tl.dot tiles per slot chunk the tokens read. dh = D / H is an
-    argument: when it is a multiple of 16 Triton knows the head's columns aligned and loads them as vectors.
+                           dms_part_ptr, T, N, D, dh, NS, S, H, k0, C, NC, J, SQ, SMB, HAS_GM: tl.constexpr,
+                           ACC: tl.constexpr, PREC: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_N: tl.constexpr,
+                           BLOCK_S: tl.constexpr, BLOCK_DH: tl.constexpr):
+    """grad_r, q, h, dq, dh: [B, T, D] (q with token stride SQ); Ms: [B, NS, S, D] (batch stride SMB); grad_m:
+    [B, N, D] (dL/dm_last); m: [B, T, N, D]; dxm [B, T, N, D] (incl. grad_m at T - 1; the inputs' dtype) and, in
+    the accumulation dtype, dms_part [B, NC, J, S, D] (the chunk's dMs for slot chunks c(t0) + 0..J-1; those it
+    reads are written).
+    With the banks given, the tokens are independent: the program takes its BLOCK_L tokens as [L, DH] tiles: h,
+    each bank (read twice, for the scores and for the gradients), and the slots' scores, dq part and gradient as
+    tl.dot tiles per slot chunk the tokens read. dh = D / H is an argument: when it is a multiple of 16 Triton knows
+    the head's columns aligned and loads them as vectors.
     Grid: (B * H, NC)."""
     pid = tl.program_id(0)
     c = tl.program_id(1)
@@ -236,7 +240,8 @@ def memory_read_bwd_kernel(grad_r_ptr, grad_m_ptr, q_ptr, h_ptr, m_ptr, Ms_ptr, 
     t_ok = t < T
     td_ok = t_ok[:, None] & d_ok[None, :]
     td_offs = (bi * T + t[:, None]) * D + cols[None, :]                                  # [L, DH]
-    Q = tl.load(q_ptr + td_offs, mask=td_ok, other=0.0).to(ACC)
+    Q = tl.load(q_ptr + (bi * T + t[:, None]) * SQ + cols[None, :], mask=td_ok, other=0.0).to(ACC)
+    Ms_row = Ms_ptr + bi * SMB
     G = tl.load(grad_r_ptr + td_offs, mask=td_ok, other=0.0).to(ACC)
     nh, rho_h = _rms_rows(tl.load(h_ptr + td_offs, mask=td_ok, other=0.0).to(ACC), dh, ne)
     s_h = tl.sum(nh * Q, 1) * scale                                                       # [L]
@@ -253,7 +258,7 @@ def memory_read_bwd_kernel(grad_r_ptr, grad_m_ptr, q_ptr, h_ptr, m_ptr, Ms_ptr, 
     s_M = tl.full([BLOCK_L, BLOCK_S], float("-inf"), ACC)                                # [L, S]
     a_M = tl.zeros([BLOCK_L, BLOCK_S], ACC)
     for jj in range(n_sc):
-        nM = _slot_tile(Ms_ptr, bi, sc0 + jj, NS, S, D, cols, d_ok, j, s_ok, dh, ne, ACC)[0]   # [S, DH]
+        nM = _slot_tile(Ms_row, sc0 + jj, NS, S, D, cols, d_ok, j, s_ok, dh, ne, ACC)[0]   # [S, DH]
         mine = (sc_tok == sc0 + jj)[:, None] & s_ok[None, :]
         s_M = tl.where(mine, tl.dot(Q, tl.trans(nM), input_precision=PREC) * scale, s_M)
         a_M = tl.where(mine, tl.dot(G, tl.trans(nM), input_precision=PREC), a_M)
@@ -278,10 +283,10 @@ def memory_read_bwd_kernel(grad_r_ptr, grad_m_ptr, q_ptr, h_ptr, m_ptr, Ms_ptr, 
         if HAS_GM:
             gm = tl.load(grad_m_ptr + (bi * N + k) * D + cols, mask=d_ok, other=0.0).to(ACC)   # [DH]
             dx_m += tl.where((t == T - 1)[:, None], gm[None, :], 0.0)
-        tl.store(dxm_rows + k * D, dx_m, mask=td_ok)
+        tl.store(dxm_rows + k * D, dx_m.to(dxm_ptr.dtype.element_ty), mask=td_ok)
     part = dms_part_ptr + ((bi * NC + c) * J * S + j[:, None]) * D + cols[None, :]       # [S, DH]
     for jj in range(n_sc):
-        nM, rho_M = _slot_tile(Ms_ptr, bi, sc0 + jj, NS, S, D, cols, d_ok, j, s_ok, dh, ne, ACC)
+        nM, rho_M = _slot_tile(Ms_row, sc0 + jj, NS, S, D, cols, d_ok, j, s_ok, dh, ne, ACC)
         mine = (sc_tok == sc0 + jj)[:, None]
         w_j, ds_j = tl.where(mine, w_M, 0.0), tl.where(mine, ds_M, 0.0)                  # [L, S]
         dq += tl.dot(ds_j, nM, input_precision=PREC)
@@ -308,7 +313,7 @@ def carry_map_kernel(dxm_ptr, mod_ptr, base_ptr, consts_ptr, ta_ptr, tx_ptr, T, 
         row = bi * T + t
         mod = tl.load(mod_ptr + row * N + n, mask=n_ok, other=0.0).to(ACC)                # [BLOCK_N]
         g_prod *= tl.minimum(tl.maximum(sb * _sig(mod)[:, None], lo), hi)
-        carry += g_prod * tl.load(dxm_ptr + row * N * D + nd_offs, mask=nd_ok, other=0.0)
+        carry += g_prod * tl.load(dxm_ptr + row * N * D + nd_offs, mask=nd_ok, other=0.0).to(ACC)
     rev = (bi * NC + NC - 1 - c) * N * D + nd_offs
     tl.store(ta_ptr + rev, g_prod, mask=nd_ok)
     tl.store(tx_ptr + rev, carry, mask=nd_ok)
@@ -316,13 +321,13 @@ def carry_map_kernel(dxm_ptr, mod_ptr, base_ptr, consts_ptr, ta_ptr, tx_ptr, T, 
 
 @triton.jit
 def bank_bwd_kernel(dxm_ptr, v_ptr, mod_ptr, base_ptr, m0_ptr, m_ptr, consts_ptr, carry_ptr, dv_ptr, dmod_part_ptr,
-                    dbase_part_ptr, B, T, N, D, NC, HAS_M0: tl.constexpr, ACC: tl.constexpr, BLOCK_L: tl.constexpr,
+                    dbase_part_ptr, B, T, N, D, NC, SV, HAS_M0: tl.constexpr, ACC: tl.constexpr, BLOCK_L: tl.constexpr,
                     BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
-    """dxm, m: [B, T, N, D]; v, dv: [B, T, D]; mod: [B, T, N]; base: [N, D]; m0: [B, N, D]; carry: [B, NC, N, D],
-    the carry entering chunk NC - 1 - c from its right (carry_kernel's entries); dmod_part: [cdiv(D, BLOCK_C), B, T,
-    N] and dbase_part: [B, NC, N, D] in the accumulation dtype. Walks the chunk's tokens from the last:
-    delta_t = dx_t + c_{t+1}, dv_t = sum_n delta_t (1 - g_t), dlog g_t = delta_t (m_{t-1} - v_t) x_t where
-    x = sig(base) sig(mod) is not clamped (else 0), c_t = g_t delta_t. Grid: (B * cdiv(D, BLOCK_C), NC)."""
+    """dxm, m: [B, T, N, D]; v, dv: [B, T, D] (v with token stride SV); mod: [B, T, N]; base: [N, D]; m0: [B, N, D];
+    carry: [B, NC, N, D], the carry entering chunk NC - 1 - c from its right (carry_kernel's entries); dmod_part:
+    [cdiv(D, BLOCK_C), B, T, N] and dbase_part: [B, NC, N, D] in the accumulation dtype. Walks the chunk's tokens
+    from the last: delta_t = dx_t + c_{t+1}, dv_t = sum_n delta_t (1 - g_t), dlog g_t = delta_t (m_{t-1} - v_t) x_t
+    where x = sig(base) sig(mod) is not clamped (else 0), c_t = g_t delta_t. Grid: (B * cdiv(D, BLOCK_C), NC)."""
     nblk = tl.cdiv(D, BLOCK_C)
     blk = tl.program_id(0) % nblk
     bi = (tl.program_id(0) // nblk).to(tl.int64)
@@ -335,11 +340,11 @@ def bank_bwd_kernel(dxm_ptr, v_ptr, mod_ptr, base_ptr, m0_ptr, m_ptr, consts_ptr
     for i in range(0, tl.minimum(BLOCK_L, T - t0)):
         t = tl.minimum(t0 + BLOCK_L, T) - 1 - i
         row = bi * T + t
-        delta = tl.load(dxm_ptr + row * N * D + nd_offs, mask=nd_ok, other=0.0) + carry     # [BLOCK_N, BLOCK_C]
+        delta = tl.load(dxm_ptr + row * N * D + nd_offs, mask=nd_ok, other=0.0).to(ACC) + carry  # [BLOCK_N, BLOCK_C]
         sm = _sig(tl.load(mod_ptr + row * N + n, mask=n_ok, other=0.0).to(ACC))            # [BLOCK_N]
         x = sb * sm[:, None]
         g = tl.minimum(tl.maximum(x, lo), hi)
-        v = tl.load(v_ptr + row * D + cols, mask=c_ok, other=0.0).to(ACC)                 # [BLOCK_C]
+        v = tl.load(v_ptr + row * SV + cols, mask=c_ok, other=0.0).to(ACC)                # [BLOCK_C]
         m_prev = tl.load(m_ptr + (row - 1) * N * D + nd_offs, mask=nd_ok & (t > 0), other=0.0).to(ACC)
         if HAS_M0:
             m_prev += tl.load(m0_ptr + bi * N * D + nd_offs, mask=nd_ok & (t == 0), other=0.0).to(ACC)

@@ -71,7 +71,15 @@ def spec_grads(op: str, args: Sequence, out_shape: Sequence[int], seed: int = 0)
 
 
 def layout(x: torch.Tensor, kind: str) -> torch.Tensor:
-    """Same values, other memory layout: 'contig', 'noncontig' (permuted storage) or 'expanded' (stride 0)."""
+    """Same values, other memory layout: 'contig', 'noncontig' (permuted storage), 'expanded' (stride 0) or 'sliced'
+    (a view into a larger zero buffer: columns 1..W of [..., W + 3] for a [B, T, W] tensor, as the model's
+    in-projection hands q and v to the ops; the first n of n + 1 along dim 1 otherwise, as its slot chunks)."""
+    if kind == "sliced":
+        grow = [0] * x.dim()
+        grow[-1 if x.dim() == 3 else 1] = 3
+        buf = x.new_zeros([size + g for size, g in zip(x.shape, grow)])
+        view = buf[..., 1:1 + x.shape[-1]] if x.dim() == 3 else buf[:, :x.shape[1]]
+        return view.copy_(x)
     if kind == "noncontig":
         return x.transpose(0, -1).contiguous().transpose(0, -1)
     if kind == "expanded":

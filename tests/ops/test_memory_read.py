@@ -19,7 +19,7 @@ from .common import assert_close, backend_cases, dtypes_for, grads, layout, leaf
 
 CASES = backend_cases("memory_read")
 NAMES = ("q", "h", "v", "mod", "base", "Ms", "m0")
-LAYOUTS = ["contig", "noncontig", "expanded"]
+LAYOUTS = ["contig", "noncontig", "expanded", "sliced"]
 
 
 @st.composite
@@ -41,7 +41,8 @@ def make(p, dtype=torch.float64, device="cpu"):
     rn = lambda *shape: torch.randn(shape, generator=g, dtype=torch.float64)  # noqa: E731
     xs = [2 * rn(B, T, D), rn(B, T, D) * 3, rn(B, T, D), 2 * rn(B, T, N), 1 + 2 * rn(N, D), rn(B, L, S, D),
           rn(B, N, D) if p["has_m0"] else None]
-    kinds = [p["layout"] if i in (1, 5) else "contig" for i in range(7)]
+    laid_out = (0, 1, 2, 3, 5) if p["layout"] == "sliced" else (1, 5)   # sliced: q, h, v, mod as column views
+    kinds = [p["layout"] if i in laid_out else "contig" for i in range(7)]
     return [None if x is None else layout(x.to(device=device, dtype=dtype), kind) for x, kind in zip(xs, kinds)]
 
 
@@ -301,6 +302,34 @@ def test_large_call_matches_oracle(backend, device):
     want = grads(want_r, ys, 1)
     for name, g, w in zip(NAMES, got, want):
         assert_close_to_scale(g, w, 1e-3, 1e-10, f"d{name}")
+
+
+@pytest.mark.parametrize("backend,device", CASES)
+def test_sliced_inputs_match_oracle(backend, device):
+    """q, h, v and mod as column views of one [B, T, 3D + N + 2] buffer (as the block's in-projection gives them)
+    and Ms as the first chunks of a longer slot tensor: forward and the gradients through the views against the
+    oracle on contiguous leaves."""
+    p = dict(B=3, T=70, N=4, S=3, Hr=4, dh=16, C=8, k0=5, has_m0=True, eps=1e-6, norm_eps=1e-6, layout="contig",
+             seed=12)
+    q, h, v, mod, base, Ms, m0 = make(p, torch.float64, device)
+    B, T, D = q.shape
+    edge = torch.zeros(B, T, 1, dtype=q.dtype, device=device)
+    rows = leaf(torch.cat([edge, q, h, v, mod, edge], -1))                              # [B, T, 3D + N + 2]
+    widths = [1, D, D, D, mod.shape[2], 1]
+    views = list(rows.split(widths, -1)[1:5])
+    slots = leaf(torch.cat([Ms, torch.ones_like(Ms[:, :1])], 1))                        # [B, L + 1, S, D]
+    base, m0 = leaf(base), leaf(m0)
+    r, m_last = run(backend, mmrec_ops.memory_read, *views, base, slots[:, :Ms.shape[1]], m0, *config(p))
+    ys = [leaf(x) for x in (q, h, v, mod, base, Ms, m0)]
+    want_r, want_m = unfused(*ys, *config(p))
+    assert_close(r, want_r, 1e-12, "r")
+    assert_close(m_last, want_m, 1e-12, "m_last")
+    d_rows, d_base, d_slots, d_m0 = grads(r, [rows, base, slots, m0], 3)
+    want = grads(want_r, ys, 3)
+    got = list(d_rows.split(widths, -1)[1:5]) + [d_base, d_slots[:, :Ms.shape[1]], d_m0]
+    for name, g, w in zip(NAMES, got, want):
+        assert_close_to_scale(g, w, 1e-3, 1e-10, f"d{name}")
+    assert not d_rows[..., [0, -1]].any() and not d_slots[:, -1].any()
 
 
 @pytest.mark.parametrize("backend,device", CASES)

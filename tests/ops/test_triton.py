@@ -178,3 +178,24 @@ def test_memory_read_low_precision_io(dtype):
     gen = torch.Generator().manual_seed(6)
     xs = _memory_read_case(gen, dtype)
     _check_memory_read(xs, (2, 3, 2, 1e-6, 1e-6), dtype, tol_for(dtype, 1e-6), 2 * tol_for(dtype, 1e-4))
+
+
+def test_sliced_inputs_are_read_in_place():
+    """The in-projection's column views and a slot tensor's leading chunks reach the kernels without a copy (with
+    their strides); layouts the kernels cannot index are copied."""
+    rows = torch.zeros(2, 5, 3 * 8 + 4, device=DEVICE)                                  # [B, T, 3D + N]
+    q, mod = rows[..., 8:16], rows[..., 24:]
+    for view, stride in ((q, 28), (mod, 28), (rows[:1, :1, 8:16], 8), (rows[:, :1, 8:16], 5 * 28)):
+        got, got_stride = triton_backend._rows(view)
+        assert got.data_ptr() == view.data_ptr() and got_stride == stride
+    for view in (rows.transpose(0, 1)[..., 8:16], rows[:, ::2, 8:16], rows[..., 8:16:2]):
+        got, got_stride = triton_backend._rows(view)
+        assert got.is_contiguous() and got_stride == view.shape[-1] and torch.equal(got, view)
+    slots = torch.zeros(2, 4, 3, 8, device=DEVICE)
+    got, batch_stride = triton_backend._batch_rows(slots[:, :3])
+    assert got.data_ptr() == slots.data_ptr() and batch_stride == 4 * 3 * 8
+    got, batch_stride = triton_backend._batch_rows(slots[..., :4])
+    assert got.is_contiguous() and batch_stride == 4 * 3 * 4
+    one = torch.zeros(1, 8, 3, device=DEVICE).transpose(1, 2)                           # one batch row, not contiguous
+    got, batch_stride = triton_backend._batch_rows(one)
+    assert got.is_contiguous() and batch_stride == 24 and torch.equal(got, one)

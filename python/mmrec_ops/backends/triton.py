@@ -30,6 +30,26 @@ def _in(x: Optional[Tensor]) -> Optional[Tensor]:
     return None if x is None else x.detach().contiguous()
 
 
+def _rows(x: Tensor) -> Tuple[Tensor, int]:
+    """x [B, T, W] and its token stride R (element (b, t, i) at (b * T + t) * R + i): x itself when its tokens are
+    evenly spaced rows of unit-stride columns (a column slice of a [B, T, >= W] buffer, as the model's in-projection
+    gives q and v), else a contiguous copy."""
+    B, T, W = x.shape
+    R = x.stride(1) if T > 1 else (x.stride(0) if B > 1 else W)
+    if (x.stride(2) == 1 or W == 1) and R >= W and (B == 1 or x.stride(0) == T * R) and (T == 1 or x.stride(1) == R):
+        return x.detach(), R
+    return x.detach().contiguous(), W
+
+
+def _batch_rows(x: Tensor) -> Tuple[Tensor, int]:
+    """x [B, ...] and its batch stride: x itself when each batch row is contiguous (a slice along dim 1 of a
+    contiguous buffer, as the model's slot chunks Ms[:, :n]), else a contiguous copy."""
+    inner = math.prod(x.shape[1:])
+    if x.shape[0] > 0 and x[0].is_contiguous() and (x.shape[0] == 1 or x.stride(0) >= inner):
+        return x.detach(), (x.stride(0) if x.shape[0] > 1 else inner)
+    return x.detach().contiguous(), inner
+
+
 def _tl_acc(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
@@ -247,7 +267,7 @@ def _bounds(eps: float, like: Tensor) -> Tensor:
 
 
 def mdi_forward(v: Tensor, mod: Tensor, base: Tensor, m0: Optional[Tensor], eps: float) -> Tensor:
-    v, mod, base, m0 = _in(v), _in(mod), _in(base), _in(m0)
+    (v, sv), mod, base, m0 = _rows(v), _in(mod), _in(base), _in(m0)
     _check_device(v)
     B, T, D = v.shape
     N = base.shape[0]
@@ -255,7 +275,7 @@ def mdi_forward(v: Tensor, mod: Tensor, base: Tensor, m0: Optional[Tensor], eps:
     m = new_output((B, T, N, D), v)
     ends, flags, tiles = _chain_buffers(T, B, D, cfg["BLOCK_T"], cfg["BLOCK_D"], (N, D), v)
     _mdi.mdi_fwd_kernel[(tiles,)](v, mod, base, m0 if m0 is not None else _dummy(v), m, _bounds(eps, v), ends, flags,
-                                  B, T, N, D, HAS_M0=m0 is not None, ACC=_tl_acc(v.dtype), **cfg)
+                                  B, T, N, D, sv, HAS_M0=m0 is not None, ACC=_tl_acc(v.dtype), **cfg)
     return m
 
 
@@ -363,9 +383,9 @@ def _mr_setup(q: Tensor, base: Tensor, Ms: Tensor, n_heads: int, eps: float, nor
     return blocks, consts
 
 
-def _mr_entries(v: Tensor, mod: Tensor, base: Tensor, m0: Optional[Tensor], consts: Tensor, block_l: int,
+def _mr_entries(v: Tensor, sv: int, mod: Tensor, base: Tensor, m0: Optional[Tensor], consts: Tensor, block_l: int,
                 m_last: Tensor) -> Tensor:
-    """The banks before each time chunk, [B, NC, N, D] in the accumulation dtype, and m_last."""
+    """The banks before each time chunk, [B, NC, N, D] in the accumulation dtype, and m_last (v: token stride sv)."""
     B, T, D = v.shape
     N = base.shape[0]
     nc = triton.cdiv(T, block_l)
@@ -373,7 +393,7 @@ def _mr_entries(v: Tensor, mod: Tensor, base: Tensor, m0: Optional[Tensor], cons
     ta, tx, entry = (torch.empty(B, nc, N, D, dtype=acc, device=v.device) for _ in range(3))
     block_n = triton.next_power_of_2(N)
     block_c = min(triton.next_power_of_2(D), 8 if INTERPRET else max(64, 4096 // (block_l * block_n)))
-    _mr.chunk_transfer_kernel[(B * nc, triton.cdiv(D, block_c))](v, mod, base, consts, ta, tx, T, N, D, nc,
+    _mr.chunk_transfer_kernel[(B * nc, triton.cdiv(D, block_c))](v, mod, base, consts, ta, tx, T, N, D, nc, sv,
                                                                  ACC=_tl_acc(v.dtype), BLOCK_L=block_l,
                                                                  BLOCK_N=block_n, BLOCK_C=block_c,
                                                                  num_warps=1 if INTERPRET else 4)
@@ -403,16 +423,18 @@ def _slot_chunks_per_time_chunk(block_l: int, chunk_len: int, k0: int) -> int:
 
 
 def memory_read_forward(q, h, v, mod, base, Ms, m0, k0, chunk_len, n_heads, eps, norm_eps):
-    q, h, v, mod, base, Ms, m0 = (_in(x) for x in (q, h, v, mod, base, Ms, m0))
+    (q, sq), (v, sv), (Ms, sms) = _rows(q), _rows(v), _batch_rows(Ms)   # views of the in-projection, no copy
+    h, mod, base, m0 = (_in(x) for x in (h, mod, base, m0))
     _check_device(q)
     B, T, D = q.shape
     N, NS, S = base.shape[0], Ms.shape[1], Ms.shape[2]
     r, m_last = new_output(q.shape, q), new_output((B, N, D), q)  # [B, T, D], [B, N, D]
     blocks, consts = _mr_setup(q, base, Ms, n_heads, eps, norm_eps, backward=False)
-    entry = _mr_entries(v, mod, base, m0, consts, blocks["BLOCK_L"], m_last)
+    entry = _mr_entries(v, sv, mod, base, m0, consts, blocks["BLOCK_L"], m_last)
     nc = entry.shape[1]
     _mr.memory_read_fwd_kernel[(B * n_heads, nc)](q, h, v, mod, base, Ms, entry, r, consts, T, N, D, D // n_heads,
-                                                  NS, S, n_heads, k0, chunk_len, nc, ACC=_tl_acc(q.dtype), **blocks)
+                                                  NS, S, n_heads, k0, chunk_len, nc, sq, sv, sms, ACC=_tl_acc(q.dtype),
+                                                  **blocks)
     return r, m_last
 
 
@@ -421,7 +443,8 @@ def memory_read_backward(grad_r, grad_m, q, h, v, mod, base, Ms, m0, k0, chunk_l
     the banks' item gradient dxm and the slots' parts; carry_map_kernel each chunk's map of the banks' reverse
     carry, carry_kernel runs the carry from the end of time, then bank_bwd_kernel walks each chunk backwards for dv,
     dmod, dbase (dm0: the carry past t = 0)."""
-    grad_r, grad_m, q, h, v, mod, base, Ms, m0 = (_in(x) for x in (grad_r, grad_m, q, h, v, mod, base, Ms, m0))
+    (q, sq), (v, sv), (Ms, sms) = _rows(q), _rows(v), _batch_rows(Ms)
+    grad_r, grad_m, h, mod, base, m0 = (_in(x) for x in (grad_r, grad_m, h, mod, base, m0))
     _check_device(q)
     B, T, D = q.shape
     N, NS, S = base.shape[0], Ms.shape[1], Ms.shape[2]
@@ -431,13 +454,13 @@ def memory_read_backward(grad_r, grad_m, q, h, v, mod, base, Ms, m0, k0, chunk_l
     J = _slot_chunks_per_time_chunk(block_l, chunk_len, k0)
     acc = acc_dtype(q.dtype)
     m = mdi_forward(v, mod, base, m0, eps)                                     # [B, T, N, D]
-    dxm = torch.empty(B, T, N, D, dtype=acc, device=q.device)
+    dxm = torch.empty(B, T, N, D, dtype=q.dtype, device=q.device)   # bf16 in training: half the bytes of float32
     ta, tx, carry = (torch.empty(B, nc, N, D, dtype=acc, device=q.device) for _ in range(3))
     dms_part = torch.empty(B, nc, J, S, D, dtype=acc, device=q.device)
     dq, dh = new_output(q.shape, q), new_output(q.shape, q)
     _mr.memory_read_bwd_kernel[(B * n_heads, nc)](grad_r, _dummy(q) if grad_m is None else grad_m, q, h, m, Ms,
                                                   consts, dq, dh, dxm, dms_part, T, N, D, D // n_heads, NS, S,
-                                                  n_heads, k0, chunk_len, nc, J, HAS_GM=grad_m is not None,
+                                                  n_heads, k0, chunk_len, nc, J, sq, sms, HAS_GM=grad_m is not None,
                                                   ACC=_tl_acc(q.dtype), **blocks)
     block_c, bank_warps = (8, 1) if INTERPRET else MR_BANK_BWD
     bank_blocks = dict(ACC=_tl_acc(q.dtype), BLOCK_L=block_l, BLOCK_N=blocks["BLOCK_N"], BLOCK_C=block_c,
@@ -451,7 +474,7 @@ def memory_read_backward(grad_r, grad_m, q, h, v, mod, base, Ms, m0, k0, chunk_l
     dv = new_output(v.shape, v)
     _mr.bank_bwd_kernel[(B * triton.cdiv(D, block_c), nc)](dxm, v, mod, base, _dummy(v) if m0 is None else m0, m,
                                                            consts, carry, dv, dmod_part, dbase_part, B, T, N, D, nc,
-                                                           HAS_M0=m0 is not None, **bank_blocks)
+                                                           sv, HAS_M0=m0 is not None, **bank_blocks)
     dmod, dbase = _decay_grads(dmod_part, dbase_part, mod, base)
     dMs = new_output(Ms.shape, q)
     block = 64 if INTERPRET else 512
