@@ -164,7 +164,7 @@ def throughput_rows(arch: str, sizes: List[int], a: Dict[str, Any]) -> Iterator[
     """Training-step rows of one arch, yielded one by one (run inside a worker process)."""
     import torch
     import torch.nn.functional as F
-    from mmrec_model.training.optimizer import adamw
+    from mmrec_model.training.optimizer import adamw, own_gradients
 
     device = torch.device(a["device"])
     torch.manual_seed(0)
@@ -176,6 +176,7 @@ def throughput_rows(arch: str, sizes: List[int], a: Dict[str, Any]) -> Iterator[
     bf16 = a["dtype"] == "bf16"
     mode = a.get("compile_mode") or None
     step_model = torch.compile(model, mode=mode) if a.get("compile") else model    # as the trainer's --compile on
+    graphs = a.get("compile") and mode == "reduce-overhead" and device.type == "cuda"
 
     def train_step(data, batch: int, micro: int, T: int) -> float:
         """One optimizer step over `data` [batch, T + 1]; its seconds. Its tensors die with this frame (OOM)."""
@@ -183,11 +184,15 @@ def throughput_rows(arch: str, sizes: List[int], a: Dict[str, Any]) -> Iterator[
         t0 = time.perf_counter()
         for i in range(0, batch, micro):
             x, y = data[i:i + micro, :-1], data[i:i + micro, 1:]
+            if graphs:                                                  # as the trainer: a graph step per micro-batch
+                torch.compiler.cudagraph_mark_step_begin()
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 logits, _ = step_model(x)
             loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum")
             (loss / (batch * T)).backward()
             del logits, loss
+            if graphs and i == 0 and micro < batch:
+                own_gradients(params)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -31,3 +31,21 @@ def _probe(mode: str):
 def test_keep_freed_memory_serves_large_tensors_from_the_heap():
     assert _probe("keep") == (True, True)
     assert _probe("default") == (False, False)
+
+
+def test_own_gradients_replaces_each_gradient_with_a_copy():
+    """After the first micro-batch under CUDA graphs the gradients must survive the graphs' next replay: each
+    becomes a tensor of its own storage with the same values, later backwards add into it, and a parameter without
+    a gradient keeps none."""
+    import torch
+    from mmrec_model.training.optimizer import own_gradients
+
+    used, unused = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))
+    (used * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
+    first = used.grad
+    own_gradients([used, unused])
+    assert used.grad.data_ptr() != first.data_ptr() and torch.equal(used.grad, first)
+    assert unused.grad is None
+    first.fill_(float("nan"))                            # what the next replay does to the graph's output
+    (used * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
+    assert torch.equal(used.grad, torch.tensor([2.0, 4.0, 6.0]))

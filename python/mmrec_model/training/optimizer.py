@@ -24,3 +24,13 @@ def adamw(model, lr: float, weight_decay: float, betas: Tuple[float, float] = (0
     against 1.0-1.5 s for the default foreach path (same run)."""
     fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in model.parameters())
     return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps, fused=fused)
+
+
+def own_gradients(params) -> None:
+    """Gradients as tensors of their own. Under CUDA graphs (torch.compile mode="reduce-overhead") the first
+    backward of an optimizer step leaves each .grad as an output of the backward graph, which its next replay
+    overwrites: with gradient accumulation, call this after the first micro-batch's backward, so that the later
+    ones add into copies (torch issue 169545)."""
+    for p in params:
+        if p.grad is not None:
+            p.grad = p.grad.clone()

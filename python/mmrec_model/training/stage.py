@@ -25,7 +25,7 @@ from .config import TrainConfig
 from .evaluation import evaluate, stage_samples
 from .report import Metrics, Progress, report_stage
 from .runtime import Interrupted, Runtime, StopFlag, amp_context, seed_everything
-from .optimizer import adamw
+from .optimizer import adamw, own_gradients
 from .schedule import lr_at, stage_steps
 
 
@@ -184,6 +184,8 @@ def run_stage(stage: str, tcfg: TrainConfig, rt: Runtime, out: Path, tok: Tokeni
                 loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=D.IGNORE,
                                        reduction="sum")
                 (loss * (rt.world / max(n_targets, 1.0))).backward()
+            if graphs and net is not eager_model and i == 0 and not last:
+                own_gradients(params)
             if tbptt:
                 new_lanes[mb.lane] = new_state.copy() if graphs else new_state.detach()
             loss_sum += loss.detach().double()
