@@ -134,6 +134,30 @@ def test_state_size_is_constant(variant):
     assert sizes[0] == sizes[1]
 
 
+def test_read_gets_q_and_v_as_views_of_aligned_rows(variant, monkeypatch):
+    """The block hands q and v to memory_read as column views of one in-projection buffer of 4 D (5 D linear)
+    channels per token, a multiple of 16 elements when D is (the Triton kernels read them in place, aligned), and
+    the bank modulation as its own contiguous [B, T, N]."""
+    import mmrec_ops
+    seen = []
+    fused = mmrec_ops.memory_read
+
+    def spy(q, h, v, mod, *rest):
+        seen.append((q, v, mod))
+        return fused(q, h, v, mod, *rest)
+
+    monkeypatch.setattr(mmrec_ops, "memory_read", spy)
+    model = tiny_model(recurrence=variant)
+    model(torch.randint(0, V, (2, 11)))
+    D, N = model.config.d_model, model.config.n_banks
+    width = (5 if variant == "linear" else 4) * D
+    assert len(seen) == model.config.n_layers
+    for q, v, mod in seen:
+        assert q.shape == v.shape == (2, 11, D) and q.stride() == v.stride() == (11 * width, width, 1)
+        assert v.data_ptr() - q.data_ptr() == D * q.element_size() and width % 16 == 0
+        assert mod.shape == (2, 11, N) and mod.is_contiguous()
+
+
 def test_every_parameter_gets_a_gradient(variant):
     model = tiny_model(recurrence=variant).train()
     ids = torch.randint(0, V, (2, 20))
