@@ -2,9 +2,9 @@
 gradients; max|out-ref|/max|ref|), then fwd and fwd+bwd times against the unfused path (mdi materialising
 [B, T, N, D], then the read in PyTorch) and a memory-traffic floor (inputs read once, r written once).
     python bench/check_memory_read.py [--B 8 --T 2048 --D 768 --heads 12 --N 4 --S 16 --C 64]
---chunk L runs the triton backend's forward as its token loop at L tokens per program; --sweep times the triton
-backend at several (tokens, warps) pairs of its forward kernels (token loop, token tiles) and of its backward kernel
-after the check (each compiles anew), --bank-sweep at several (channels, warps) of the bank backward;
+--chunk L sets the triton backend's forward time chunk (tokens per program); --sweep times the triton backend at
+several (chunk, warps) pairs of the forward kernel and (tokens, warps) pairs of the backward kernel after the check
+(each compiles anew), --bank-sweep at several (channels, warps) of the bank backward;
 --profile prints the CUDA kernels of one triton fwd+bwd; --skip-check times only. The floor's bandwidth is a device copy measured in the same run."""
 from __future__ import annotations
 
@@ -96,16 +96,13 @@ def bench(a, backends):
     floor_ms = nbytes / copy_bw * 1e3
     print(f"\ntiming bf16 B={B} T={T} D={D} N={N} S={S} C={C} heads={Hr} on {torch.cuda.get_device_name()}; "
           f"device copy {copy_bw / 1e9:.0f} GB/s; traffic floor {nbytes / 2**20:.1f} MiB = {floor_ms:.3f} ms")
-    print(f"  {'path':28s} {'fwd ms':>9s} {'fwd+bwd ms':>11s} {'floor/fwd':>10s} {'floor/fwd+bwd':>14s}")
+    print(f"  {'path':22s} {'fwd ms':>9s} {'fwd+bwd ms':>11s} {'floor/fwd':>10s} {'floor/fwd+bwd':>14s}")
     paths = {f"fused/{be}": (lambda be=be: _run(be, mmrec_ops.memory_read, xs, cfg)) for be in backends}
     paths["unfused mdi+read"] = lambda: _run(None, unfused, xs, cfg)
     if "triton" in backends and a.sweep:
-        for chunk, warps in ((16, 1), (32, 1)):
-            paths[f"triton fwd loop L={chunk} w{warps}"] = lambda c=chunk, w=warps: _tuned(
-                dict(MR_FWD_TILES=False, MR_CHUNK=c, MR_WARPS=w), xs, cfg)
-        for tiles in ((16, 2), (16, 4), (32, 4), (32, 8), (64, 8)):
-            paths["triton fwd tiles L={} w{}".format(*tiles)] = lambda tiles=tiles: _tuned(
-                dict(MR_FWD_TILES=True, MR_FWD=tiles), xs, cfg)
+        for chunk, warps in ((16, 1), (32, 1), (64, 1), (32, 2)):
+            paths[f"triton fwd L={chunk} w{warps}"] = lambda c=chunk, w=warps: _tuned(dict(MR_CHUNK=c, MR_WARPS=w),
+                                                                                      xs, cfg)
         for tiles in ((16, 2), (16, 4), (32, 4), (32, 8), (64, 4), (64, 8)):
             paths["triton bwd L={} w{}".format(*tiles)] = lambda tiles=tiles: _tuned(dict(MR_BWD=tiles), xs, cfg)
     if "triton" in backends and a.bank_sweep:
@@ -117,9 +114,9 @@ def bench(a, backends):
         try:
             fwd, both = timed(fwd_fn), timed(both_fn)
         except Exception as err:  # a sweep configuration that does not compile (resources) is reported, not fatal
-            print(f"  {name:28s} failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+            print(f"  {name:22s} failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
             continue
-        print(f"  {name:28s} {fwd:9.3f} {both:11.3f} {floor_ms / fwd:10.3f} {floor_ms / both:14.3f}")
+        print(f"  {name:22s} {fwd:9.3f} {both:11.3f} {floor_ms / fwd:10.3f} {floor_ms / both:14.3f}")
     if a.profile and "triton" in backends:
         both = paths["fused/triton"]()[1]
         both()
@@ -150,7 +147,7 @@ def _run(be, fn, xs, cfg):
 
 def _tuned(overrides, xs, cfg):
     """The triton backend's (fwd, fwd+bwd) with module settings of mmrec_ops.backends.triton replaced during each
-    call: {name: value} (MR_FWD_TILES, MR_FWD, MR_CHUNK, MR_WARPS, MR_BWD, MR_BANK_BWD), restored afterwards."""
+    call: {name: value} (MR_CHUNK, MR_WARPS, MR_BWD, MR_BANK_BWD), restored afterwards."""
     from mmrec_ops.backends import triton as triton_backend
     fwd, both = _run("triton", mmrec_ops.memory_read, xs, cfg)
 
@@ -177,10 +174,9 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser()
     for k, v in dict(B=8, T=2048, D=768, heads=12, N=4, S=16, C=64).items():
         p.add_argument(f"--{k}", type=int, default=v)
-    p.add_argument("--chunk", type=int, default=None, help="the triton forward as its token loop, at this many "
-                   "tokens per program")
-    p.add_argument("--sweep", action="store_true", help="also time the triton backend at several (tokens, warps) of "
-                   "its forward kernels (token loop, token tiles) and of its backward kernel")
+    p.add_argument("--chunk", type=int, default=None, help="the triton backend's time chunk (tokens per program)")
+    p.add_argument("--sweep", action="store_true", help="also time the triton backend at several (chunk, warps) of "
+                   "its forward and (tokens, warps) of its backward kernel")
     p.add_argument("--profile", action="store_true", help="print the CUDA kernels of one triton fwd+bwd")
     p.add_argument("--bank-sweep", action="store_true", help="also time the triton backend at several (channels, "
                    "warps) per program of the bank backward (bank_bwd_kernel)")
@@ -188,7 +184,7 @@ if __name__ == "__main__":
     args = p.parse_args()
     if args.chunk:
         from mmrec_ops.backends import triton as triton_backend
-        triton_backend.MR_FWD_TILES, triton_backend.MR_CHUNK = False, args.chunk
+        triton_backend.MR_CHUNK = args.chunk
     if not torch.cuda.is_available():
         raise SystemExit("check_memory_read.py needs a CUDA device")
     backends = [b for b in ("cuda", "triton") if b in mmrec_ops.built_backends()]

@@ -3,13 +3,9 @@
 # backward: a_i = <G, n_i>, ds_i = w_i (a_i - sum_j w_j a_j), dq = sum_i ds_i n_i / sqrt(dh), dn_i = w_i G + ds_i q / sqrt(dh),
 #   dx_i = rho_i (dn_i - n_i mean(dn_i n_i)); the banks: delta_t = dx_t + g_{t+1} delta_{t+1}, dv_t = sum_n (1 - g_t) delta_t,
 #   dlog g_t = delta_t (m_{t-1} - v_t) (where unclamped), dm0 = g_0 delta_0.
-# The forward cuts time into chunks of BLOCK_L tokens; a program owns (batch row, read head, chunk). As token tiles
-# (memory_read_fwd_tile_kernel) it scans the chunk's banks [L, N, dh] from the chunk's entry with
-# tl.associative_scan and takes the slots as tl.dot tiles; as a token loop (memory_read_fwd_kernel) it walks the
-# tokens one by one with the head's N banks [BLOCK_N, BLOCK_DH] and its slot chunk's normalised items
-# [BLOCK_S, BLOCK_DH] in registers (a handful of row reductions over dh per token). Neither writes a tensor over
-# time but r. Locally compiled for sm_90, the tile kernel takes 128 registers at (16 tokens, 4 warps), 163 at
-# (32, 8), 228 at (32, 4), no stack. The backward
+# The forward cuts time into chunks of BLOCK_L tokens; a program owns (batch row, read head, chunk) and walks the
+# chunk's tokens one by one with the head's N banks [BLOCK_N, BLOCK_DH] and its slot chunk's normalised items
+# [BLOCK_S, BLOCK_DH] in registers: per token a handful of row reductions over dh, no tensor over time. The backward
 # reads the banks (written by mdi's forward), so its tokens are independent: a program takes a chunk's tokens as
 # [L, dh] tiles, the slots as tl.dot tiles. dh is a kernel argument: a multiple of 16 lets Triton prove the head's
 # columns aligned and load 8-element vectors (rows of [L, dh] over 8 lanes: 3 shuffles per row reduction).
@@ -17,12 +13,15 @@
 # carry_map_kernel 64, bank_bwd_kernel 118; the op ~0.34 / 1.92 ms forward / forward+backward. Before: the
 # backward as a token loop at one warp, unaligned columns, 1,012 us, 255 registers and 360 bytes of stack; the
 # forward 248 us (run 2026-12-02 s). The backward at (tokens, warps) (16, 2) 1.93 ms, (32, 4) 1.92, (32, 8) 2.17,
-# (64, 8) 1.92; the forward's token loop at 2 warps 0.73 ms against 0.34-0.46 at 1 (a barrier per reduction).)
+# (64, 8) 1.92; the forward's token loop at 2 warps 0.73 ms against 0.34-0.46 at 1 (a barrier per reduction).
+# The forward as token tiles (the chunk's banks [L, N, dh] by tl.associative_scan from its entry, the slots as
+# tl.dot tiles; 128-228 registers, no stack) took 0.40-0.94 ms over (16, 2) .. (64, 8) against 0.30 / 0.46 for
+# this loop at 16 / 32 tokens in run 2026-12-04 g, one call each.)
 #   chunk_transfer_kernel: per (b, chunk, channel block) the chunk's product of g and the state reached from zero;
 #   carry_kernel: per (b, channel block) a scan over the chunks (blocks of BLOCK_NC chunks, carry handed on) giving
 #     each chunk's entry banks (and m_last);
-#   memory_read_fwd_tile_kernel / memory_read_fwd_kernel: rebuild the banks from the chunk's entry (a scan over the
-#     tile / token by token) and write r ([B, T, N, D] never exists);
+#   memory_read_fwd_kernel: rebuilds the banks token by token from the chunk's entry and writes r ([B, T, N, D] never
+#     exists);
 #   memory_read_bwd_kernel: reads the banks m (mdi's forward, for the backward alone and freed with it: bank_bwd_kernel
 #     needs m_{t-1}) and writes dq, dh, the banks' item gradient dx_m (the inputs' dtype) and the slots' gradient
 #     per (chunk, slot chunk), which dms_reduce_kernel sums in a fixed order. dx of a slot is linear in its dn (rho,
@@ -198,62 +197,6 @@ def memory_read_fwd_kernel(q_ptr, h_ptr, v_ptr, mod_ptr, base_ptr, Ms_ptr, entry
         w_h, w_m, w_M = _weights(q, nh, nm, nM, n_ok, s_ok, scale)
         r = w_h * nh + tl.sum(w_m[:, None] * nm, 0) + tl.sum(w_M[:, None] * nM, 0)
         tl.store(r_ptr + row * D + cols, r.to(r_ptr.dtype.element_ty), mask=d_ok)
-
-
-@triton.jit
-def memory_read_fwd_tile_kernel(q_ptr, h_ptr, v_ptr, mod_ptr, base_ptr, Ms_ptr, entry_ptr, r_ptr, consts_ptr,
-                                T, N, D, dh, NS, S, H, k0, C, NC, SQ, SV, SMB, ACC: tl.constexpr, PREC: tl.constexpr,
-                                BLOCK_L: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr,
-                                BLOCK_DH: tl.constexpr):
-    """memory_read_fwd_kernel's arguments and result, its BLOCK_L tokens as tiles: the banks of every token
-    [L, N, DH] from the chunk's entry by a scan over the tokens (tl.associative_scan), the banks' scores and part of
-    r as reductions over that tile, the slots' as tl.dot tiles per slot chunk the tokens read (BLOCK_S, BLOCK_DH
-    >= 16). Grid: (B * H, NC)."""
-    pid = tl.program_id(0)
-    c = tl.program_id(1)
-    bi = (pid // H).to(tl.int64)
-    dd = tl.arange(0, BLOCK_DH)
-    cols = (pid % H) * dh + dd
-    d_ok = dd < dh
-    n = tl.arange(0, BLOCK_N)
-    n_ok = n < N
-    j = tl.arange(0, BLOCK_S)
-    s_ok = j < S
-    nd_ok = n_ok[:, None] & d_ok[None, :]
-    nd_offs = n[:, None] * D + cols[None, :]
-    lo, hi = tl.load(consts_ptr).to(ACC), tl.load(consts_ptr + 1).to(ACC)
-    ne, scale = tl.load(consts_ptr + 2).to(ACC), tl.load(consts_ptr + 3).to(ACC)
-    t = c * BLOCK_L + tl.arange(0, BLOCK_L)
-    t_ok = t < T
-    td_ok = t_ok[:, None] & d_ok[None, :]
-    rows = bi * T + t[:, None]                                                            # [L, 1]
-    Q = tl.load(q_ptr + rows * SQ + cols[None, :], mask=td_ok, other=0.0).to(ACC)        # [L, DH]
-    nh = _rms_rows(tl.load(h_ptr + rows * D + cols[None, :], mask=td_ok, other=0.0).to(ACC), dh, ne)[0]
-    V = tl.load(v_ptr + rows * SV + cols[None, :], mask=td_ok, other=0.0).to(ACC)
-    sb = _sig(tl.load(base_ptr + nd_offs, mask=nd_ok, other=0.0).to(ACC))                # [N, DH]
-    g, _ = _gate(mod_ptr, sb, bi, t, N, T, n, n_ok, lo, hi, 1.0, ACC)                   # [L, N, DH]; 1 past T
-    g_cum, x_cum = tl.associative_scan((g, (1.0 - g) * V[:, None, :]), 0, combine)
-    entry = tl.load(entry_ptr + (bi * NC + c) * N * D + nd_offs, mask=nd_ok, other=0.0)  # [N, DH]
-    m = g_cum * entry[None, :, :] + x_cum                                                 # [L, N, DH]
-    rho_m = 1.0 / tl.sqrt(tl.sum(m * m, 2) / dh + ne)                                     # [L, N]
-    s_h = tl.sum(nh * Q, 1) * scale                                                       # [L]
-    s_m = tl.where(n_ok[None, :], tl.sum(m * Q[:, None, :], 2) * rho_m * scale, float("-inf"))
-    Ms_row = Ms_ptr + bi * SMB
-    sc_tok, sc0, n_sc = _chunk_slots(t, t_ok, k0, C, T, c, BLOCK_L)
-    s_M = tl.full([BLOCK_L, BLOCK_S], float("-inf"), ACC)                                # [L, S]
-    for jj in range(n_sc):
-        nM = _slot_tile(Ms_row, sc0 + jj, NS, S, D, cols, d_ok, j, s_ok, dh, ne, ACC)[0]   # [S, DH]
-        mine = (sc_tok == sc0 + jj)[:, None] & s_ok[None, :]
-        s_M = tl.where(mine, tl.dot(Q, tl.trans(nM), input_precision=PREC) * scale, s_M)
-    mx = tl.maximum(s_h, tl.maximum(tl.max(s_m, 1), tl.max(s_M, 1)))                    # [L]
-    e_h, e_m, e_M = tl.exp(s_h - mx), tl.exp(s_m - mx[:, None]), tl.exp(s_M - mx[:, None])
-    inv = 1.0 / (e_h + tl.sum(e_m, 1) + tl.sum(e_M, 1))
-    r = (e_h * inv)[:, None] * nh + tl.sum((e_m * rho_m * inv[:, None])[:, :, None] * m, 1)   # [L, DH]
-    w_M = e_M * inv[:, None]
-    for jj in range(n_sc):
-        nM = _slot_tile(Ms_row, sc0 + jj, NS, S, D, cols, d_ok, j, s_ok, dh, ne, ACC)[0]
-        r += tl.dot(tl.where((sc_tok == sc0 + jj)[:, None], w_M, 0.0), nM, input_precision=PREC)
-    tl.store(r_ptr + rows * D + cols[None, :], r.to(r_ptr.dtype.element_ty), mask=td_ok)
 
 
 @triton.jit

@@ -159,14 +159,12 @@ def _check_memory_read(xs, cfg, dtype, tol, grad_tol):
         assert_close(g, w, grad_tol, f"memory_read {dtype} d{name}")
 
 
-@pytest.mark.parametrize("fwd_tiles", [True, False])
 @pytest.mark.parametrize("block_l", [16, 32])
 @pytest.mark.parametrize("C,k0,eps", [(1, 0, 1e-6), (3, 2, 0.2), (16, 5, 1e-6), (32, 16, 1e-6)])
-def test_memory_read_time_chunks(monkeypatch, fwd_tiles, block_l, C, k0, eps):
+def test_memory_read_time_chunks(monkeypatch, block_l, C, k0, eps):
     """Time chunks of 16 and 32 tokens (T = 40: a partial last chunk) against slot chunks of 1, 3, 16 and 32 tokens
     (one time chunk reads up to 32 slot chunks, or exactly one whole one at C = 32, k0 = 16 with 16-token chunks);
-    eps = 0.2 clamps many decays; the forward as token tiles and as its token loop."""
-    monkeypatch.setattr(triton_backend, "MR_FWD_TILES", fwd_tiles)
+    eps = 0.2 clamps many decays."""
     monkeypatch.setattr(triton_backend, "MR_CHUNK", block_l)
     monkeypatch.setattr(triton_backend, "MR_CHUNK_INTERPRET", block_l)
     monkeypatch.setattr(triton_backend, "MR_BWD_INTERPRET", block_l)

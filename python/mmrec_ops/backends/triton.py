@@ -353,10 +353,6 @@ def memory_update_backward(grad: Tensor, M0: Tensor, key: Tensor, value: Tensor,
 MR_CHUNK = 32
 MR_WARPS = 1
 MR_CHUNK_INTERPRET = 8  # the interpreter's chunk: the tests' sequences span several chunks and slot chunks
-# The forward as token tiles (memory_read_fwd_tile_kernel: the banks by a scan over the chunk's tokens, the slots as
-# tl.dot tiles) instead of the token loop above, and its (tokens, warps) per program
-MR_FWD_TILES = True
-MR_FWD = (16, 4)
 # The backward kernel's (tokens, warps) per program: its tokens are tiles, so its chunk is its own (>= 16 for
 # tl.dot). Run a, the op's forward+backward ms: (16, 2) 1.93, (16, 4) 2.05, (32, 4) 1.92, (32, 8) 2.17, (64, 4) 2.17,
 # (64, 8) 1.92
@@ -374,12 +370,11 @@ def _mr_setup(q: Tensor, base: Tensor, Ms: Tensor, n_heads: int, eps: float, nor
     against their 7-10), IEEE otherwise."""
     D = q.shape[2]
     N, S, dh = base.shape[0], Ms.shape[2], D // n_heads
-    if backward or MR_FWD_TILES:
-        tokens, warps = MR_BWD if backward else MR_FWD
-        blocks = dict(BLOCK_L=MR_BWD_INTERPRET if INTERPRET else tokens, BLOCK_N=triton.next_power_of_2(N),
+    if backward:
+        blocks = dict(BLOCK_L=MR_BWD_INTERPRET if INTERPRET else MR_BWD[0], BLOCK_N=triton.next_power_of_2(N),
                       BLOCK_S=max(16, triton.next_power_of_2(S)), BLOCK_DH=max(16, triton.next_power_of_2(dh)),
                       PREC="tf32" if q.dtype in (torch.float16, torch.bfloat16) else "ieee",
-                      num_warps=1 if INTERPRET else warps)
+                      num_warps=1 if INTERPRET else MR_BWD[1])
     else:
         blocks = dict(BLOCK_L=MR_CHUNK_INTERPRET if INTERPRET else MR_CHUNK, BLOCK_N=triton.next_power_of_2(N),
                       BLOCK_S=triton.next_power_of_2(S), BLOCK_DH=triton.next_power_of_2(dh),
@@ -437,9 +432,9 @@ def memory_read_forward(q, h, v, mod, base, Ms, m0, k0, chunk_len, n_heads, eps,
     blocks, consts = _mr_setup(q, base, Ms, n_heads, eps, norm_eps, backward=False)
     entry = _mr_entries(v, sv, mod, base, m0, consts, blocks["BLOCK_L"], m_last)
     nc = entry.shape[1]
-    kernel = _mr.memory_read_fwd_tile_kernel if MR_FWD_TILES else _mr.memory_read_fwd_kernel
-    kernel[(B * n_heads, nc)](q, h, v, mod, base, Ms, entry, r, consts, T, N, D, D // n_heads, NS, S, n_heads, k0,
-                              chunk_len, nc, sq, sv, sms, ACC=_tl_acc(q.dtype), **blocks)
+    _mr.memory_read_fwd_kernel[(B * n_heads, nc)](q, h, v, mod, base, Ms, entry, r, consts, T, N, D, D // n_heads,
+                                                  NS, S, n_heads, k0, chunk_len, nc, sq, sv, sms, ACC=_tl_acc(q.dtype),
+                                                  **blocks)
     return r, m_last
 
 
