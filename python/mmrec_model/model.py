@@ -145,10 +145,10 @@ class MMRecBlock(nn.Module):
         # in_proj as two GEMMs over its rows: z, f, q, v (, g) share a [B, T, 4D or 5D] buffer whose rows stay
         # 16-element aligned, so the Triton ops read q and v in place as strided views; the rows of one
         # [B, T, 5D + N] buffer are not (N = 4), and the ops would copy each view. c gets its own [B, T, N]
-        split = self.in_proj.out_features - N
-        weight, bias = self.in_proj.weight, self.in_proj.bias
-        parts = F.linear(u, weight[:split], bias[:split]).split(D, dim=-1)
-        c = F.linear(u, weight[split:], bias[split:])                         # [B, T, N]
+        rows = [self.in_proj.out_features - N, N]
+        (w_main, w_c), (b_main, b_c) = self.in_proj.weight.split(rows), self.in_proj.bias.split(rows)
+        parts = F.linear(u, w_main, b_main).split(D, dim=-1)
+        c = F.linear(u, w_c, b_c)                                             # [B, T, N]
         z, f, q, v = parts[:4]                                                # 4 x [B, T, D]
         dt = z.dtype                              # ops take one dtype (bf16 under autocast)
         h0 = None if state is None else state.h.to(dt)                       # [B, D]
