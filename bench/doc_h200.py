@@ -13,7 +13,10 @@ from typing import Any, Callable, Dict, List, Optional
 
 DEVICE = Path(__file__).resolve().parent / "results" / "device"
 # (title, run directory, JSON) of each table, newest measurement of each kind
-TRAIN_RUNS = [("compiled with CUDA graphs (mode reduce-overhead, the trainer's default on CUDA), B=16 T=1,024",
+TRAIN_RUNS = [("compiled with CUDA graphs (mode reduce-overhead, the trainer's default on CUDA), B=16 T=1,024, the "
+               "read taking q and v in place and dx_m in bf16, its forward as token tiles (run g; main's forward is "
+               "the faster token loop)", "run-2026-12-04-h200-g", "throughput_cuda_graphs_1024.json"),
+              ("compiled with CUDA graphs (mode reduce-overhead, the trainer's default on CUDA), B=16 T=1,024",
                "run-2026-12-04-h200-c", "throughput_cuda_graphs_1024.json"),
               ("compiled with CUDA graphs (mode reduce-overhead), B=1 T=16,384", "run-2026-12-04-h200-d",
                "throughput_cuda_graphs_16384.json"),
@@ -29,6 +32,8 @@ TRAIN_RUNS = [("compiled with CUDA graphs (mode reduce-overhead, the trainer's d
                "run-2026-12-02-h200-o",
                "throughput_cuda_compiled_readpath.json"),
               ("eager, T=1,024 (B=16) and 16,384 (B=1)", "run-2026-12-01-h200-h", "throughput_cuda_eager_readpath.json")]
+# The runs of the training plot: each T with its GPT measured in the same run
+PLOT_RUNS = ("run-2026-12-04-h200-c", "run-2026-12-04-h200-d")
 # Rows whose arch name meant another read path when the run was made (run h: the default read on CUDA was unfused)
 RUN_LABELS = {"run-2026-12-01-h200-h": {"mmrec": "MM-Rec, unfused read", "mmrec-linear": "MM-Rec (linear), unfused read"},
               "run-2026-12-02-h200-q": {"mmrec": "MM-Rec (fused read)", "mmrec-linear": "MM-Rec (linear, fused read)"}}
@@ -186,10 +191,10 @@ def _save(plt, fig, path: Path, md: Path) -> str:
 
 
 def training_plot(md: Path, img: Path) -> List[str]:
-    """Bars of compiled training tokens/s per arch at each T of the first two TRAIN_RUNS (the current kernels), the
-    ratio to the GPT of the same run above each bar; docs/img/training_h200.png (the README shows it too)."""
+    """Bars of compiled training tokens/s per arch at each T of the PLOT_RUNS, the ratio to the GPT of the same run
+    above each bar; docs/img/training_h200.png (the README shows it too)."""
     rows = []
-    for _, run, name in TRAIN_RUNS[:2]:
+    for _, run, name in (t for t in TRAIN_RUNS if t[1] in PLOT_RUNS):
         data = _load(run, name)
         rows += [dict(r, run=run) for r in (data or {}).get("rows", []) if r.get("status") == "ok"]
     plt = _pyplot()
