@@ -242,14 +242,15 @@ def memory_read_bwd_kernel(grad_r_ptr, grad_m_ptr, q_ptr, h_ptr, m_ptr, Ms_ptr, 
     t = c * BLOCK_L + tl.arange(0, BLOCK_L)
     t_ok = t < T
     td_ok = t_ok[:, None] & d_ok[None, :]
-    td_offs = (bi * T + t[:, None]) * D + cols[None, :]                                  # [L, DH]
-    Q = tl.load(q_ptr + (bi * T + t[:, None]) * SQ + cols[None, :], mask=td_ok, other=0.0).to(ACC)
+    rows = bi * T + t[:, None]                                                            # [L, 1]
+    td_offs = rows * D + cols[None, :]                                                    # [L, DH]
+    Q = tl.load(q_ptr + rows * SQ + cols[None, :], mask=td_ok, other=0.0).to(ACC)
     Ms_row = Ms_ptr + bi * SMB
     G = tl.load(grad_r_ptr + td_offs, mask=td_ok, other=0.0).to(ACC)
     nh, rho_h = _rms_rows(tl.load(h_ptr + td_offs, mask=td_ok, other=0.0).to(ACC), dh, ne)
     s_h = tl.sum(nh * Q, 1) * scale                                                       # [L]
     a_h = tl.sum(nh * G, 1)
-    m_rows = m_ptr + (bi * T + t[:, None]) * N * D + cols[None, :]                       # bank 0 of [L, DH]
+    m_rows = m_ptr + rows * N * D + cols[None, :]                                         # bank 0 of [L, DH]
     s_m = tl.full([BLOCK_L, BLOCK_N], float("-inf"), ACC)                                # [L, N]
     a_m = tl.zeros([BLOCK_L, BLOCK_N], ACC)
     for k in range(N):
@@ -276,7 +277,7 @@ def memory_read_bwd_kernel(grad_r_ptr, grad_m_ptr, q_ptr, h_ptr, m_ptr, Ms_ptr, 
     dq = ds_h[:, None] * nh                                                               # [L, DH]
     dn_h = w_h[:, None] * G + ds_h[:, None] * Q
     tl.store(dh_ptr + td_offs, _dx_rows(dn_h, nh, rho_h, dh).to(dh_ptr.dtype.element_ty), mask=td_ok)
-    dxm_rows = dxm_ptr + (bi * T + t[:, None]) * N * D + cols[None, :]
+    dxm_rows = dxm_ptr + rows * N * D + cols[None, :]
     for k in range(N):
         nm, rho_m = _rms_rows(tl.load(m_rows + k * D, mask=td_ok, other=0.0).to(ACC), dh, ne)
         mine = (n == k)[None, :]

@@ -171,20 +171,21 @@ def run_stage(stage: str, tcfg: TrainConfig, rt: Runtime, out: Path, tok: Tokeni
         """Gradients of one step's micro-batches -> (summed loss [float64 scalar], tokens, new TBPTT lane states)."""
         loss_sum = torch.zeros((), dtype=torch.float64, device=rt.device)   # one host sync per step
         step_tokens, new_lanes = 0, {}
+        in_graphs = graphs and net is not eager_model
         for i, mb in enumerate(micro_batches):
             x, y = mb.x.to(rt.device), mb.y.to(rt.device)
             carried = lane_states.get(mb.lane) if tbptt and not mb.reset else None
             last = i == len(micro_batches) - 1
             sync = contextlib.nullcontext() if (last or not rt.distributed) else net.no_sync()
             with sync:
-                if graphs and net is not eager_model:
+                if in_graphs:
                     torch.compiler.cudagraph_mark_step_begin()
                 with amp():
                     logits, new_state = net(x, carried)
                 loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=D.IGNORE,
                                        reduction="sum")
                 (loss * (rt.world / max(n_targets, 1.0))).backward()
-            if graphs and net is not eager_model and i == 0 and not last:
+            if in_graphs and i == 0 and not last:
                 own_gradients(params)
             if tbptt:
                 new_lanes[mb.lane] = new_state.copy() if graphs else new_state.detach()
