@@ -4,7 +4,8 @@ scan, torch's own closed form, per dtype and pass (fwd, fwd+bwd), with the memor
 
     python3 bench/bench_cuda.py [--out results.json] [--quick]
 
-Times are medians of CUDA-event-timed runs (triton.testing.do_bench when triton is installed). The reference
+Times are medians of CUDA-event-timed runs (triton.testing.do_bench when triton is installed); impl `cuda` is the
+op called from Python, `graph` the same call captured in a CUDA graph and replayed (device time alone). The reference
 is timed with a few runs only (it takes up to seconds). Before timing, the cuda output of every float32 case
 is compared with the reference (max|out-ref|/max|ref| < 1e-4).
 """
@@ -48,6 +49,21 @@ def time_ms(fn: Callable[[], object], budget_ms: float = 300.0, max_runs: int = 
     while len(samples) < max_runs and (sum(samples) < budget_ms or len(samples) < 3):
         samples.append(event_ms(fn))
     return statistics.median(samples)
+
+
+def graphed(fn: Callable[[], object]) -> Callable[[], None]:
+    """fn captured once in a CUDA graph (after two warm-up calls on a side stream): its replays time the kernels
+    without the host's per-call work (Python, autograd, launches), as the trainer's CUDA graphs run them."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
 
 
 def time_slow_ms(fn: Callable[[], object], runs: int = 2) -> float:
@@ -192,6 +208,10 @@ def main() -> int:
                     del out, ref
                 for which in ("fwd", "fwd+bwd"):
                     impls = {"cuda": time_ms(make_pass(OPS[op], op_args, which, "cuda"))}
+                    try:
+                        impls["graph"] = time_ms(graphed(make_pass(OPS[op], op_args, which, "cuda")))
+                    except RuntimeError as err:  # a capture failure is reported, and the eager row stands
+                        print(f"  {op} {shape_name} {dtype_name} {which}: no CUDA graph ({err})", flush=True)
                     if op in TORCH_FORMS and which == "fwd":
                         impls["torch"] = time_ms(lambda: TORCH_FORMS[op](*op_args))
                     if not args.quick and not args.no_ref:
