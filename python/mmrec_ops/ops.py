@@ -267,10 +267,10 @@ def _memory_read_grad(ctx, grad_r, grad_m):
 
 
 _MEMORY_READ, _MEMORY_READ_BACKWARD = _op(
-    "memory_read(Tensor q, Tensor h, Tensor v, Tensor mod, Tensor base, Tensor Ms, Tensor? m0=None, int k0=0, "
+    "memory_read(Tensor q, Tensor h, Tensor v, Tensor mod, Tensor base, Tensor Ms, Tensor? m0=None, SymInt k0=0, "
     "int chunk_len=1, int n_heads=1, float eps=1e-06, float norm_eps=1e-06) -> (Tensor, Tensor)", _memory_read_fake,
     "memory_read_backward(Tensor grad_r, Tensor grad_m, Tensor q, Tensor h, Tensor v, Tensor mod, Tensor base, "
-    "Tensor Ms, Tensor? m0, int k0, int chunk_len, int n_heads, float eps, float norm_eps, str backend) "
+    "Tensor Ms, Tensor? m0, SymInt k0, int chunk_len, int n_heads, float eps, float norm_eps, str backend) "
     "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)", _memory_read_backward_fake, _memory_read_setup,
     _memory_read_grad)
 

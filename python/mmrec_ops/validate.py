@@ -113,10 +113,19 @@ def memory_update(M0, key, value, strength) -> None:
 
 
 def _int(op: str, name: str, x, lo: int, hi: Optional[int] = None) -> None:
+    """x: an int in [lo, hi); a SymInt (torch.compile traced it from a changing int, e.g. a segment's position) is
+    checked when the compiled graph runs, without specialising the graph on its value."""
+    def message() -> str:
+        return f"mmrec.{op}: {name} must be in [{lo}, {'inf' if hi is None else hi}), got {x}"
+    if isinstance(x, torch.SymInt):
+        torch._check(x >= lo, message)
+        if hi is not None:
+            torch._check(x < hi, message)
+        return
     if isinstance(x, bool) or not isinstance(x, int):
         raise TypeError(f"mmrec.{op}: {name} must be an int, got {type(x).__name__}")
     if x < lo or (hi is not None and x >= hi):
-        raise ValueError(f"mmrec.{op}: {name} must be in [{lo}, {'inf' if hi is None else hi}), got {x}")
+        raise ValueError(message())
 
 
 def memory_read(q, h, v, mod, base, Ms, m0: Optional[Tensor] = None, k0=0, chunk_len=1, n_heads=1, eps=1e-6,
