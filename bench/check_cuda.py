@@ -65,15 +65,18 @@ def scan_cases(small: bool):
     """(B, T, D, dtype, reverse, with_h0): every shape in float32 both ways; the other dtypes on a vector-path and
     a scalar-path shape; a multi-group scan without h0."""
     if small:
-        # the last is float32 over B*D = 4,420 channels: the streaming kernel on a GPU of up to 138 multiprocessors
+        # the last two: float32 over B*D = 4,420 channels and bf16 over 6,664 (pairs, 105 blocks of 64): the
+        # streaming kernels on a GPU of up to 138 multiprocessors
         specs = [(2, 3, 8, torch.float32, False, True), (1, 70, 5, torch.float32, True, True),
-                 (2, 150, 2210, torch.float32, True, True)]
+                 (2, 150, 2210, torch.float32, True, True), (4, 150, 1666, torch.bfloat16, True, True)]
     else:
         shapes = [(2, 65, 1024), (3, 2049, 36), (1, 4099, 5), (1, 64 * 33, 128), (2, 64 * 64 + 1, 8), (4, 300, 257),
                   (8, 1000, 1024), (3, 5000, 1670)]
         specs = [(*shape, torch.float32, rev, True) for shape in shapes for rev in (False, True)]
         specs += [(*shape, dtype, rev, True) for shape in [(2, 65, 1024), (1, 64 * 33 + 7, 6)]
                   for dtype in (torch.bfloat16, torch.float16, torch.float64) for rev in (False, True)]
+        specs += [(*shape, dtype, rev, True) for shape in [(8, 1000, 1024), (4, 3001, 1666)]
+                  for dtype in (torch.bfloat16, torch.float16) for rev in (False, True)]  # 16-bit streaming
         specs += [(3, 2049, 36, torch.float32, rev, False) for rev in (False, True)]
     cases = []
     for B, T, D, dtype, reverse, with_h0 in specs:
