@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The one device command of H200 run j (2026-12-04), from the repository root: OUT=/dir bash <this file>, with the
+# wheels of pydantic 2.14.4, pydantic-core 2.50.5 (cp312), typing-inspection 0.4.5, annotated-types 0.8.0 and
+# typing_extensions 4.16.0 in .whl/. The op suite on cuda, then on triton, test by test (-v) with faulthandler
+# dumping every thread's stack when a test runs past 60 s: in run h the four suites side by side did not finish in
+# 190 s, and the cuda suite printed nothing for its last two minutes. 4 Hypothesis examples per property (Triton
+# compiles each shape anew).
+set -u
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+  && export PYTHONPATH=/tmp/site || exit 1
+O=/tmp/o; rm -rf "$O"; mkdir -p "$O"
+export PYTHONUNBUFFERED=1 MMREC_CUDA=ON DEADLINE_S=${DEADLINE_S:-560} SNAPSHOT="$OUT/j.tgz" MMREC_HYPOTHESIS_EXAMPLES=4
+source bench/device_deadline.sh
+PT="python3 -m pytest -v -p no:cacheprovider -rs --durations=10 -o faulthandler_timeout=60"
+run build 80 python3 -m pip install --no-build-isolation --no-deps -v \
+  --config-settings=cmake.define.CMAKE_CUDA_ARCHITECTURES=90 .
+run optests_cuda 170 $PT tests/ops -k "cuda and not triton"
+triton_suites() {
+  $PT tests/ops/test_memory_read.py -k "triton-cuda" > "$O/optests_triton_read.log" 2>&1 &
+  $PT tests/ops/test_mdi.py tests/ops/test_triton.py -k "triton-cuda or (triton and cuda)" \
+    > "$O/optests_triton_mdi.log" 2>&1 &
+  $PT tests/ops/test_scan.py tests/ops/test_recurrence.py tests/ops/test_memory_update.py -k "triton-cuda" \
+    > "$O/optests_triton_other.log" 2>&1 &
+  wait
+}
+run optests_triton 320 bash -c "$(declare -f triton_suites); O=$O PT='$PT'; triton_suites"
+(cd "$O" && tar czf "$SNAPSHOT" $(ls *.log 2>/dev/null))
+cat "$O/summary.log"
+for f in "$O"/optests_*.log; do echo "$f: $(grep -c PASSED "$f") passed, $(grep -c FAILED "$f") failed; $(tail -n 1 "$f")"; done
+grep -h "FAILED\|Timeout\|most recent call first" "$O"/optests_*.log | head -20
