@@ -65,8 +65,8 @@ def scan_cases(small: bool):
     """(B, T, D, dtype, reverse, with_h0): every shape in float32 both ways; the other dtypes on a vector-path and
     a scalar-path shape; a multi-group scan without h0."""
     if small:
-        # the last two: float32 over B*D = 4,420 channels and bf16 over 6,664 (pairs, 105 blocks of 64): the
-        # streaming kernels on a GPU of up to 138 multiprocessors
+        # float32 over B*D = 4,420 channels: the streaming kernel on a GPU of up to 138 multiprocessors; bf16 over
+        # 6,664 channels with D not a multiple of 4: the chunked kernel's one-channel path
         specs = [(2, 3, 8, torch.float32, False, True), (1, 70, 5, torch.float32, True, True),
                  (2, 150, 2210, torch.float32, True, True), (4, 150, 1666, torch.bfloat16, True, True)]
     else:
@@ -76,7 +76,7 @@ def scan_cases(small: bool):
         specs += [(*shape, dtype, rev, True) for shape in [(2, 65, 1024), (1, 64 * 33 + 7, 6)]
                   for dtype in (torch.bfloat16, torch.float16, torch.float64) for rev in (False, True)]
         specs += [(*shape, dtype, rev, True) for shape in [(8, 1000, 1024), (4, 3001, 1666)]
-                  for dtype in (torch.bfloat16, torch.float16) for rev in (False, True)]  # 16-bit streaming
+                  for dtype in (torch.bfloat16, torch.float16) for rev in (False, True)]  # 16-bit, wide
         specs += [(3, 2049, 36, torch.float32, rev, False) for rev in (False, True)]
     cases = []
     for B, T, D, dtype, reverse, with_h0 in specs:

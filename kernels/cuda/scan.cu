@@ -303,108 +303,73 @@ int launch_scan(ScanArgs<T> p, cudaStream_t stream) {
   return 0;
 }
 
-// Streaming kernel, for B*D wide enough to fill the GPU with one block per 32 * VEC channels: the block walks all
-// of T in chunks of WARPS * STEPS steps (a thread: VEC adjacent channels, STEPS steps), composing the warps' maps
-// through shared memory and carrying the state into the next chunk; no block waits on another. The next chunk's
-// inputs are loaded before the current chunk is combined, so the loads of one chunk overlap the arithmetic of the
-// last. A warp's row of a step is 128 bytes for float32 (VEC 1) and for 16-bit types (VEC 2: one 4-byte load per
-// lane); 16-bit types take 16 warps so that a multiprocessor's one block keeps as many bytes in flight as two
-// float32 blocks of 8 warps.
-template <class T, int VEC, int WARPS, int STEPS, bool BWD>
-__global__ void __launch_bounds__(32 * WARPS) scan_stream_kernel(const ScanArgs<T> p) {
-  using P = Pack<T, VEC>;
-  constexpr int kChunk = WARPS * STEPS, kTile = 32 * VEC;
-  __shared__ float sA[WARPS][kTile], sH[WARPS][kTile], sCarry[kTile];
+// Streaming kernel, for B*D wide enough to fill the GPU with one block per 32 channels: the block walks all of T
+// in chunks of kWarps * STEPS steps (a thread: one channel, STEPS steps), composing the warps' maps through shared
+// memory and carrying the state into the next chunk; no block waits on another. The next chunk's inputs are
+// loaded before the current chunk is combined, so the loads of one chunk overlap the arithmetic of the last.
+template <class T, int STEPS, bool BWD>
+__global__ void __launch_bounds__(kThreads) scan_stream_kernel(const ScanArgs<T> p) {
+  constexpr int kChunk = kWarps * STEPS;
+  __shared__ float sA[kWarps][32], sH[kWarps][32], sCarry[32];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t ch = int64_t(blockIdx.x) * kTile + lane * VEC;  // flat channel b*D + d of this lane's first element
-  const bool valid = ch < p.B * p.D;                            // D % VEC == 0: a lane's channels share a row
+  const int64_t ch = int64_t(blockIdx.x) * 32 + lane;  // flat channel b*D + d
+  const bool valid = ch < p.B * p.D;
   const int64_t row = valid ? (ch / p.D) * p.len * p.D + ch % p.D : 0;
   const int64_t step = p.flip ? -p.D : p.D;
   const int64_t nchunks = (p.len + kChunk - 1) / kChunk;
 
-  P one, zero;
-#pragma unroll
-  for (int k = 0; k < VEC; ++k) one.v[k] = cvt<T>(1.0f), zero.v[k] = cvt<T>(0.0f);
-  P c[STEPS], x[STEPS], hp[BWD ? STEPS : 1];  // this chunk's coefficients, inputs and (backward) h_{t-1}
-  P cn[STEPS], xn[STEPS], hpn[BWD ? STEPS : 1];
-  auto load = [&](int64_t chunk, P* cc, P* xx, P* hh) {
+  T c[STEPS], x[STEPS], hp[BWD ? STEPS : 1];  // this chunk's coefficients, inputs and (backward) h_{t-1}
+  T cn[STEPS], xn[STEPS], hpn[BWD ? STEPS : 1];
+  auto load = [&](int64_t chunk, T* cc, T* xx, T* hh) {
 #pragma unroll
     for (int i = 0; i < STEPS; ++i) {
       const int64_t u = chunk * kChunk + warp * STEPS + i;
-      cc[i] = one, xx[i] = zero;
-      if (BWD) hh[i] = zero;
+      cc[i] = cvt<T>(1.0f), xx[i] = cvt<T>(0.0f);
+      if (BWD) hh[i] = cvt<T>(0.0f);
       if (valid && u < p.len) {
         const int64_t off = row + (p.flip ? p.len - 1 - u : u) * p.D;
-        xx[i] = *reinterpret_cast<const P*>(p.x + off);
+        xx[i] = p.x[off];
         if (!BWD) {
-          cc[i] = *reinterpret_cast<const P*>(p.coef + off);
+          cc[i] = p.coef[off];
         } else {
-          cc[i] = u == 0 ? zero : *reinterpret_cast<const P*>(p.coef + off - step);  // a_{s+1}
-          if (u != p.len - 1) hh[i] = *reinterpret_cast<const P*>(p.h + off + step);
-          else if (p.h0) hh[i] = *reinterpret_cast<const P*>(p.h0 + ch);
+          cc[i] = u == 0 ? cvt<T>(0.0f) : p.coef[off - step];  // a_{s+1}
+          if (u != p.len - 1) hh[i] = p.h[off + step];
+          else if (p.h0) hh[i] = p.h0[ch];
         }
       }
     }
   };
   load(0, c, x, hp);
-  if (threadIdx.x < 32) {
-    P init = zero;
-    if (!BWD && p.h0 && valid) init = *reinterpret_cast<const P*>(p.h0 + ch);
-#pragma unroll
-    for (int k = 0; k < VEC; ++k) sCarry[lane * VEC + k] = to_acc(init.v[k]);
-  }
+  if (threadIdx.x < 32) sCarry[lane] = (!BWD && p.h0 && valid) ? to_acc(p.h0[ch]) : 0.0f;
 
   for (int64_t chunk = 0; chunk < nchunks; ++chunk) {
     if (chunk + 1 < nchunks) load(chunk + 1, cn, xn, hpn);
-    float A[VEC], H[VEC];
+    float A = 1.0f, H = 0.0f;
 #pragma unroll
-    for (int k = 0; k < VEC; ++k) A[k] = 1.0f, H[k] = 0.0f;
-#pragma unroll
-    for (int i = 0; i < STEPS; ++i)
-#pragma unroll
-      for (int k = 0; k < VEC; ++k) {
-        const float a = to_acc(c[i].v[k]);
-        H[k] = a * H[k] + to_acc(x[i].v[k]);
-        A[k] *= a;
-      }
-#pragma unroll
-    for (int k = 0; k < VEC; ++k) sA[warp][lane * VEC + k] = A[k], sH[warp][lane * VEC + k] = H[k];
-    __syncthreads();
-    float y[VEC];
-#pragma unroll
-    for (int k = 0; k < VEC; ++k) {
-      y[k] = sCarry[lane * VEC + k];
-      for (int w = 0; w < warp; ++w) y[k] = sA[w][lane * VEC + k] * y[k] + sH[w][lane * VEC + k];
+    for (int i = 0; i < STEPS; ++i) {
+      const float a = to_acc(c[i]);
+      H = a * H + to_acc(x[i]);
+      A *= a;
     }
+    sA[warp][lane] = A, sH[warp][lane] = H;
+    __syncthreads();
+    float y = sCarry[lane];
+    for (int w = 0; w < warp; ++w) y = sA[w][lane] * y + sH[w][lane];
 #pragma unroll
     for (int i = 0; i < STEPS; ++i) {
       const int64_t u = chunk * kChunk + warp * STEPS + i;
-      P out, grad_a;
-#pragma unroll
-      for (int k = 0; k < VEC; ++k) {
-        y[k] = to_acc(c[i].v[k]) * y[k] + to_acc(x[i].v[k]);
-        out.v[k] = cvt<T>(y[k]);
-        if (BWD) grad_a.v[k] = cvt<T>(y[k] * to_acc(hp[i].v[k]));
-      }
+      y = to_acc(c[i]) * y + to_acc(x[i]);
       if (valid && u < p.len) {
         const int64_t off = row + (p.flip ? p.len - 1 - u : u) * p.D;
-        *reinterpret_cast<P*>(p.y + off) = out;
+        p.y[off] = cvt<T>(y);
         if (BWD) {
-          *reinterpret_cast<P*>(p.da + off) = grad_a;
-          if (u == p.len - 1) {  // logical step 0: dh0 = a_0 delta_0
-            const P a0 = *reinterpret_cast<const P*>(p.coef + off);
-            P g0;
-#pragma unroll
-            for (int k = 0; k < VEC; ++k) g0.v[k] = cvt<T>(to_acc(a0.v[k]) * y[k]);
-            *reinterpret_cast<P*>(p.dh0 + ch) = g0;
-          }
+          p.da[off] = cvt<T>(y * to_acc(hp[i]));
+          if (u == p.len - 1) p.dh0[ch] = cvt<T>(to_acc(p.coef[off]) * y);  // logical step 0: dh0 = a_0 delta_0
         }
       }
     }
     __syncthreads();  // every warp has read sA, sH and sCarry
-    if (warp == WARPS - 1)  // padding steps are the identity: y is the state after the chunk
-#pragma unroll
-      for (int k = 0; k < VEC; ++k) sCarry[lane * VEC + k] = y[k];
+    if (warp == kWarps - 1) sCarry[lane] = y;  // padding steps are the identity: y is the state after the chunk
 #pragma unroll
     for (int i = 0; i < STEPS; ++i) {
       c[i] = cn[i], x[i] = xn[i];
@@ -417,24 +382,15 @@ template <class T, bool BWD>
 int launch_scan_any(const ScanArgs<T>& p, bool all_aligned, cudaStream_t stream) {
   DeviceLimits lim;
   if (int err = device_limits(&lim)) return err;
-  // Streaming needs about one block per multiprocessor. float32: one block per 32 channels (B=8 D=1024: 256 blocks;
-  // H100 0.184 -> 0.151 ms against the chunked kernel). 16-bit types: one block per 64 channels in bf16x2 lanes
-  // (B=8 D=1024: 128 blocks on 132 multiprocessors); with 2-byte lanes the streaming kernel had measured 0.231 ms
-  // against 0.168 for the chunked one (H100).
-  if constexpr (std::is_same_v<T, float>) {
-    const int64_t blocks = (p.B * p.D + 31) / 32;
-    if (blocks >= lim.sm_count && blocks <= INT_MAX) {
-      scan_stream_kernel<T, 1, 8, 16, BWD><<<unsigned(blocks), 32 * 8, 0, stream>>>(p);
-      MMREC_CHECK_LAUNCH();
-      return 0;
-    }
-  } else {
-    const int64_t blocks = (p.B * p.D + 63) / 64;
-    if (all_aligned && p.D % 2 == 0 && 4 * blocks >= 3 * int64_t(lim.sm_count) && blocks <= INT_MAX) {
-      scan_stream_kernel<T, 2, 16, BWD ? 12 : 16, BWD><<<unsigned(blocks), 32 * 16, 0, stream>>>(p);
-      MMREC_CHECK_LAUNCH();
-      return 0;
-    }
+  // float32 only: with 2-byte lanes the streaming kernel measured 0.231 ms for bf16 B=8 T=4096 D=1024 against 0.168
+  // for the chunked one (H100), while float32 went from 0.184 to 0.151 ms. In bf16x2 lanes (64 channels, 16 warps
+  // per block: one block per multiprocessor at 128 registers) it took 0.184 ms against the chunked kernel's 0.157
+  // (H200 runs 2026-12-04 i and g): with one block per multiprocessor each chunk's two barriers idle the SM.
+  const int64_t stream_blocks = (p.B * p.D + 31) / 32;
+  if (std::is_same_v<T, float> && stream_blocks >= lim.sm_count && stream_blocks <= INT_MAX) {
+    scan_stream_kernel<T, 16, BWD><<<unsigned(stream_blocks), kThreads, 0, stream>>>(p);
+    MMREC_CHECK_LAUNCH();
+    return 0;
   }
   if (all_aligned && p.D % 4 == 0) return launch_scan<T, 4, BWD>(p, stream);
   return launch_scan<T, 1, BWD>(p, stream);

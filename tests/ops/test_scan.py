@@ -93,9 +93,9 @@ def test_cumulative_product_over_long_sequences(backend, device):
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("B,D", [(3, 1670), (4, 1666)])
 def test_wide_batches_forward_and_gradients(backend, device, dtype, reverse, B, D):
-    """B*D = 5,010 and 6,664 channels (the CUDA backend's streaming kernels: one block per 32 float32 channels, or
-    per 64 bf16 channels in pairs, once that fills an H100/H200; 6,664 / 64 leaves a partial last block), D not a
-    multiple of 4, odd T, h0, forward and every gradient against the float64 reference."""
+    """B*D = 5,010 and 6,664 channels (float32: the CUDA backend's streaming kernel, one block per 32 channels once
+    that fills an H100/H200, 6,664 / 32 leaving a partial last block; bf16: its chunked kernel's one-channel
+    path, D not a multiple of 4), odd T, h0, forward and every gradient against the float64 reference."""
     p = dict(B=B, T=301, D=D, decay="uniform", has_h0=True, reverse=reverse, layout_a="contig",
              layout_b="contig", seed=7)
     a, b, h0 = (leaf(x) for x in _make(p, dtype, device))
