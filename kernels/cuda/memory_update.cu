@@ -231,10 +231,7 @@ __device__ __forceinline__ void block_sum_slots(A (&x)[kSlotsMax], A* part, A* o
   }
 }
 
-// PAIRS (16-bit types, D even, 4-byte aligned rows): each thread takes two adjacent columns per iteration, with
-// one 4-byte load or store of the pair, in the per-chunk loops: half the instructions of the one-column loop on
-// each chunk's critical path (bf16 took 1.020 ms against float32's 0.992 with one column, H200 run 2026-12-04 i).
-template <class T, bool PAIRS>
+template <class T>
 __global__ void __launch_bounds__(kThreads) memory_update_fwd_cluster(
     const T* __restrict__ M0, const T* __restrict__ key, const T* __restrict__ value, const T* __restrict__ strength,
     T* __restrict__ Ms, int64_t NC, int S, int64_t D) {
@@ -276,16 +273,9 @@ __global__ void __launch_bounds__(kThreads) memory_update_fwd_cluster(
     A* sc = score + (c & 1) * kSlotsMax;
     block_sum_slots(dot, part, sc, sr, scale);
     const A st = A(load(strength + b * NC + c));
-    if constexpr (PAIRS) {
-      for (int64_t d = 2 * threadIdx.x; d < D; d += 2 * kThreads) {  // key_s is free once the dots are summed
-        *reinterpret_cast<float2*>(val_s + d) = load2(value + (b * NC + c) * D + d);
-        *reinterpret_cast<float2*>(key_s + d) = c + 1 < NC ? load2(key + (b * NC + c + 1) * D + d) : float2{0, 0};
-      }
-    } else {
-      for (int64_t d = threadIdx.x; d < D; d += kThreads) {  // key_s is free once the dots are summed
-        val_s[d] = A(load(value + (b * NC + c) * D + d));
-        key_s[d] = c + 1 < NC ? A(load(key + (b * NC + c + 1) * D + d)) : A(0);
-      }
+    for (int64_t d = threadIdx.x; d < D; d += kThreads) {  // key_s is free once the dots are summed
+      val_s[d] = A(load(value + (b * NC + c) * D + d));
+      key_s[d] = c + 1 < NC ? A(load(key + (b * NC + c + 1) * D + d)) : A(0);
     }
     cluster.sync();  // every block's scores of chunk c published
     if (threadIdx.x < 32) {  // S <= 64: lane holds slots lane and lane + 32
@@ -304,32 +294,16 @@ __global__ void __launch_bounds__(kThreads) memory_update_fwd_cluster(
       dot[jj] = 0;
     }
     T* next = out + (c + 1) * SD;
-    if constexpr (PAIRS) {
-      for (int64_t d = 2 * threadIdx.x; d < D; d += 2 * kThreads) {
-        const float2 vd = *reinterpret_cast<const float2*>(val_s + d), kd = *reinterpret_cast<const float2*>(key_s + d);
+    for (int64_t d = threadIdx.x; d < D; d += kThreads) {
+      const A vd = val_s[d], kd = key_s[d];
 #pragma unroll
-        for (int jj = 0; jj < kSlotsMax; ++jj) {
-          if (jj >= sr) break;
-          float2 x = *reinterpret_cast<const float2*>(Mst + jj * D + d);
-          x.x = x.x + coef[jj] * (vd.x - x.x);
-          x.y = x.y + coef[jj] * (vd.y - x.y);
-          *reinterpret_cast<float2*>(Mst + jj * D + d) = x;
-          store2(next + jj * D + d, x);
-          dot[jj] += x.x * kd.x + x.y * kd.y;
-        }
-      }
-    } else {
-      for (int64_t d = threadIdx.x; d < D; d += kThreads) {
-        const A vd = val_s[d], kd = key_s[d];
-#pragma unroll
-        for (int jj = 0; jj < kSlotsMax; ++jj) {
-          if (jj >= sr) break;
-          A x = Mst[jj * D + d];
-          x = x + coef[jj] * (vd - x);
-          Mst[jj * D + d] = x;
-          store(next + jj * D + d, x);
-          dot[jj] += x * kd;
-        }
+      for (int jj = 0; jj < kSlotsMax; ++jj) {
+        if (jj >= sr) break;
+        A x = Mst[jj * D + d];
+        x = x + coef[jj] * (vd - x);
+        Mst[jj * D + d] = x;
+        store(next + jj * D + d, x);
+        dot[jj] += x * kd;
       }
     }
   }
@@ -554,21 +528,9 @@ int memory_update_fwd(DType dt, const void* M0, const void* key, const void* val
     using A = acc_t<T>;
     const size_t cluster_bytes =
         (size_t(cluster_shape(int(S)).sp) * D + 2 * size_t(D) + (kWarps + 3) * kSlotsMax) * sizeof(A);
-    const auto fwd_cluster = [&](auto kernel) {
-      return launch_cluster(kernel, cluster_bytes, B, int(S), st, static_cast<const T*>(M0),
-                            static_cast<const T*>(key), static_cast<const T*>(value),
-                            static_cast<const T*>(strength), static_cast<T*>(Ms), NC, int(S), D);
-    };
-    const auto aligned4 = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 3u) == 0; };
-    int r = kNoCluster;
-    if constexpr (sizeof(T) == 2) {
-      if (D % 2 == 0 && aligned4(M0) && aligned4(key) && aligned4(value) && aligned4(Ms))
-        r = fwd_cluster(memory_update_fwd_cluster<T, true>);
-      else
-        r = fwd_cluster(memory_update_fwd_cluster<T, false>);
-    } else {
-      r = fwd_cluster(memory_update_fwd_cluster<T, false>);
-    }
+    const int r = launch_cluster(memory_update_fwd_cluster<T>, cluster_bytes, B, int(S), st,
+                                 static_cast<const T*>(M0), static_cast<const T*>(key), static_cast<const T*>(value),
+                                 static_cast<const T*>(strength), static_cast<T*>(Ms), NC, int(S), D);
     if (r != kNoCluster) return r;
     const size_t fixed = (size_t(kWarps + 1) * S + 2 * size_t(D)) * sizeof(A);
     return launch_rows<T>(memory_update_fwd_kernel<T, true>, memory_update_fwd_kernel<T, false>, fixed, B, int(S), D,
