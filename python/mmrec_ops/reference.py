@@ -64,12 +64,15 @@ def recurrence(z: Tensor, gamma: Tensor, w: Tensor, bias: Optional[Tensor] = Non
     B, T, D = z.shape
     H, d, _ = w.shape
     z_, g_, w_ = z.to(acc), gamma.to(acc), w.to(acc)
+    # cast once, outside the loop: a cast per step rounds each step's dbias term to the input dtype before autograd
+    # sums them (bf16, B=3 T=3000: dbias 6.7 % off)
+    bias_ = None if bias is None else bias.to(acc)
     h = z_.new_zeros(B, D) if h0 is None else h0.to(acc)
     out = []
     for t in range(T):
         p = torch.einsum("kij,bkj->bki", w_, h.view(B, H, d)).reshape(B, D)  # [B, D]
-        if bias is not None:
-            p = p + bias.to(acc)
+        if bias_ is not None:
+            p = p + bias_
         h = z_[:, t] * torch.sigmoid(p) + g_[:, t] * h
         out.append(h)
     return torch.stack(out, 1).to(z.dtype)
