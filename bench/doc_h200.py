@@ -13,9 +13,13 @@ from typing import Any, Callable, Dict, List, Optional
 
 DEVICE = Path(__file__).resolve().parent / "results" / "device"
 # (title, run directory, JSON) of each table, newest measurement of each kind
-TRAIN_RUNS = [("compiled with CUDA graphs (mode reduce-overhead, the trainer's default on CUDA), B=16 T=1,024, the "
-               "read taking q and v in place and dx_m in bf16, its forward as token tiles (run g; main's forward is "
-               "the faster token loop)", "run-2026-12-04-h200-g", "throughput_cuda_graphs_1024.json"),
+TRAIN_RUNS = [("compiled with CUDA graphs (mode reduce-overhead, the trainer's default on CUDA), B=16 T=1,024",
+               "run-2026-12-04-h200-h", "throughput_cuda_graphs_1024.json"),
+              ("compiled with CUDA graphs (mode reduce-overhead), B=1 T=16,384 (the nonlinear row did not compile in "
+               "its worker's 80 s)", "run-2026-12-04-h200-i", "throughput_cuda_graphs_16384.json"),
+              ("compiled with CUDA graphs, B=16 T=1,024, the read taking q and v in place and dx_m in bf16, its "
+               "forward as token tiles (run g; main's forward is the faster token loop)", "run-2026-12-04-h200-g",
+               "throughput_cuda_graphs_1024.json"),
               ("compiled with CUDA graphs (mode reduce-overhead, the trainer's default on CUDA), B=16 T=1,024",
                "run-2026-12-04-h200-c", "throughput_cuda_graphs_1024.json"),
               ("compiled with CUDA graphs (mode reduce-overhead), B=1 T=16,384", "run-2026-12-04-h200-d",
@@ -32,8 +36,9 @@ TRAIN_RUNS = [("compiled with CUDA graphs (mode reduce-overhead, the trainer's d
                "run-2026-12-02-h200-o",
                "throughput_cuda_compiled_readpath.json"),
               ("eager, T=1,024 (B=16) and 16,384 (B=1)", "run-2026-12-01-h200-h", "throughput_cuda_eager_readpath.json")]
-# The runs of the training plot: each T with its GPT measured in the same run
-PLOT_RUNS = ("run-2026-12-04-h200-c", "run-2026-12-04-h200-d")
+# The runs of the training plot, newest first: each bar from the first of them that has its (arch, T), its ratio to
+# the GPT of that same run
+PLOT_RUNS = ("run-2026-12-04-h200-h", "run-2026-12-04-h200-i", "run-2026-12-04-h200-d")
 # Rows whose arch name meant another read path when the run was made (run h: the default read on CUDA was unfused)
 RUN_LABELS = {"run-2026-12-01-h200-h": {"mmrec": "MM-Rec, unfused read", "mmrec-linear": "MM-Rec (linear), unfused read"},
               "run-2026-12-02-h200-q": {"mmrec": "MM-Rec (fused read)", "mmrec-linear": "MM-Rec (linear, fused read)"}}
@@ -191,8 +196,8 @@ def _save(plt, fig, path: Path, md: Path) -> str:
 
 
 def training_plot(md: Path, img: Path) -> List[str]:
-    """Bars of compiled training tokens/s per arch at each T of the PLOT_RUNS, the ratio to the GPT of the same run
-    above each bar; docs/img/training_h200.png (the README shows it too)."""
+    """Bars of compiled training tokens/s per arch at each T from the first of the PLOT_RUNS that has it, the ratio
+    to the GPT of that run above each bar; docs/img/training_h200.png (the README shows it too)."""
     rows = []
     for _, run, name in (t for t in TRAIN_RUNS if t[1] in PLOT_RUNS):
         data = _load(run, name)
@@ -207,9 +212,9 @@ def training_plot(md: Path, img: Path) -> List[str]:
     for i, arch in enumerate(archs):
         for j, T in enumerate(sizes):
             r = next((r for r in rows if r["arch"] == arch and r["T"] == T), None)
-            gpt = next((g for g in rows if g["arch"] == "gpt" and g["T"] == T), None)
             if r is None:
                 continue
+            gpt = next((g for g in rows if g["arch"] == "gpt" and g["T"] == T and g["run"] == r["run"]), None)
             x = j + (i - (len(archs) - 1) / 2) * width
             ax.bar(x, r["tokens_per_s"] / 1e3, width, color=f"C{i}", label=LABELS.get(arch, arch) if j == 0 else None)
             if gpt:
