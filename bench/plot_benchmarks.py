@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -21,14 +20,9 @@ sys.path.insert(0, str(HERE))
 
 from compare_quality import quality_summary  # noqa: E402
 import doc_h200  # noqa: E402
+from model_plots import (DEVICE_NAMES, LABELS, PRETRAIN_SETS, arch_sorted, describe_machine, find_row,  # noqa: E402
+                         fmt_num, ok_rows, plot_curves, plot_generate, plot_headline, plot_quality, plot_throughput)
 
-ARCH_ORDER = ["mmrec", "mmrec-linear", "mmrec-tbptt", "gpt", "lstm"]
-LABELS = {"mmrec": "MM-Rec", "mmrec-linear": "MM-Rec (linear)", "mmrec-tbptt": "MM-Rec (TBPTT)",
-          "gpt": "GPT", "lstm": "LSTM"}
-COLORS = {"mmrec": "tab:blue", "mmrec-linear": "tab:cyan", "mmrec-tbptt": "tab:purple", "gpt": "tab:orange",
-          "lstm": "tab:green"}
-PRETRAIN_SETS = ["wikitext2_valid_part", "gutenberg_valid", "tinyshakespeare_valid"]
-DEVICE_NAMES = {"cuda": "GPU", "cpu": "CPU"}
 REFERENCE_GPT_T1024 = 289_000      # issue 8: a 140M GPT with SDPA, bf16, B=8, measured on the H100
 
 DEVICE_COMMANDS = """    OUT=/tmp/models bash bench/device_models.sh throughput   # training tokens/s + generation (base size)
@@ -84,208 +78,6 @@ def load_results(directory: Path) -> Dict[Tuple[str, str], Dict[str, Any]]:
     return {k: v for k, (_, v) in found.items()}
 
 
-def _ok(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    return [r for r in rows if r.get("status") == "ok"]
-
-
-def _arch_sorted(archs) -> List[str]:
-    return sorted(set(archs), key=lambda a: ARCH_ORDER.index(a) if a in ARCH_ORDER else 99)
-
-
-def _num(x: Optional[float], spec: str = ",.0f") -> str:
-    return "–" if x is None else format(x, spec)
-
-
-def _machine(data: Dict[str, Any]) -> str:
-    m = data.get("machine", {})
-    gpu = m.get("gpu") or next((r.get("device_name") for r in data.get("rows", []) if
-                                r.get("device_name") and "cuda" in str(data.get("settings"))), None)
-    parts = [gpu or f"{m.get('cpus', '?')}-core CPU", f"torch {m.get('torch', '?')}"]
-    if m.get("cuda"):
-        parts.append(f"CUDA {m['cuda']}")
-    if m.get("cudnn"):
-        parts.append(f"cuDNN {m['cudnn']}")
-    return ", ".join(parts) + f"; {data.get('date', '?')}"
-
-
-def _find(rows, **keys) -> Optional[Dict[str, Any]]:
-    for r in rows:
-        if all(r.get(k) == v for k, v in keys.items()):
-            return r
-    return None
-
-
-# ------------------------------------------------------------------------------------------ plots
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    _plt().close(fig)
-    return path
-
-
-def _throughput_axes(ax, ax_mem, data) -> None:
-    rows = data["rows"]
-    sizes = sorted({r["T"] for r in rows})
-    archs = _arch_sorted(r["arch"] for r in rows)
-    width = 0.8 / max(1, len(archs))
-    for i, arch in enumerate(archs):
-        xs = [j + (i - (len(archs) - 1) / 2) * width for j in range(len(sizes))]
-        vals, mems = [], []
-        for T in sizes:
-            r = _find(rows, arch=arch, T=T)
-            ok = r is not None and r.get("status") == "ok"
-            vals.append(r["tokens_per_s"] / 1e3 if ok else 0.0)
-            mems.append(r["peak_mib"] / 1024 if ok else 0.0)
-        ax.bar(xs, vals, width, label=LABELS.get(arch, arch), color=COLORS.get(arch))
-        for x, T, v in zip(xs, sizes, vals):
-            r = _find(rows, arch=arch, T=T)
-            if r is not None and r.get("status") != "ok":
-                ax.text(x, 0, r.get("status", "?").upper(), rotation=90, ha="center", va="bottom", fontsize=7)
-        if ax_mem is not None:
-            ax_mem.bar(xs, mems, width, label=LABELS.get(arch, arch), color=COLORS.get(arch))
-    for a in [ax] + ([ax_mem] if ax_mem is not None else []):
-        a.set_xticks(range(len(sizes)))
-        a.set_xticklabels([f"T={T:,}" for T in sizes])
-        a.grid(axis="y", alpha=0.3)
-    ax.set_ylabel("training tokens/s (thousands)")
-    ax.set_title("Training throughput")
-    ax.legend(fontsize=8)
-    if ax_mem is not None:
-        ax_mem.set_ylabel("peak memory (GiB)")
-        ax_mem.set_title("Training peak memory")
-
-
-def _generate_axes(ax_speed, ax_mem, data) -> None:
-    rows = _ok(data["rows"])
-    batches = sorted({r["batch"] for r in rows if "batch" in r})
-    for arch in _arch_sorted(r["arch"] for r in rows):
-        for b in batches:
-            pts = sorted((r["context"], r) for r in rows if r["arch"] == arch and r.get("batch") == b)
-            if not pts:
-                continue
-            style = "-" if b == batches[0] else "--"
-            label = LABELS.get(arch, arch) + (f" (B={b})" if len(batches) > 1 else "")
-            xs = [c for c, _ in pts]
-            ax_speed.plot(xs, [r["decode_tokens_per_s"] for _, r in pts], style, marker="o", label=label,
-                          color=COLORS.get(arch))
-            if ax_mem is not None:
-                ax_mem.plot(xs, [max(r["state_mib"], 1e-3) for _, r in pts], style, marker="o", label=label,
-                            color=COLORS.get(arch))
-    from matplotlib.ticker import FuncFormatter
-    contexts = sorted({r["context"] for r in rows})
-    for a in [ax_speed] + ([ax_mem] if ax_mem is not None else []):
-        a.set_xscale("log", base=2)
-        a.set_xticks(contexts)
-        a.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1024:g}K" if x >= 1024 else f"{x:g}"))
-        a.set_xlabel("context length (tokens)")
-        a.grid(alpha=0.3, which="both")
-    ax_speed.set_yscale("log")
-    ax_speed.set_ylabel("decode tokens/s")
-    ax_speed.set_title("Generation speed after the context")
-    ax_speed.legend(fontsize=7)
-    if ax_mem is not None:
-        ax_mem.set_yscale("log")
-        ax_mem.set_ylabel("state / KV cache (MiB)")
-        ax_mem.set_title("Memory held for generation")
-
-
-def plot_throughput(data, path: Path) -> Path:
-    plt = _plt()
-    fig, (ax, ax_mem) = plt.subplots(1, 2, figsize=(11, 4.2))
-    _throughput_axes(ax, ax_mem, data)
-    fig.suptitle(f"{DEVICE_NAMES.get(data['settings']['device'], '')} training, {data['settings']['preset']} size, "
-                 f"{data['settings']['dtype']}: {_machine(data).split(';')[0]}", fontsize=9)
-    return _save(fig, path)
-
-
-def plot_generate(data, path: Path) -> Path:
-    plt = _plt()
-    fig, (ax, ax_mem) = plt.subplots(1, 2, figsize=(11, 4.2))
-    _generate_axes(ax, ax_mem, data)
-    s = data["settings"][0]
-    fig.suptitle(f"{DEVICE_NAMES.get(s['device'], '')} generation, {s['preset']} size, {s['dtype']}: "
-                 f"{_machine(data).split(';')[0]}", fontsize=9)
-    return _save(fig, path)
-
-
-def plot_headline(throughput, generate, path: Path) -> Path:
-    plt = _plt()
-    panels = (throughput is not None) + (generate is not None) * 2
-    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4.2))
-    axes = list(axes) if panels > 1 else [axes]
-    if throughput is not None:
-        _throughput_axes(axes.pop(0), None, throughput)
-    if generate is not None:
-        _generate_axes(axes[0], axes[1], generate)
-    src = throughput or generate
-    s = src["settings"][0] if isinstance(src["settings"], list) else src["settings"]
-    fig.suptitle(f"MM-Rec vs GPT vs LSTM at equal parameters ({s['preset']} size) on "
-                 f"{_machine(src).split(';')[0]}", fontsize=10)
-    return _save(fig, path)
-
-
-def plot_quality(data, path: Path) -> Path:
-    plt = _plt()
-    summary = quality_summary(data["runs"])
-    archs = _arch_sorted(summary)
-    sets = [(st, name) for st in ("pretrain", "instruct", "chat")
-            for name in sorted({n for a in archs for n in summary[a].get(st, {})},
-                               key=lambda n: PRETRAIN_SETS.index(n) if n in PRETRAIN_SETS else 9)]
-    fig, ax = plt.subplots(figsize=(max(7, 1.6 * len(sets) + 2), 4.4))
-    width = 0.8 / max(1, len(archs))
-    for i, arch in enumerate(archs):
-        xs, ys, lo, hi = [], [], [], []
-        for j, (st, name) in enumerate(sets):
-            s = summary[arch].get(st, {}).get(name)
-            if s is None:
-                continue
-            xs.append(j + (i - (len(archs) - 1) / 2) * width)
-            ys.append(s["ppl_mean"])
-            lo.append(s["ppl_mean"] - s["ppl_min"])
-            hi.append(s["ppl_max"] - s["ppl_mean"])
-        ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, label=LABELS.get(arch, arch), color=COLORS.get(arch))
-    ax.set_xticks(range(len(sets)))
-    ax.set_xticklabels([f"{name}\n(after {st})" for st, name in sets], fontsize=7)
-    ax.set_yscale("log")
-    ax.set_ylabel("held-out perplexity (mean; bars: min-max over seeds)")
-    ax.grid(axis="y", alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    s = data["settings"]
-    ax.set_title(f"Held-out perplexity, {s['preset']} size, seeds {s['seeds']}: {_machine(data).split(';')[0]}",
-                 fontsize=9)
-    return _save(fig, path)
-
-
-def plot_curves(data, path: Path) -> Optional[Path]:
-    plt = _plt()
-    runs = [r for r in data["runs"] if r.get("status") == "ok"]
-    sets = [n for n in PRETRAIN_SETS if any(n in r.get("eval_curves", {}).get("pretrain", {}) for r in runs)]
-    sets += sorted({n for r in runs for n in r.get("eval_curves", {}).get("pretrain", {})} - set(sets))
-    if not sets:
-        return None
-    fig, axes = plt.subplots(1, len(sets), figsize=(4.5 * len(sets), 3.8), squeeze=False)
-    for ax, name in zip(axes[0], sets):
-        for arch in _arch_sorted(r["arch"] for r in runs):
-            for k, r in enumerate(x for x in runs if x["arch"] == arch):
-                pts = r.get("eval_curves", {}).get("pretrain", {}).get(name, [])
-                if pts:
-                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, lw=1,
-                            color=COLORS.get(arch), alpha=0.9 if k == 0 else 0.5,
-                            label=LABELS.get(arch, arch) if k == 0 else None)
-        ax.set_title(name, fontsize=9)
-        ax.set_xlabel("pre-training step")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("held-out loss (nats/token)")
-    axes[0][0].legend(fontsize=8)
-    return _save(fig, path)
 
 
 # ------------------------------------------------------------------------------------------ tables
@@ -294,13 +86,13 @@ def table_throughput(data) -> List[str]:
     out = ["| arch | params | T | rows x micro | tokens/s | step (s) | peak memory (MiB) | vs GPT |",
            "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for T in sorted({r["T"] for r in rows}):
-        gpt = _find(_ok(rows), arch="gpt", T=T)
-        for arch in _arch_sorted(r["arch"] for r in rows):
-            r = _find(rows, arch=arch, T=T)
+        gpt = find_row(ok_rows(rows), arch="gpt", T=T)
+        for arch in arch_sorted(r["arch"] for r in rows):
+            r = find_row(rows, arch=arch, T=T)
             if r is None:
                 continue
             if r.get("status") != "ok":
-                out.append(f"| {LABELS.get(arch, arch)} | {_num(r.get('params'))} | {T:,} | "
+                out.append(f"| {LABELS.get(arch, arch)} | {fmt_num(r.get('params'))} | {T:,} | "
                            f"{r.get('batch', '–')} x {r.get('micro_batch', '–')} | **{r['status'].upper()}** | – | – | – |")
                 continue
             ratio = f"{r['tokens_per_s'] / gpt['tokens_per_s']:.2f}x" if gpt else "–"
@@ -320,9 +112,9 @@ def table_generate(data) -> List[str]:
            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for b in sorted({r["batch"] for r in rows if "batch" in r}):
         for ctx in sorted({r["context"] for r in rows}):
-            gpt = _find(_ok(rows), arch="gpt", context=ctx, batch=b)
-            for arch in _arch_sorted(r["arch"] for r in rows):
-                r = _find(rows, arch=arch, context=ctx, batch=b)
+            gpt = find_row(ok_rows(rows), arch="gpt", context=ctx, batch=b)
+            for arch in arch_sorted(r["arch"] for r in rows):
+                r = find_row(rows, arch=arch, context=ctx, batch=b)
                 if r is None:
                     continue
                 if r.get("status") != "ok":
@@ -333,7 +125,7 @@ def table_generate(data) -> List[str]:
                 ratio = f"{r['decode_tokens_per_s'] / gpt['decode_tokens_per_s']:.2f}x" if gpt else "–"
                 out.append(f"| {LABELS.get(arch, arch)} | {b} | {ctx:,} | {r['decode_tokens_per_s']:,.1f} | "
                            f"{r['token_ms']:.2f} | {r['state_mib']:,.2f} | "
-                           f"{_num(r.get('state_storage_after_prefill_mib'), ',.1f')} | {_num(peak)} | "
+                           f"{fmt_num(r.get('state_storage_after_prefill_mib'), ',.1f')} | {fmt_num(peak)} | "
                            f"{r['prefill_tokens_per_s']:,.0f} | {ratio} |")
     unrun = [r for r in rows if "batch" not in r]  # workers stopped before their batch started (time budget)
     if unrun:
@@ -345,7 +137,7 @@ def table_generate(data) -> List[str]:
 
 def table_quality(data) -> List[str]:
     summary = quality_summary(data["runs"])
-    archs = _arch_sorted(summary)
+    archs = arch_sorted(summary)
     params = {}
     for r in data["runs"]:
         if r.get("params"):
@@ -365,7 +157,7 @@ def table_quality(data) -> List[str]:
                 continue
             n = max(n, s["n"])
             cells.append(f"{s['ppl_mean']:.1f} ({s['ppl_min']:.1f}–{s['ppl_max']:.1f})")
-        out.append(f"| {LABELS.get(arch, arch)} | {_num(params.get(arch))} | {n} | " + " | ".join(cells) + " |")
+        out.append(f"| {LABELS.get(arch, arch)} | {fmt_num(params.get(arch))} | {n} | " + " | ".join(cells) + " |")
     out += ["", "Held-out loss (nats/token), mean ± standard deviation over the seeds:", "",
             head.replace("| params | seeds ", ""), "|---|" + "---:|" * len(cols)]
     for arch in archs:
@@ -391,9 +183,9 @@ def goals(results) -> List[Tuple[str, str, str]]:
         if tp is None:
             out.append((goal, "–", missing.format("throughput")))
             continue
-        gpt = _find(tp["rows"], arch="gpt", T=T)
+        gpt = find_row(tp["rows"], arch="gpt", T=T)
         for arch in ("mmrec", "mmrec-linear"):
-            r = _find(tp["rows"], arch=arch, T=T)
+            r = find_row(tp["rows"], arch=arch, T=T)
             if r is None or gpt is None:
                 continue
             label = goal.replace("MM-Rec", LABELS[arch])
@@ -415,14 +207,14 @@ def goals(results) -> List[Tuple[str, str, str]]:
         out.append((goal_mem, "–", missing.format("throughput")))
         out.append((goal_speed, "–", missing.format("throughput")))
         return out
-    rows = _ok(gen["rows"])
+    rows = ok_rows(gen["rows"])
     b = min((r["batch"] for r in rows if "batch" in r), default=1)
     mm = sorted((r["context"], r) for r in rows if r["arch"] == "mmrec" and r.get("batch") == b)
     if len(mm) >= 2:
         (c0, r0), (c1, r1) = mm[0], mm[-1]
         state_ratio = r1["state_mib"] / r0["state_mib"]
         peak_ratio = r1["decode_peak_mib"] / r0["decode_peak_mib"]
-        gpt0, gpt1 = _find(rows, arch="gpt", context=c0, batch=b), _find(rows, arch="gpt", context=c1, batch=b)
+        gpt0, gpt1 = find_row(rows, arch="gpt", context=c0, batch=b), find_row(rows, arch="gpt", context=c1, batch=b)
         contrast = (f"; GPT KV cache {gpt0['state_mib']:,.1f} -> {gpt1['state_mib']:,.1f} MiB"
                     if gpt0 and gpt1 else "")
         measured = (f"B={b}: state {r0['state_mib']:.2f} MiB at {c0:,} and {r1['state_mib']:.2f} MiB at {c1:,}; "
@@ -433,8 +225,8 @@ def goals(results) -> List[Tuple[str, str, str]]:
     else:
         out.append((goal_mem, "–", "not measured (fewer than two MM-Rec contexts ran)"))
     for batch in sorted({r["batch"] for r in gen["rows"] if "batch" in r}):
-        r = _find(gen["rows"], arch="mmrec", context=65536, batch=batch)
-        g = _find(gen["rows"], arch="gpt", context=65536, batch=batch)
+        r = find_row(gen["rows"], arch="mmrec", context=65536, batch=batch)
+        g = find_row(gen["rows"], arch="gpt", context=65536, batch=batch)
         label = goal_speed + f" (B={batch})"
         if r is None or g is None:
             out.append((label, "–", "not measured (no 65,536 row)"))
@@ -485,15 +277,15 @@ def cpu_summary(results) -> List[str]:
     if tp is not None:
         parts = []
         for T in sorted({r["T"] for r in tp["rows"]}):
-            m, g = _find(_ok(tp["rows"]), arch="mmrec", T=T), _find(_ok(tp["rows"]), arch="gpt", T=T)
+            m, g = find_row(ok_rows(tp["rows"]), arch="mmrec", T=T), find_row(ok_rows(tp["rows"]), arch="gpt", T=T)
             if m and g:
                 parts.append(f"{m['tokens_per_s'] / g['tokens_per_s']:.2f}x at T={T:,}")
         if parts:
             out.append("- training tokens/s, MM-Rec / GPT: " + ", ".join(parts))
     if gen is not None:
-        rows = _ok(gen["rows"])
+        rows = ok_rows(gen["rows"])
         top = max((r["context"] for r in rows), default=None)
-        m, g = _find(rows, arch="mmrec", context=top, batch=1), _find(rows, arch="gpt", context=top, batch=1)
+        m, g = find_row(rows, arch="mmrec", context=top, batch=1), find_row(rows, arch="gpt", context=top, batch=1)
         if m and g:
             out.append(f"- decode tokens/s at {top:,} context, MM-Rec / GPT: "
                        f"{m['decode_tokens_per_s'] / g['decode_tokens_per_s']:.2f}x "
@@ -611,7 +403,7 @@ def write_doc(results, md: Path, img: Path) -> str:
             s = tp["settings"]
             add(f"### Training throughput ({DEVICE_NAMES[dev]})")
             add("")
-            add(f"`{tp['command']}` ({_machine(tp)}). `{s['preset']}` size, {s['dtype']}"
+            add(f"`{tp['command']}` ({describe_machine(tp)}). `{s['preset']}` size, {s['dtype']}"
                 f"{' autocast' if s['dtype'] == 'bf16' else ''}; {s['tokens_per_step']:,} tokens per optimizer step "
                 f"(rows = tokens / T) in micro-batches of {s['micro_tokens']:,} tokens; one step = forward, "
                 f"backward, gradient clipping and AdamW, as in the trainer; median of up to {s['steps']} timed steps "
@@ -628,7 +420,7 @@ def write_doc(results, md: Path, img: Path) -> str:
             s = gen["settings"][0]
             add(f"### Generation ({DEVICE_NAMES[dev]})")
             add("")
-            add(f"`{gen['command']}` ({_machine(gen)}). `{s['preset']}` size, weights and state in {s['dtype']}. A "
+            add(f"`{gen['command']}` ({describe_machine(gen)}). `{s['preset']}` size, weights and state in {s['dtype']}. A "
                 f"random context is prefilled in chunks of {s['prefill_chunk']:,} tokens through each model's state "
                 f"(MM-Rec's and the LSTM's constant-size state; the GPT's KV cache, allocated once for the context "
                 f"plus the generated tokens), then {s['warmup_tokens']} + {s['new_tokens']} tokens are decoded "
@@ -652,7 +444,7 @@ def write_doc(results, md: Path, img: Path) -> str:
             s = q["settings"]
             add(f"### Quality ({DEVICE_NAMES[dev]})")
             add("")
-            add(f"`{q['command']}` ({_machine(q)}). Per arch and seed, the full three-stage pipeline of the "
+            add(f"`{q['command']}` ({describe_machine(q)}). Per arch and seed, the full three-stage pipeline of the "
                 f"trainer (`bench/train_baseline.py --arch ...`, i.e. `python -m mmrec_model.train` with the "
                 f"model swapped): same data, tokenizer (trained per run with the same settings), optimizer, schedule "
                 f"and batches for every arch at the same seed. Settings: `--preset {s['preset']}` and "
