@@ -44,6 +44,11 @@ class MMRecState:
         mode="reduce-overhead") overwrites the outputs of the one before it."""
         return MMRecState([s.map(lambda x: x.detach().clone()) for s in self.layers], self.position)
 
+    def at_position(self, position: int) -> "MMRecState":
+        """The same tensors with `position` tokens counted as consumed. The model reads only position % chunk_len,
+        so a position moved by a multiple of chunk_len gives the same outputs."""
+        return MMRecState(self.layers, position)
+
     def to(self, *args, **kwargs) -> "MMRecState":
         """Tensor.to on every tensor; chunk sums keep their float32/float64 accumulation dtype."""
         def move(x: Tensor) -> Tensor:

@@ -190,3 +190,33 @@ def test_cuda_graphs_only_for_single_process_cuda(tmp_path, monkeypatch, tiny_co
     assert _run(["--config", tiny_config, "--data-dir", small_data, "--max-steps", 1, "--out", tmp_path / "run",
                  "--compile", "on", "--compile-mode", "reduce-overhead"] + PRETRAIN) == 0
     assert modes == [None]
+
+
+def test_compiled_tbptt_step_sees_a_bounded_position(tmp_path, monkeypatch, tiny_config, small_data):
+    """CUDA graphs (torch.compile mode="reduce-overhead") record one graph per value of each int input of the
+    compiled step. With truncated BPTT the carried position grows every step, so the step must see only the
+    position within its chunk: here every int input of the compiled graphs takes one value after the first steps,
+    and the losses equal those of the eager run."""
+    import torch
+
+    int_inputs = []
+
+    def recording_backend(gm, example_inputs):
+        compiled = torch._dynamo.backends.debugging.aot_eager(gm, example_inputs)
+
+        def run(*args):
+            int_inputs.append(tuple(a for a in args if isinstance(a, int)))
+            return compiled(*args)
+        return run
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: real_compile(module, backend=recording_backend))
+    torch._dynamo.reset()
+    args = ["--config", tiny_config, "--data-dir", small_data, "--max-steps", 6] + PRETRAIN
+    assert _run(args + ["--out", tmp_path / "compiled", "--compile", "on"]) == 0
+    assert _run(args + ["--out", tmp_path / "eager", "--compile", "off"]) == 0
+    assert len(int_inputs) == 6
+    assert len(set(int_inputs[2:])) == 1, f"int inputs of the compiled step per step: {int_inputs}"
+    compiled_losses = [r["loss"] for r in read_metrics(tmp_path / "compiled")]
+    eager_losses = [r["loss"] for r in read_metrics(tmp_path / "eager")]
+    assert compiled_losses == pytest.approx(eager_losses, rel=1e-4)

@@ -175,6 +175,12 @@ def run_stage(stage: str, tcfg: TrainConfig, rt: Runtime, out: Path, tok: Tokeni
         for i, mb in enumerate(micro_batches):
             x, y = mb.x.to(rt.device), mb.y.to(rt.device)
             carried = lane_states.get(mb.lane) if tbptt and not mb.reset else None
+            # a compiled step takes the carried position as an int input, and CUDA graphs record a graph per value
+            # of each int input: hand it the position within its chunk (all the model reads), add the rest after
+            base = 0
+            if carried is not None and net is not eager_model:
+                base = carried.position - carried.position % length_multiple
+                carried = carried.at_position(carried.position - base)
             last = i == len(micro_batches) - 1
             sync = contextlib.nullcontext() if (last or not rt.distributed) else net.no_sync()
             with sync:
@@ -188,7 +194,8 @@ def run_stage(stage: str, tcfg: TrainConfig, rt: Runtime, out: Path, tok: Tokeni
             if in_graphs and i == 0 and not last:
                 own_gradients(params)
             if tbptt:
-                new_lanes[mb.lane] = new_state.copy() if graphs else new_state.detach()
+                kept = new_state.copy() if graphs else new_state.detach()
+                new_lanes[mb.lane] = kept.at_position(kept.position + base)
             loss_sum += loss.detach().double()
             step_tokens += x.numel()
         return loss_sum, step_tokens, new_lanes
