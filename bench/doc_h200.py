@@ -86,17 +86,18 @@ def training_tables() -> List[str]:
         out += [f"Training, `base`, bf16 autocast, {title}, forward + backward + AdamW, median of the timed steps "
                 f"(up to {data['settings']['steps']}; a row stops after 2 once {_row_clock(data['settings'])}) "
                 f"({_command(run)}; `{data['command'].replace('/tmp/o/', '')}`):",
-                "", "| arch | T | tokens/s | step (s) | timed steps | peak KiB per token | vs GPT at that T |",
-                "|---|---:|---:|---:|---:|---:|---:|"]
+                "", "| arch | params (M) | T | tokens/s | step (s) | timed steps | peak KiB per token | vs GPT at that T |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in sorted(rows, key=lambda r: r["T"]):
             gpt = next((g for g in rows if g["arch"] == "gpt" and g["T"] == r["T"]), None)
             ratio = f"{r['tokens_per_s'] / gpt['tokens_per_s']:.2f}x" if gpt else "–"
-            out.append(f"| {labels.get(r['arch'], r['arch'])} | {r['T']:,} | {r['tokens_per_s']:,.0f} | "
+            params = f"{r['params'] / 1e6:.1f}" if r.get("params") else "–"
+            out.append(f"| {labels.get(r['arch'], r['arch'])} | {params} | {r['T']:,} | {r['tokens_per_s']:,.0f} | "
                        f"{r['step_s']:.3f} | {r.get('timed_steps', '–')} | {r['peak_kib_per_token']:,.0f} | {ratio} |")
         asked = data["command"].split("--archs ")[1].split()[0].split(",") if "--archs " in data["command"] else []
         missing = [a for a in asked if a not in {r["arch"] for r in rows}]
         if missing:
-            out.append(f"| {', '.join(LABELS.get(a, a) for a in missing)} | | not finished in the run's time budget "
+            out.append(f"| {', '.join(LABELS.get(a, a) for a in missing)} | | | not finished in the run's time budget "
                        "(compiling) | | | | |")
         out.append("")
     return out
