@@ -127,7 +127,9 @@ CASES = {
     "scan": [("B=8 T=4096 D=1024", scan_case, (8, 4096, 1024)), ("B=1 T=65536 D=256", scan_case, (1, 65536, 256))],
     "recurrence": [("B=16 T=1024 D=1024 H=8", recurrence_case, (16, 1024, 1024, 8))],
     "mdi": [("N=4 B=8 T=4096 D=1024", mdi_case, (4, 8, 4096, 1024))],
-    "memory_update": [("B=16 NC=256 S=64 D=1024", memory_update_case, (16, 256, 64, 1024))],
+    # the second: the base model's slots at T=16,384, B=1 (chunk_len 64, 16 slots, d_model 768)
+    "memory_update": [("B=16 NC=256 S=64 D=1024", memory_update_case, (16, 256, 64, 1024)),
+                      ("B=1 NC=256 S=16 D=768", memory_update_case, (1, 256, 16, 768))],
 }
 OPS = {"scan": mmrec_ops.scan, "recurrence": mmrec_ops.recurrence, "mdi": mmrec_ops.mdi,
        "memory_update": mmrec_ops.memory_update}
