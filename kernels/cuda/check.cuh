@@ -37,6 +37,12 @@ template <> __device__ __forceinline__ float cvt<float>(float x) { return x; }
 template <> __device__ __forceinline__ __nv_bfloat16 cvt<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 template <> __device__ __forceinline__ __half cvt<__half>(float x) { return __float2half_rn(x); }
 
+// Two adjacent 16-bit elements (4-byte aligned) <- float2.
+__device__ __forceinline__ void store2(__nv_bfloat16* p, float2 x) {
+  *reinterpret_cast<__nv_bfloat162*>(p) = __float22bfloat162_rn(x);
+}
+__device__ __forceinline__ void store2(__half* p, float2 x) { *reinterpret_cast<__half2*>(p) = __float22half2_rn(x); }
+
 __device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 __device__ __forceinline__ double sigmoid(double x) { return 1.0 / (1.0 + exp(-x)); }
 
