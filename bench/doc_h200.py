@@ -13,7 +13,14 @@ from typing import Any, Callable, Dict, List, Optional
 
 DEVICE = Path(__file__).resolve().parent / "results" / "device"
 # (title, run directory, JSON) of each table, newest measurement of each kind
-TRAIN_RUNS = [("compiled with CUDA graphs (mode reduce-overhead, the trainer's default on CUDA), B=16 T=1,024",
+TRAIN_RUNS = [("compiled with CUDA graphs (mode reduce-overhead, the trainer's default on CUDA), B=16 T=1,024 (run m's "
+               "third call, `followups.sh`)", "run-2026-12-05-h200-m", "throughput_1024.json"),
+              ("compiled with CUDA graphs, B=1 T=16,384, MM-Rec linear and the GPT after memory_update's prefetch, "
+               "column pairs and one-reduction backward", "run-2026-12-05-h200-m", "throughput_cuda_graphs_16384.json"),
+              ("compiled with CUDA graphs, B=1 T=16,384, the nonlinear variant alone (run m's second call, "
+               "`followups.sh`, on the same warm machine right after the GPT row above)", "run-2026-12-05-h200-m",
+               "throughput_nonlinear_16384.json"),
+              ("compiled with CUDA graphs (mode reduce-overhead, the trainer's default on CUDA), B=16 T=1,024",
                "run-2026-12-04-h200-h", "throughput_cuda_graphs_1024.json"),
               ("compiled with CUDA graphs (mode reduce-overhead), B=1 T=16,384 (the nonlinear row did not compile in "
                "its worker's 80 s)", "run-2026-12-04-h200-i", "throughput_cuda_graphs_16384.json"),
@@ -37,8 +44,8 @@ TRAIN_RUNS = [("compiled with CUDA graphs (mode reduce-overhead, the trainer's d
                "throughput_cuda_compiled_readpath.json"),
               ("eager, T=1,024 (B=16) and 16,384 (B=1)", "run-2026-12-01-h200-h", "throughput_cuda_eager_readpath.json")]
 # The runs of the training plot, newest first: each bar from the first of them that has its (arch, T), its ratio to
-# the GPT of that same run
-PLOT_RUNS = ("run-2026-12-04-h200-h", "run-2026-12-04-h200-i", "run-2026-12-04-h200-d")
+# the GPT of that same run (run m: the GPT's T=16,384 row is from the call before the nonlinear row's)
+PLOT_RUNS = ("run-2026-12-05-h200-m",)
 # Rows whose arch name meant another read path when the run was made (run h: the default read on CUDA was unfused)
 RUN_LABELS = {"run-2026-12-01-h200-h": {"mmrec": "MM-Rec, unfused read", "mmrec-linear": "MM-Rec (linear), unfused read"},
               "run-2026-12-02-h200-q": {"mmrec": "MM-Rec (fused read)", "mmrec-linear": "MM-Rec (linear, fused read)"}}
@@ -196,6 +203,11 @@ def _save(plt, fig, path: Path, md: Path) -> str:
     return os.path.relpath(path, md.parent).replace(os.sep, "/")
 
 
+def _runs_label(rows: List[Dict[str, Any]]) -> str:
+    letters = list(dict.fromkeys(r["run"].rsplit("-", 1)[-1] for r in rows))
+    return f"run{'s' if len(letters) > 1 else ''} {', '.join(letters)}"
+
+
 def training_plot(md: Path, img: Path) -> List[str]:
     """Bars of compiled training tokens/s per arch at each T from the first of the PLOT_RUNS that has it, the ratio
     to the GPT of that run above each bar; docs/img/training_h200.png (the README shows it too)."""
@@ -225,7 +237,7 @@ def training_plot(md: Path, img: Path) -> List[str]:
     ax.set_xticks(range(len(sizes)), [f"T={T:,} (B={batch[T]})" for T in sizes])
     ax.set_ylabel("training tokens/s (thousands)")
     ax.set_title(f"H200, base, bf16, compiled, {rows[0]['tokens_per_step']:,} tokens per step ("
-                 f"runs {', '.join(dict.fromkeys(r['run'].rsplit('-', 1)[-1] for r in rows))})", fontsize=9)
+                 f"{_runs_label(rows)})", fontsize=9)
     ax.legend(fontsize=7)
     ax.grid(axis="y", alpha=0.3)
     return [f"![compiled training throughput, H200]({_save(plt, fig, img / 'training_h200.png', md)})", ""]
