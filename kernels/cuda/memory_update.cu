@@ -207,7 +207,7 @@ int launch_rows(K1 kernel_smem, K2 kernel_global, size_t fixed_bytes, int64_t B,
 namespace cg = cooperative_groups;
 constexpr int kSlotsMax = 8, kClusterMax = 8;
 // Columns per thread whose next-chunk value and key the forward holds in registers (D <= 2,048 entirely).
-constexpr int kPrefetch = 8;
+[[maybe_unused]] constexpr int kPrefetch = 8;
 
 // Cluster shape for S slots: SP = ceil(S / 8) slots per block, CL = ceil(S / SP) blocks (none left empty).
 struct ClusterShape {
