@@ -179,8 +179,9 @@ def run_stage(stage: str, tcfg: TrainConfig, rt: Runtime, out: Path, tok: Tokeni
             # of each int input: hand it the position within its chunk (all the model reads), add the rest after
             base = 0
             if carried is not None and net is not eager_model:
-                base = carried.position - carried.position % length_multiple
-                carried = carried.at_position(carried.position - base)
+                inner = carried.position % length_multiple
+                base = carried.position - inner
+                carried = carried.at_position(inner)
             last = i == len(micro_batches) - 1
             sync = contextlib.nullcontext() if (last or not rt.distributed) else net.no_sync()
             with sync:
