@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The one device command of H200 run n (2026-12-05, afternoon), from the repository root: OUT=/dir bash <this file>,
+# with main at this commit, the wheels of pydantic 2.14.4, pydantic-core 2.50.5 (cp312), typing-inspection 0.4.5,
+# annotated-types 0.8.0 and typing_extensions 4.16.0 in .whl/, and two variants of kernels/cuda/scan.cu in
+# .devsnap/: stream32 and stream24 (the 16-bit forward on the streaming kernel, one channel per lane, 32 or 24 steps
+# per thread: 177 / 127 registers). Builds the three as wheels side by side; bench_cuda --ops scan on each; the op
+# suite on cuda on main (the first full run after the memory_update commits of run m); the launchers of the compiled
+# linear step's copy kernels (bench/profile_kernels.py); the scan self-check, op suite and sanitizers on both variants.
+set -u
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+  || exit 1
+O=/tmp/o; rm -rf "$O" /tmp/v /tmp/w /tmp/p; mkdir -p "$O" /tmp/v
+cp -r . /tmp/v/main; rm -rf /tmp/v/main/.devsnap /tmp/v/main/.whl
+VARS="stream32 stream24"
+for v in $VARS; do cp -r /tmp/v/main /tmp/v/$v && cp .devsnap/$v/scan.cu /tmp/v/$v/kernels/cuda/; done
+export PYTHONUNBUFFERED=1 MMREC_CUDA=ON DEADLINE_S=${DEADLINE_S:-570} SNAPSHOT="$OUT/n.tgz" MMREC_HYPOTHESIS_EXAMPLES=4
+SAN="compute-sanitizer --error-exitcode 9 --print-limit 20 --target-processes all"
+command -v compute-sanitizer >/dev/null 2>&1 || SAN="/usr/local/cuda/bin/$SAN"
+source bench/device_deadline.sh
+WHEEL="python3 -m pip wheel --no-build-isolation --no-deps --config-settings=cmake.define.CMAKE_CUDA_ARCHITECTURES=90"
+builds() {
+  for v in main $VARS; do $WHEEL -w /tmp/w/$v /tmp/v/$v > "$O/build_$v.log" 2>&1 & done; wait
+  for v in main $VARS; do python3 -m pip install -q --no-deps --target /tmp/p/$v /tmp/w/$v/*.whl; done
+  ls /tmp/p/*/mmrec_ops/_C*.so
+}
+run builds 170 bash -c "$(declare -f builds); O=$O WHEEL='$WHEEL' VARS='$VARS'; builds"
+for v in main $VARS; do
+  run bench_$v 60 env PYTHONPATH=/tmp/p/$v:/tmp/site python3 bench/bench_cuda.py --no-ref --ops scan \
+    --out "$O/bench_$v.json"
+done
+PT="python3 -m pytest -q -p no:cacheprovider -rs -o faulthandler_timeout=60"
+run optests_cuda 120 env PYTHONPATH=/tmp/p/main:/tmp/site $PT tests/ops -k "cuda and not triton"
+run launchers 150 env PYTHONPATH=/tmp/p/main:/tmp/site python3 bench/profile_kernels.py --arch mmrec-linear \
+  --T 1024 --batch 16 --compile on --match copy --out "$O/launchers_linear_1024.json"
+for v in $VARS; do
+  P="env PYTHONPATH=/tmp/p/$v:/tmp/site"
+  run check_$v 30 $P python3 bench/check_cuda.py --ops scan
+  run tests_$v 60 $P $PT tests/ops/test_scan.py -k "cuda and not triton"
+  run memcheck_$v 40 $P $SAN --tool memcheck python3 bench/check_cuda.py --small --ops scan
+  run racecheck_$v 40 $P $SAN --tool racecheck python3 bench/check_cuda.py --small --ops scan
+done
+cat "$O/summary.log"; for v in main $VARS; do echo "== $v"; grep -A14 "^op " "$O/bench_$v.log"; done
+tail -n 2 "$O"/optests_*.log "$O"/check_*.log "$O"/tests_*.log "$O"/memcheck_*.log "$O"/racecheck_*.log
+head -c 5000 "$O/launchers.log"
