@@ -3,16 +3,19 @@
 # with main at this commit, the wheels of pydantic 2.14.4, pydantic-core 2.50.5 (cp312), typing-inspection 0.4.5,
 # annotated-types 0.8.0 and typing_extensions 4.16.0 in .whl/, and two variants of kernels/cuda/scan.cu in
 # .devsnap/: stream32 and stream24 (the 16-bit forward on the streaming kernel, one channel per lane, 32 or 24 steps
-# per thread: 177 / 127 registers). Builds the three as wheels side by side; bench_cuda --ops scan on each; the op
-# suite on cuda on main (the first full run after the memory_update commits of run m); the launchers of the compiled
-# linear step's copy kernels (bench/profile_kernels.py); the scan self-check, op suite and sanitizers on both variants.
+# per thread: 177 / 127 registers), and mu_refactor (kernels/cuda/memory_update.cu with one block_sum_slots for one
+# or two vectors; same arithmetic and order). Builds the four as wheels side by side; bench_cuda --ops scan on main
+# and the scan variants, --ops memory_update on main and mu_refactor; the op suite on cuda on main (the first full
+# run after the memory_update commits of run m); the launchers of the compiled linear step's copy kernels
+# (bench/profile_kernels.py); self-check, op suite and sanitizers of the changed op on each variant.
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
   || exit 1
 O=/tmp/o; rm -rf "$O" /tmp/v /tmp/w /tmp/p; mkdir -p "$O" /tmp/v
 cp -r . /tmp/v/main; rm -rf /tmp/v/main/.devsnap /tmp/v/main/.whl
-VARS="stream32 stream24"
-for v in $VARS; do cp -r /tmp/v/main /tmp/v/$v && cp .devsnap/$v/scan.cu /tmp/v/$v/kernels/cuda/; done
+VARS="stream32 stream24 mu_refactor"
+for v in $VARS; do cp -r /tmp/v/main /tmp/v/$v && cp .devsnap/$v/*.cu /tmp/v/$v/kernels/cuda/; done
+opof() { case $1 in mu_*) echo memory_update;; *) echo scan;; esac; }
 export PYTHONUNBUFFERED=1 MMREC_CUDA=ON DEADLINE_S=${DEADLINE_S:-570} SNAPSHOT="$OUT/n.tgz" MMREC_HYPOTHESIS_EXAMPLES=4
 SAN="compute-sanitizer --error-exitcode 9 --print-limit 20 --target-processes all"
 command -v compute-sanitizer >/dev/null 2>&1 || SAN="/usr/local/cuda/bin/$SAN"
@@ -25,7 +28,8 @@ builds() {
 }
 run builds 170 bash -c "$(declare -f builds); O=$O WHEEL='$WHEEL' VARS='$VARS'; builds"
 for v in main $VARS; do
-  run bench_$v 60 env PYTHONPATH=/tmp/p/$v:/tmp/site python3 bench/bench_cuda.py --no-ref --ops scan \
+  ops=scan; [ $v = main ] && ops=scan,memory_update; [ $v = mu_refactor ] && ops=memory_update
+  run bench_$v 60 env PYTHONPATH=/tmp/p/$v:/tmp/site python3 bench/bench_cuda.py --no-ref --ops $ops \
     --out "$O/bench_$v.json"
 done
 PT="python3 -m pytest -q -p no:cacheprovider -rs -o faulthandler_timeout=60"
@@ -34,11 +38,12 @@ run launchers 150 env PYTHONPATH=/tmp/p/main:/tmp/site python3 bench/profile_ker
   --T 1024 --batch 16 --compile on --match copy --out "$O/launchers_linear_1024.json"
 for v in $VARS; do
   P="env PYTHONPATH=/tmp/p/$v:/tmp/site"
-  run check_$v 30 $P python3 bench/check_cuda.py --ops scan
-  run tests_$v 60 $P $PT tests/ops/test_scan.py -k "cuda and not triton"
-  run memcheck_$v 40 $P $SAN --tool memcheck python3 bench/check_cuda.py --small --ops scan
-  run racecheck_$v 40 $P $SAN --tool racecheck python3 bench/check_cuda.py --small --ops scan
+  op=$(opof $v)
+  run check_$v 30 $P python3 bench/check_cuda.py --ops $op
+  run tests_$v 60 $P $PT tests/ops/test_$op.py -k "cuda and not triton"
+  run memcheck_$v 40 $P $SAN --tool memcheck python3 bench/check_cuda.py --small --ops $op
+  run racecheck_$v 50 $P $SAN --tool racecheck python3 bench/check_cuda.py --small --ops $op
 done
-cat "$O/summary.log"; for v in main $VARS; do echo "== $v"; grep -A14 "^op " "$O/bench_$v.log"; done
+cat "$O/summary.log"; for v in main $VARS; do echo "== $v"; grep -A24 "^op " "$O/bench_$v.log"; done
 tail -n 2 "$O"/optests_*.log "$O"/check_*.log "$O"/tests_*.log "$O"/memcheck_*.log "$O"/racecheck_*.log
 head -c 5000 "$O/launchers.log"
