@@ -218,18 +218,27 @@ __host__ __device__ inline ClusterShape cluster_shape(int S) {
   return {sp, (S + sp - 1) / sp};
 }
 
-// Sums x[jj] over the block (warp butterfly, then warps in order) into out[jj] for jj < SP; `part` is
-// [kWarps][kSlotsMax]. Ends with a barrier; out is visible to the whole block.
-template <class A>
-__device__ __forceinline__ void block_sum_slots(A (&x)[kSlotsMax], A* part, A* out, int sp, A scale) {
+// Sums V = 1 or 2 vectors over the block (warp butterfly, then warps in order): out0[jj] = scale0 * sum of x0[jj]
+// and, when V = 2, out1[jj] = sum of x1[jj], for jj < sp; `part` is [kWarps][V][kSlotsMax]. Two vectors cost one
+// barrier, not two. out is written after the barrier: the caller's next barrier (cluster.sync) publishes it.
+template <int V, class A>
+__device__ __forceinline__ void block_sum_slots(A (&x0)[kSlotsMax], A (&x1)[kSlotsMax], A* part, A* out0, A* out1,
+                                                int sp, A scale0) {
+  static_assert(V == 1 || V == 2, "one or two vectors");
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const A s = warp_sum_multi<A, kSlotsMax>(x, lane);
-  if (multi_writer<kSlotsMax>(lane)) part[warp * kSlotsMax + multi_index<kSlotsMax>(lane)] = s;
+  const A s0 = warp_sum_multi<A, kSlotsMax>(x0, lane);
+  const A s1 = V == 2 ? warp_sum_multi<A, kSlotsMax>(x1, lane) : A(0);
+  if (multi_writer<kSlotsMax>(lane)) {
+    part[warp * V * kSlotsMax + multi_index<kSlotsMax>(lane)] = s0;
+    if (V == 2) part[(warp * V + 1) * kSlotsMax + multi_index<kSlotsMax>(lane)] = s1;
+  }
   __syncthreads();
-  if (threadIdx.x < sp) {
+  const int v = threadIdx.x / kSlotsMax, jj = threadIdx.x % kSlotsMax;
+  if (v < V && jj < sp) {
     A t = 0;
-    for (int q = 0; q < kWarps; ++q) t += part[q * kSlotsMax + threadIdx.x];
-    out[threadIdx.x] = t * scale;
+    for (int q = 0; q < kWarps; ++q) t += part[(q * V + v) * kSlotsMax + jj];
+    if (v == 0) out0[jj] = t * scale0;
+    else out1[jj] = t;
   }
 }
 
@@ -293,7 +302,7 @@ __global__ void __launch_bounds__(kThreads) memory_update_fwd_cluster(
   prefetch(0);
   for (int64_t c = 0; c < NC; ++c) {
     A* sc = score + (c & 1) * kSlotsMax;
-    block_sum_slots(dot, part, sc, sr, scale);
+    block_sum_slots<1>(dot, dot, part, sc, static_cast<A*>(nullptr), sr, scale);
     const A st = A(pre_st);
 #pragma unroll
     for (int i = 0; i < kPrefetch; ++i) {  // key_s is free once the dots are summed
@@ -464,23 +473,9 @@ __global__ void __launch_bounds__(kThreads) memory_update_bwd_cluster(
         g[jj] += adj[jj * D + d] * (vd - x);
       }
     }
-    {  // both sums in one block reduction (part: [kWarps][dot | g]): one barrier per chunk instead of three (with
-       // strength loaded ahead, run 2026-12-05 m: bf16 B=1 NC=256 S=16 D=768 forward+backward 1.478 -> 1.416 ms)
-      const int warp = threadIdx.x / 32;
-      const A sum_dot = warp_sum_multi<A, kSlotsMax>(dot, lane), sum_g = warp_sum_multi<A, kSlotsMax>(g, lane);
-      if (multi_writer<kSlotsMax>(lane)) {
-        part[warp * 2 * kSlotsMax + multi_index<kSlotsMax>(lane)] = sum_dot;
-        part[warp * 2 * kSlotsMax + kSlotsMax + multi_index<kSlotsMax>(lane)] = sum_g;
-      }
-      __syncthreads();
-      const int k = threadIdx.x, jj = k % kSlotsMax;
-      if (k < 2 * kSlotsMax && jj < sr) {
-        A t = 0;
-        for (int q = 0; q < kWarps; ++q) t += part[q * 2 * kSlotsMax + k];
-        if (k < kSlotsMax) score[jj] = t * scale;
-        else gsum[jj] = t;
-      }
-    }
+    // both sums in one block reduction: one barrier per chunk instead of three (with strength loaded ahead,
+    // run 2026-12-05 m: bf16 B=1 NC=256 S=16 D=768 forward+backward 1.478 -> 1.416 ms)
+    block_sum_slots<2>(dot, g, part, score, gsum, sr, scale);
     cluster.sync();  // scores and g of chunk c published
     if (threadIdx.x < 32) {  // S <= 64: lane holds slots lane and lane + 32
       const bool u0 = lane < S, u1 = lane + 32 < S;

@@ -382,15 +382,21 @@ template <class T, bool BWD>
 int launch_scan_any(const ScanArgs<T>& p, bool all_aligned, cudaStream_t stream) {
   DeviceLimits lim;
   if (int err = device_limits(&lim)) return err;
-  // float32 only: with 2-byte lanes the streaming kernel measured 0.231 ms for bf16 B=8 T=4096 D=1024 against 0.168
-  // for the chunked one (H100), while float32 went from 0.184 to 0.151 ms. In bf16x2 lanes (64 channels, 16 warps
-  // per block: one block per multiprocessor at 128 registers) it took 0.184 ms against the chunked kernel's 0.157
-  // (H200 runs 2026-12-04 i and g): with one block per multiprocessor each chunk's two barriers idle the SM.
+  // Streaming kernel for float32 (16 steps per thread) and the 16-bit forward (24 steps per thread, 127 registers:
+  // H100 run 2026-12-06 n, bf16 B=8 T=4096 D=1024 forward 0.167 ms on the chunked kernel -> 0.120, float32 0.150;
+  // 32 steps per thread spill nothing at 177 registers but halve the resident warps: 0.156 ms). The 16-bit backward
+  // stays chunked: its h_{t-1} loads double the registers per step.
   const int64_t stream_blocks = (p.B * p.D + 31) / 32;
-  if (std::is_same_v<T, float> && stream_blocks >= lim.sm_count && stream_blocks <= INT_MAX) {
-    scan_stream_kernel<T, 16, BWD><<<unsigned(stream_blocks), kThreads, 0, stream>>>(p);
-    MMREC_CHECK_LAUNCH();
-    return 0;
+  if (stream_blocks >= lim.sm_count && stream_blocks <= INT_MAX) {
+    if constexpr (std::is_same_v<T, float>) {
+      scan_stream_kernel<T, 16, BWD><<<unsigned(stream_blocks), kThreads, 0, stream>>>(p);
+      MMREC_CHECK_LAUNCH();
+      return 0;
+    } else if constexpr (!BWD) {
+      scan_stream_kernel<T, 24, false><<<unsigned(stream_blocks), kThreads, 0, stream>>>(p);
+      MMREC_CHECK_LAUNCH();
+      return 0;
+    }
   }
   if (all_aligned && p.D % 4 == 0) return launch_scan<T, 4, BWD>(p, stream);
   return launch_scan<T, 1, BWD>(p, stream);
