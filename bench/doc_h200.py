@@ -13,7 +13,11 @@ from typing import Any, Callable, Dict, List, Optional
 
 DEVICE = Path(__file__).resolve().parent / "results" / "device"
 # (title, run directory, JSON) of each table, newest measurement of each kind
-TRAIN_RUNS = [("compiled with CUDA graphs (mode reduce-overhead, the trainer's default on CUDA), B=16 T=1,024 (run m's "
+TRAIN_RUNS = [("on an H100 80GB (run o, 2026-12-06, main with the 16-bit scan forward streaming; the other tables are "
+               "H200), compiled with CUDA graphs, B=16 T=1,024", "run-2026-12-06-h100-o", "throughput_1024.json"),
+              ("on an H100 80GB (run o's third call, same machine), compiled with CUDA graphs, B=1 T=16,384",
+               "run-2026-12-06-h100-o", "throughput_16384.json"),
+              ("compiled with CUDA graphs (mode reduce-overhead, the trainer's default on CUDA), B=16 T=1,024 (run m's "
                "third call, `followups.sh`)", "run-2026-12-05-h200-m", "throughput_1024.json"),
               ("compiled with CUDA graphs, B=1 T=16,384, MM-Rec linear and the GPT after memory_update's prefetch, "
                "column pairs and one-reduction backward", "run-2026-12-05-h200-m", "throughput_cuda_graphs_16384.json"),
@@ -290,7 +294,8 @@ def section(md: Path, img: Path, table_quality: Callable[[Dict[str, Any]], List[
             + decode_table_and_plot(md, img))
     if not body:
         return []
-    return ["## H200, 2026-12-01/04: the current kernels (issues 15, 16, 18)", "",
-            "torch 2.11 + CUDA 13 on one NVIDIA H200. The GPU sections further down are the H100 run of "
+    return ["## H200, 2026-12-01/05, and H100 2026-12-06: the current kernels (issues 15, 16, 18)", "",
+            "torch 2.11 + CUDA 13 on one NVIDIA H200, except the first two tables (an H100 80GB lent on 2026-12-06; "
+            "compare ratios to the GPT, not tokens/s, across the two). The GPU sections further down are the H100 run of "
             "2026-11-24 (the issue 8 comparison, before the latency kernels, the compiled training default and the "
             "CUDA-graph decode).", ""] + body
