@@ -387,13 +387,10 @@ int launch_scan_any(const ScanArgs<T>& p, bool all_aligned, cudaStream_t stream)
   // 32 steps per thread spill nothing at 177 registers but halve the resident warps: 0.156 ms). The 16-bit backward
   // stays chunked: its h_{t-1} loads double the registers per step.
   const int64_t stream_blocks = (p.B * p.D + 31) / 32;
-  if (stream_blocks >= lim.sm_count && stream_blocks <= INT_MAX) {
-    if constexpr (std::is_same_v<T, float>) {
-      scan_stream_kernel<T, 16, BWD><<<unsigned(stream_blocks), kThreads, 0, stream>>>(p);
-      MMREC_CHECK_LAUNCH();
-      return 0;
-    } else if constexpr (!BWD) {
-      scan_stream_kernel<T, 24, false><<<unsigned(stream_blocks), kThreads, 0, stream>>>(p);
+  constexpr bool kFloat = std::is_same_v<T, float>;
+  if constexpr (kFloat || !BWD) {
+    if (stream_blocks >= lim.sm_count && stream_blocks <= INT_MAX) {
+      scan_stream_kernel<T, kFloat ? 16 : 24, BWD><<<unsigned(stream_blocks), kThreads, 0, stream>>>(p);
       MMREC_CHECK_LAUNCH();
       return 0;
     }
