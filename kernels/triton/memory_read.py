@@ -153,6 +153,17 @@ def _weights(q, nh, nm, nM, n_ok, s_ok, scale):
 
 
 @triton.jit
+def _token_inputs(q_ptr, h_ptr, v_ptr, mod_ptr, row, ok, cols, d_ok, n, n_ok, N, D, SQ, SV, ACC: tl.constexpr):
+    """q, h, v [BLOCK_DH] and mod [BLOCK_N] of one token (zeros where not ok): the forward loads token t + 1's while
+    it computes token t's."""
+    q = tl.load(q_ptr + row * SQ + cols, mask=d_ok & ok, other=0.0).to(ACC)
+    x_h = tl.load(h_ptr + row * D + cols, mask=d_ok & ok, other=0.0).to(ACC)
+    v = tl.load(v_ptr + row * SV + cols, mask=d_ok & ok, other=0.0).to(ACC)
+    mod = tl.load(mod_ptr + row * N + n, mask=n_ok & ok, other=0.0).to(ACC)
+    return q, x_h, v, mod
+
+
+@triton.jit
 def memory_read_fwd_kernel(q_ptr, h_ptr, v_ptr, mod_ptr, base_ptr, Ms_ptr, entry_ptr, r_ptr, consts_ptr,
                            T, N, D, dh, NS, S, H, k0, C, NC, SQ, SV, SMB, ACC: tl.constexpr,
                            BLOCK_L: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr,
@@ -180,16 +191,17 @@ def memory_read_fwd_kernel(q_ptr, h_ptr, v_ptr, mod_ptr, base_ptr, Ms_ptr, entry
     t0 = c * BLOCK_L
     sc_cur = (k0 + t0) // C
     nM = _slot_tile(Ms_row, sc_cur, NS, S, D, cols, d_ok, j, s_ok, dh, ne, ACC)[0]   # [BLOCK_S, BLOCK_DH]
-    for t in range(t0, tl.minimum(t0 + BLOCK_L, T)):
+    t_end = tl.minimum(t0 + BLOCK_L, T)
+    q, x_h, v, mod = _token_inputs(q_ptr, h_ptr, v_ptr, mod_ptr, bi * T + t0, True, cols, d_ok, n, n_ok, N, D, SQ,
+                                   SV, ACC)
+    for t in range(t0, t_end):
         sc = (k0 + t) // C
         if sc != sc_cur:
             nM = _slot_tile(Ms_row, sc, NS, S, D, cols, d_ok, j, s_ok, dh, ne, ACC)[0]
             sc_cur = sc
         row = bi * T + t
-        q = tl.load(q_ptr + row * SQ + cols, mask=d_ok, other=0.0).to(ACC)                # [BLOCK_DH]
-        x_h = tl.load(h_ptr + row * D + cols, mask=d_ok, other=0.0).to(ACC)
-        v = tl.load(v_ptr + row * SV + cols, mask=d_ok, other=0.0).to(ACC)
-        mod = tl.load(mod_ptr + row * N + n, mask=n_ok, other=0.0).to(ACC)                # [BLOCK_N]
+        q_next, h_next, v_next, mod_next = _token_inputs(q_ptr, h_ptr, v_ptr, mod_ptr, row + 1, t + 1 < t_end, cols,
+                                                         d_ok, n, n_ok, N, D, SQ, SV, ACC)
         g = tl.minimum(tl.maximum(sb * _sig(mod)[:, None], lo), hi)
         m = g * (m - v[None, :]) + v[None, :]
         nh = x_h / tl.sqrt(tl.sum(x_h * x_h, 0) / dh + ne)
@@ -197,6 +209,7 @@ def memory_read_fwd_kernel(q_ptr, h_ptr, v_ptr, mod_ptr, base_ptr, Ms_ptr, entry
         w_h, w_m, w_M = _weights(q, nh, nm, nM, n_ok, s_ok, scale)
         r = w_h * nh + tl.sum(w_m[:, None] * nm, 0) + tl.sum(w_M[:, None] * nM, 0)
         tl.store(r_ptr + row * D + cols, r.to(r_ptr.dtype.element_ty), mask=d_ok)
+        q, x_h, v, mod = q_next, h_next, v_next, mod_next
 
 
 @triton.jit
@@ -250,14 +263,13 @@ def memory_read_bwd_kernel(grad_r_ptr, grad_m_ptr, q_ptr, h_ptr, m_ptr, Ms_ptr, 
     nh, rho_h = _rms_rows(tl.load(h_ptr + td_offs, mask=td_ok, other=0.0).to(ACC), dh, ne)
     s_h = tl.sum(nh * Q, 1) * scale                                                       # [L]
     a_h = tl.sum(nh * G, 1)
-    m_rows = m_ptr + rows * N * D + cols[None, :]                                         # bank 0 of [L, DH]
-    s_m = tl.full([BLOCK_L, BLOCK_N], float("-inf"), ACC)                                # [L, N]
-    a_m = tl.zeros([BLOCK_L, BLOCK_N], ACC)
-    for k in range(N):
-        nm = _rms_rows(tl.load(m_rows + k * D, mask=td_ok, other=0.0).to(ACC), dh, ne)[0]
-        mine = (n == k)[None, :]
-        s_m = tl.where(mine, tl.sum(nm * Q, 1)[:, None] * scale, s_m)
-        a_m = tl.where(mine, tl.sum(nm * G, 1)[:, None], a_m)
+    tnd_offs = (rows * N + n[None, :])[:, :, None] * D + cols[None, None, :]                # [L, N, DH]
+    tnd_ok = t_ok[:, None, None] & n_ok[None, :, None] & d_ok[None, None, :]
+    x_m = tl.load(m_ptr + tnd_offs, mask=tnd_ok, other=0.0).to(ACC)                      # the banks [L, N, DH]
+    rho_m = 1.0 / tl.sqrt(tl.sum(x_m * x_m, 2) / dh + ne)                                 # [L, N]
+    nm = x_m * rho_m[:, :, None]
+    s_m = tl.where(n_ok[None, :], tl.sum(nm * Q[:, None, :], 2) * scale, float("-inf"))   # [L, N]
+    a_m = tl.sum(nm * G[:, None, :], 2)
     sc_tok, sc0, n_sc = _chunk_slots(t, t_ok, k0, C, T, c, BLOCK_L)
     s_M = tl.full([BLOCK_L, BLOCK_S], float("-inf"), ACC)                                # [L, S]
     a_M = tl.zeros([BLOCK_L, BLOCK_S], ACC)
@@ -277,17 +289,14 @@ def memory_read_bwd_kernel(grad_r_ptr, grad_m_ptr, q_ptr, h_ptr, m_ptr, Ms_ptr, 
     dq = ds_h[:, None] * nh                                                               # [L, DH]
     dn_h = w_h[:, None] * G + ds_h[:, None] * Q
     tl.store(dh_ptr + td_offs, _dx_rows(dn_h, nh, rho_h, dh).to(dh_ptr.dtype.element_ty), mask=td_ok)
-    dxm_rows = dxm_ptr + rows * N * D + cols[None, :]
-    for k in range(N):
-        nm, rho_m = _rms_rows(tl.load(m_rows + k * D, mask=td_ok, other=0.0).to(ACC), dh, ne)
-        mine = (n == k)[None, :]
-        w_k, ds_k = tl.sum(tl.where(mine, w_m, 0.0), 1), tl.sum(tl.where(mine, ds_m, 0.0), 1)   # [L]
-        dq += ds_k[:, None] * nm
-        dx_m = _dx_rows(w_k[:, None] * G + ds_k[:, None] * Q, nm, rho_m, dh)
-        if HAS_GM:
-            gm = tl.load(grad_m_ptr + (bi * N + k) * D + cols, mask=d_ok, other=0.0).to(ACC)   # [DH]
-            dx_m += tl.where((t == T - 1)[:, None], gm[None, :], 0.0)
-        tl.store(dxm_rows + k * D, dx_m.to(dxm_ptr.dtype.element_ty), mask=td_ok)
+    dq += tl.sum(ds_m[:, :, None] * nm, 1)
+    dn_m = w_m[:, :, None] * G[:, None, :] + ds_m[:, :, None] * Q[:, None, :]             # [L, N, DH]
+    dx_m = rho_m[:, :, None] * (dn_m - nm * (tl.sum(dn_m * nm, 2) / dh)[:, :, None])
+    if HAS_GM:
+        gm = tl.load(grad_m_ptr + (bi * N + n[:, None]) * D + cols[None, :], mask=n_ok[:, None] & d_ok[None, :],
+                     other=0.0).to(ACC)                                                   # [N, DH]
+        dx_m += tl.where((t == T - 1)[:, None, None], gm[None, :, :], 0.0)
+    tl.store(dxm_ptr + tnd_offs, dx_m.to(dxm_ptr.dtype.element_ty), mask=tnd_ok)
     part = dms_part_ptr + ((bi * NC + c) * J * S + j[:, None]) * D + cols[None, :]       # [S, DH]
     for jj in range(n_sc):
         nM, rho_M = _slot_tile(Ms_row, sc0 + jj, NS, S, D, cols, d_ok, j, s_ok, dh, ne, ACC)
@@ -313,14 +322,34 @@ def carry_map_kernel(dxm_ptr, mod_ptr, base_ptr, consts_ptr, ta_ptr, tx_ptr, T, 
                                                                  D, ACC, BLOCK_N, BLOCK_C)
     g_prod = tl.full([BLOCK_N, BLOCK_C], 1.0, ACC)
     carry = tl.zeros([BLOCK_N, BLOCK_C], ACC)
-    for t in range(c * BLOCK_L, tl.minimum(c * BLOCK_L + BLOCK_L, T)):
-        row = bi * T + t
-        mod = tl.load(mod_ptr + row * N + n, mask=n_ok, other=0.0).to(ACC)                # [BLOCK_N]
+    t_end = tl.minimum(c * BLOCK_L + BLOCK_L, T)
+    mod = tl.load(mod_ptr + (bi * T + c * BLOCK_L) * N + n, mask=n_ok, other=0.0).to(ACC)   # [BLOCK_N]
+    dx = tl.load(dxm_ptr + (bi * T + c * BLOCK_L) * N * D + nd_offs, mask=nd_ok, other=0.0).to(ACC)
+    for t in range(c * BLOCK_L, t_end):
+        row = bi * T + t + 1                                   # token t + 1's loads in flight during token t's math
+        mod_next = tl.load(mod_ptr + row * N + n, mask=n_ok & (t + 1 < t_end), other=0.0).to(ACC)
+        dx_next = tl.load(dxm_ptr + row * N * D + nd_offs, mask=nd_ok & (t + 1 < t_end), other=0.0).to(ACC)
         g_prod *= tl.minimum(tl.maximum(sb * _sig(mod)[:, None], lo), hi)
-        carry += g_prod * tl.load(dxm_ptr + row * N * D + nd_offs, mask=nd_ok, other=0.0).to(ACC)
+        carry += g_prod * dx
+        mod, dx = mod_next, dx_next
     rev = (bi * NC + NC - 1 - c) * N * D + nd_offs
     tl.store(ta_ptr + rev, g_prod, mask=nd_ok)
     tl.store(tx_ptr + rev, carry, mask=nd_ok)
+
+
+@triton.jit
+def _bank_bwd_inputs(dxm_ptr, mod_ptr, v_ptr, m0_ptr, m_ptr, bi, t, ok, T, N, D, SV, n, n_ok, cols, c_ok, nd_ok,
+                     nd_offs, HAS_M0: tl.constexpr, ACC: tl.constexpr):
+    """Token t's dx [BLOCK_N, BLOCK_C], mod [BLOCK_N], v [BLOCK_C] and m_{t-1} (m0 at t = 0) for bank_bwd_kernel,
+    zeros where not ok: it loads token t - 1's while it computes token t's."""
+    row = bi * T + t
+    dx = tl.load(dxm_ptr + row * N * D + nd_offs, mask=nd_ok & ok, other=0.0).to(ACC)
+    mod = tl.load(mod_ptr + row * N + n, mask=n_ok & ok, other=0.0).to(ACC)
+    v = tl.load(v_ptr + row * SV + cols, mask=c_ok & ok, other=0.0).to(ACC)
+    m_prev = tl.load(m_ptr + (row - 1) * N * D + nd_offs, mask=nd_ok & ok & (t > 0), other=0.0).to(ACC)
+    if HAS_M0:
+        m_prev += tl.load(m0_ptr + bi * N * D + nd_offs, mask=nd_ok & ok & (t == 0), other=0.0).to(ACC)
+    return dx, mod, v, m_prev
 
 
 @triton.jit
@@ -341,22 +370,25 @@ def bank_bwd_kernel(dxm_ptr, v_ptr, mod_ptr, base_ptr, m0_ptr, m_ptr, consts_ptr
     carry = tl.load(carry_ptr + (bi * NC + NC - 1 - c) * N * D + nd_offs, mask=nd_ok, other=0.0)
     dbase = tl.zeros([BLOCK_N, BLOCK_C], ACC)
     t0 = c * BLOCK_L
-    for i in range(0, tl.minimum(BLOCK_L, T - t0)):
-        t = tl.minimum(t0 + BLOCK_L, T) - 1 - i
+    t_last = tl.minimum(t0 + BLOCK_L, T) - 1
+    dx, mod, v, m_prev = _bank_bwd_inputs(dxm_ptr, mod_ptr, v_ptr, m0_ptr, m_ptr, bi, t_last, True, T, N, D, SV, n,
+                                          n_ok, cols, c_ok, nd_ok, nd_offs, HAS_M0, ACC)
+    for i in range(0, t_last - t0 + 1):
+        t = t_last - i
         row = bi * T + t
-        delta = tl.load(dxm_ptr + row * N * D + nd_offs, mask=nd_ok, other=0.0).to(ACC) + carry  # [BLOCK_N, BLOCK_C]
-        sm = _sig(tl.load(mod_ptr + row * N + n, mask=n_ok, other=0.0).to(ACC))            # [BLOCK_N]
+        dx_next, mod_next, v_next, m_next = _bank_bwd_inputs(dxm_ptr, mod_ptr, v_ptr, m0_ptr, m_ptr, bi, t - 1,
+                                                             t > t0, T, N, D, SV, n, n_ok, cols, c_ok, nd_ok,
+                                                             nd_offs, HAS_M0, ACC)
+        delta = dx + carry                                                                # [BLOCK_N, BLOCK_C]
+        sm = _sig(mod)                                                                    # [BLOCK_N]
         x = sb * sm[:, None]
         g = tl.minimum(tl.maximum(x, lo), hi)
-        v = tl.load(v_ptr + row * SV + cols, mask=c_ok, other=0.0).to(ACC)                # [BLOCK_C]
-        m_prev = tl.load(m_ptr + (row - 1) * N * D + nd_offs, mask=nd_ok & (t > 0), other=0.0).to(ACC)
-        if HAS_M0:
-            m_prev += tl.load(m0_ptr + bi * N * D + nd_offs, mask=nd_ok & (t == 0), other=0.0).to(ACC)
         tl.store(dv_ptr + row * D + cols, tl.sum(delta * (1.0 - g), 0).to(dv_ptr.dtype.element_ty), mask=c_ok)
         dlog = tl.where((x >= lo) & (x <= hi) & nd_ok, delta * (m_prev - v[None, :]) * x, 0.0)
         tl.store(dmod_part_ptr + ((blk * B + bi) * T + t) * N + n, tl.sum(dlog, 1) * (1.0 - sm), mask=n_ok)
         dbase += dlog
         carry = g * delta
+        dx, mod, v, m_prev = dx_next, mod_next, v_next, m_next
     tl.store(dbase_part_ptr + (bi * NC + c) * N * D + nd_offs, dbase * (1.0 - sb), mask=nd_ok)
 
 
