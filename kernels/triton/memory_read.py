@@ -322,34 +322,14 @@ def carry_map_kernel(dxm_ptr, mod_ptr, base_ptr, consts_ptr, ta_ptr, tx_ptr, T, 
                                                                  D, ACC, BLOCK_N, BLOCK_C)
     g_prod = tl.full([BLOCK_N, BLOCK_C], 1.0, ACC)
     carry = tl.zeros([BLOCK_N, BLOCK_C], ACC)
-    t_end = tl.minimum(c * BLOCK_L + BLOCK_L, T)
-    mod = tl.load(mod_ptr + (bi * T + c * BLOCK_L) * N + n, mask=n_ok, other=0.0).to(ACC)   # [BLOCK_N]
-    dx = tl.load(dxm_ptr + (bi * T + c * BLOCK_L) * N * D + nd_offs, mask=nd_ok, other=0.0).to(ACC)
-    for t in range(c * BLOCK_L, t_end):
-        row = bi * T + t + 1                                   # token t + 1's loads in flight during token t's math
-        mod_next = tl.load(mod_ptr + row * N + n, mask=n_ok & (t + 1 < t_end), other=0.0).to(ACC)
-        dx_next = tl.load(dxm_ptr + row * N * D + nd_offs, mask=nd_ok & (t + 1 < t_end), other=0.0).to(ACC)
+    for t in range(c * BLOCK_L, tl.minimum(c * BLOCK_L + BLOCK_L, T)):
+        row = bi * T + t
+        mod = tl.load(mod_ptr + row * N + n, mask=n_ok, other=0.0).to(ACC)                # [BLOCK_N]
         g_prod *= tl.minimum(tl.maximum(sb * _sig(mod)[:, None], lo), hi)
-        carry += g_prod * dx
-        mod, dx = mod_next, dx_next
+        carry += g_prod * tl.load(dxm_ptr + row * N * D + nd_offs, mask=nd_ok, other=0.0).to(ACC)
     rev = (bi * NC + NC - 1 - c) * N * D + nd_offs
     tl.store(ta_ptr + rev, g_prod, mask=nd_ok)
     tl.store(tx_ptr + rev, carry, mask=nd_ok)
-
-
-@triton.jit
-def _bank_bwd_inputs(dxm_ptr, mod_ptr, v_ptr, m0_ptr, m_ptr, bi, t, ok, T, N, D, SV, n, n_ok, cols, c_ok, nd_ok,
-                     nd_offs, HAS_M0: tl.constexpr, ACC: tl.constexpr):
-    """Token t's dx [BLOCK_N, BLOCK_C], mod [BLOCK_N], v [BLOCK_C] and m_{t-1} (m0 at t = 0) for bank_bwd_kernel,
-    zeros where not ok: it loads token t - 1's while it computes token t's."""
-    row = bi * T + t
-    dx = tl.load(dxm_ptr + row * N * D + nd_offs, mask=nd_ok & ok, other=0.0).to(ACC)
-    mod = tl.load(mod_ptr + row * N + n, mask=n_ok & ok, other=0.0).to(ACC)
-    v = tl.load(v_ptr + row * SV + cols, mask=c_ok & ok, other=0.0).to(ACC)
-    m_prev = tl.load(m_ptr + (row - 1) * N * D + nd_offs, mask=nd_ok & ok & (t > 0), other=0.0).to(ACC)
-    if HAS_M0:
-        m_prev += tl.load(m0_ptr + bi * N * D + nd_offs, mask=nd_ok & ok & (t == 0), other=0.0).to(ACC)
-    return dx, mod, v, m_prev
 
 
 @triton.jit
@@ -370,25 +350,22 @@ def bank_bwd_kernel(dxm_ptr, v_ptr, mod_ptr, base_ptr, m0_ptr, m_ptr, consts_ptr
     carry = tl.load(carry_ptr + (bi * NC + NC - 1 - c) * N * D + nd_offs, mask=nd_ok, other=0.0)
     dbase = tl.zeros([BLOCK_N, BLOCK_C], ACC)
     t0 = c * BLOCK_L
-    t_last = tl.minimum(t0 + BLOCK_L, T) - 1
-    dx, mod, v, m_prev = _bank_bwd_inputs(dxm_ptr, mod_ptr, v_ptr, m0_ptr, m_ptr, bi, t_last, True, T, N, D, SV, n,
-                                          n_ok, cols, c_ok, nd_ok, nd_offs, HAS_M0, ACC)
-    for i in range(0, t_last - t0 + 1):
-        t = t_last - i
+    for i in range(0, tl.minimum(BLOCK_L, T - t0)):
+        t = tl.minimum(t0 + BLOCK_L, T) - 1 - i
         row = bi * T + t
-        dx_next, mod_next, v_next, m_next = _bank_bwd_inputs(dxm_ptr, mod_ptr, v_ptr, m0_ptr, m_ptr, bi, t - 1,
-                                                             t > t0, T, N, D, SV, n, n_ok, cols, c_ok, nd_ok,
-                                                             nd_offs, HAS_M0, ACC)
-        delta = dx + carry                                                                # [BLOCK_N, BLOCK_C]
-        sm = _sig(mod)                                                                    # [BLOCK_N]
+        delta = tl.load(dxm_ptr + row * N * D + nd_offs, mask=nd_ok, other=0.0).to(ACC) + carry  # [BLOCK_N, BLOCK_C]
+        sm = _sig(tl.load(mod_ptr + row * N + n, mask=n_ok, other=0.0).to(ACC))            # [BLOCK_N]
         x = sb * sm[:, None]
         g = tl.minimum(tl.maximum(x, lo), hi)
+        v = tl.load(v_ptr + row * SV + cols, mask=c_ok, other=0.0).to(ACC)                # [BLOCK_C]
+        m_prev = tl.load(m_ptr + (row - 1) * N * D + nd_offs, mask=nd_ok & (t > 0), other=0.0).to(ACC)
+        if HAS_M0:
+            m_prev += tl.load(m0_ptr + bi * N * D + nd_offs, mask=nd_ok & (t == 0), other=0.0).to(ACC)
         tl.store(dv_ptr + row * D + cols, tl.sum(delta * (1.0 - g), 0).to(dv_ptr.dtype.element_ty), mask=c_ok)
         dlog = tl.where((x >= lo) & (x <= hi) & nd_ok, delta * (m_prev - v[None, :]) * x, 0.0)
         tl.store(dmod_part_ptr + ((blk * B + bi) * T + t) * N + n, tl.sum(dlog, 1) * (1.0 - sm), mask=n_ok)
         dbase += dlog
         carry = g * delta
-        dx, mod, v, m_prev = dx_next, mod_next, v_next, m_next
     tl.store(dbase_part_ptr + (bi * NC + c) * N * D + nd_offs, dbase * (1.0 - sb), mask=nd_ok)
 
 
