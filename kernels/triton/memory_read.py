@@ -5,9 +5,10 @@
 #   dlog g_t = delta_t (m_{t-1} - v_t) (where unclamped), dm0 = g_0 delta_0.
 # The forward cuts time into chunks of BLOCK_L tokens; a program owns (batch row, read head, chunk) and walks the
 # chunk's tokens one by one with the head's N banks [BLOCK_N, BLOCK_DH] and its slot chunk's normalised items
-# [BLOCK_S, BLOCK_DH] in registers: per token a handful of row reductions over dh, no tensor over time. The backward
-# reads the banks (written by mdi's forward), so its tokens are independent: a program takes a chunk's tokens as
-# [L, dh] tiles, the slots as tl.dot tiles. dh is a kernel argument: a multiple of 16 lets Triton prove the head's
+# [BLOCK_S, BLOCK_DH] in registers: per token a handful of row reductions over dh, no tensor over time; token t + 1's
+# inputs are loaded while token t is computed. The backward reads the banks (written by mdi's forward), so its tokens
+# are independent: a program takes a chunk's tokens as [L, dh] tiles, its banks as one [L, N, dh] tile, the slots
+# as tl.dot tiles. dh is a kernel argument: a multiple of 16 lets Triton prove the head's
 # columns aligned and load 8-element vectors (rows of [L, dh] over 8 lanes: 3 shuffles per row reduction).
 # (H200, bf16 B=8 T=2048 D=768 N=4 S=16, run 2026-12-04 a: forward kernel 183 us, backward kernel 487 us,
 # carry_map_kernel 64, bank_bwd_kernel 118; the op ~0.34 / 1.92 ms forward / forward+backward. Before: the
@@ -16,7 +17,10 @@
 # (64, 8) 1.92; the forward's token loop at 2 warps 0.73 ms against 0.34-0.46 at 1 (a barrier per reduction).
 # The forward as token tiles (the chunk's banks [L, N, dh] by tl.associative_scan from its entry, the slots as
 # tl.dot tiles; 128-228 registers, no stack) took 0.40-0.94 ms over (16, 2) .. (64, 8) against 0.30 / 0.46 for
-# this loop at 16 / 32 tokens in run 2026-12-04 g, one call each.)
+# this loop at 16 / 32 tokens in run 2026-12-04 g, one call each. H100 run 2026-12-06 q, profiled kernels: loading
+# token t + 1's inputs during token t took the forward kernel from 190 to 139 us; the backward reading the banks
+# once as an [L, N, dh] tile, not per bank twice, from 470 to 293 us; the same prefetch in carry_map_kernel and
+# bank_bwd_kernel changed nothing (55.7 / 114.9 us against 55.5 / 116.6) and was not kept.)
 #   chunk_transfer_kernel: per (b, chunk, channel block) the chunk's product of g and the state reached from zero;
 #   carry_kernel: per (b, channel block) a scan over the chunks (blocks of BLOCK_NC chunks, carry handed on) giving
 #     each chunk's entry banks (and m_last);
@@ -236,9 +240,9 @@ def memory_read_bwd_kernel(grad_r_ptr, grad_m_ptr, q_ptr, h_ptr, m_ptr, Ms_ptr, 
     [B, N, D] (dL/dm_last); m: [B, T, N, D]; dxm [B, T, N, D] (incl. grad_m at T - 1; the inputs' dtype) and, in
     the accumulation dtype, dms_part [B, NC, J, S, D] (the chunk's dMs for slot chunks c(t0) + 0..J-1; those it
     reads are written).
-    With the banks given, the tokens are independent: the program takes its BLOCK_L tokens as [L, DH] tiles: h,
-    each bank (read twice, for the scores and for the gradients), and the slots' scores, dq part and gradient as
-    tl.dot tiles per slot chunk the tokens read. dh = D / H is an argument: when it is a multiple of 16 Triton knows
+    With the banks given, the tokens are independent: the program takes its BLOCK_L tokens as [L, DH] tiles, the
+    banks as one [L, N, DH] tile, and the slots' scores, dq part and gradient as tl.dot tiles per slot chunk the
+    tokens read. dh = D / H is an argument: when it is a multiple of 16 Triton knows
     the head's columns aligned and loads them as vectors.
     Grid: (B * H, NC)."""
     pid = tl.program_id(0)
