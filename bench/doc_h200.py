@@ -13,8 +13,11 @@ from typing import Any, Callable, Dict, List, Optional
 
 DEVICE = Path(__file__).resolve().parent / "results" / "device"
 # (title, run directory, JSON) of each table, newest measurement of each kind
-TRAIN_RUNS = [("on an H100 80GB (run o, 2026-12-06, main with the 16-bit scan forward streaming; the other tables are "
-               "H200), compiled with CUDA graphs, B=16 T=1,024", "run-2026-12-06-h100-o", "throughput_1024.json"),
+TRAIN_RUNS = [("on an H100 80GB (run r, 2026-12-06, main with the Triton read's forward loading a token ahead and its "
+               "backward loading the banks as one tile; the tables after run o's two are H200), compiled with CUDA "
+               "graphs, B=16 T=1,024, MM-Rec linear and the GPT", "run-2026-12-06-h100-r", "throughput_1024.json"),
+              ("on an H100 80GB (run o, 2026-12-06, main with the 16-bit scan forward streaming, before run r's read), "
+               "compiled with CUDA graphs, B=16 T=1,024", "run-2026-12-06-h100-o", "throughput_1024.json"),
               ("on an H100 80GB (run o's third call, same machine), compiled with CUDA graphs, B=1 T=16,384",
                "run-2026-12-06-h100-o", "throughput_16384.json"),
               ("compiled with CUDA graphs (mode reduce-overhead, the trainer's default on CUDA), B=16 T=1,024 (run m's "
@@ -295,7 +298,7 @@ def section(md: Path, img: Path, table_quality: Callable[[Dict[str, Any]], List[
     if not body:
         return []
     return ["## H200, 2026-12-01/05, and H100 2026-12-06: the current kernels (issues 15, 16, 18)", "",
-            "torch 2.11 + CUDA 13 on one NVIDIA H200, except the first two tables (an H100 80GB lent on 2026-12-06; "
+            "torch 2.11 + CUDA 13 on one NVIDIA H200, except the first three tables (an H100 80GB lent on 2026-12-06; "
             "compare ratios to the GPT, not tokens/s, across the two). The GPU sections further down are the H100 run of "
             "2026-11-24 (the issue 8 comparison, before the latency kernels, the compiled training default and the "
             "CUDA-graph decode).", ""] + body
