@@ -103,7 +103,7 @@ def bench(a, backends):
         for chunk, warps in ((16, 1), (32, 1), (64, 1), (32, 2)):
             paths[f"triton fwd L={chunk} w{warps}"] = lambda c=chunk, w=warps: _tuned(dict(MR_CHUNK=c, MR_WARPS=w),
                                                                                       xs, cfg)
-        for tiles in ((16, 2), (16, 4), (32, 4), (32, 8), (64, 4), (64, 8)):
+        for tiles in ((16, 2), (16, 4), (16, 8), (32, 4), (32, 8), (64, 8)):   # each kept by _mr_bwd_tiles here
             paths["triton bwd L={} w{}".format(*tiles)] = lambda tiles=tiles: _tuned(dict(MR_BWD=tiles), xs, cfg)
     if "triton" in backends and a.bank_sweep:
         for tiles in ((32, 1), (64, 1), (128, 1), (128, 2), (256, 2), (256, 4)):

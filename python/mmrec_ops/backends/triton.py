@@ -355,12 +355,24 @@ MR_WARPS = 1
 MR_CHUNK_INTERPRET = 8  # the interpreter's chunk: the tests' sequences span several chunks and slot chunks
 # The backward kernel's (tokens, warps) per program: its tokens are tiles, so its chunk is its own (>= 16 for
 # tl.dot). Run a, the op's forward+backward ms: (16, 2) 1.93, (16, 4) 2.05, (32, 4) 1.92, (32, 8) 2.17, (64, 4) 2.17,
-# (64, 8) 1.92
+# (64, 8) 1.92. Its bank tile [tokens, BLOCK_N, BLOCK_DH] holds 64 values per thread at (32, 4) with N=4, dh=64 (H100
+# run 2026-12-06 q: backward kernel 293 us); _mr_bwd_tiles keeps larger N or dh at that footprint (not timed there).
 MR_BWD = (32, 4)
 MR_BWD_INTERPRET = 16
 # bank_bwd_kernel's and carry_map_kernel's (channels, warps) per program; run r, the op's forward+backward ms:
 # (32, 1) 2.687, (64, 1) 2.626, (128, 1) 2.889, (128, 2) 2.815, (256, 2) 2.622, (256, 4) 3.028
 MR_BANK_BWD = (64, 1)
+
+
+def _mr_bwd_tiles(block_n: int, block_dh: int) -> Tuple[int, int]:
+    """MR_BWD's (tokens, warps), with fewer tokens (down to tl.dot's 16), then more warps (up to 8), while the bank
+    tile [tokens, block_n, block_dh] would hold more than 64 values per thread."""
+    tokens, warps = MR_BWD
+    while tokens > 16 and tokens * block_n * block_dh > 64 * 32 * warps:
+        tokens //= 2
+    while warps < 8 and tokens * block_n * block_dh > 64 * 32 * warps:
+        warps *= 2
+    return tokens, warps
 
 
 def _mr_setup(q: Tensor, base: Tensor, Ms: Tensor, n_heads: int, eps: float, norm_eps: float, backward: bool):
@@ -371,10 +383,10 @@ def _mr_setup(q: Tensor, base: Tensor, Ms: Tensor, n_heads: int, eps: float, nor
     D = q.shape[2]
     N, S, dh = base.shape[0], Ms.shape[2], D // n_heads
     if backward:
-        blocks = dict(BLOCK_L=MR_BWD_INTERPRET if INTERPRET else MR_BWD[0], BLOCK_N=triton.next_power_of_2(N),
-                      BLOCK_S=max(16, triton.next_power_of_2(S)), BLOCK_DH=max(16, triton.next_power_of_2(dh)),
-                      PREC="tf32" if q.dtype in (torch.float16, torch.bfloat16) else "ieee",
-                      num_warps=1 if INTERPRET else MR_BWD[1])
+        block_n, block_dh = triton.next_power_of_2(N), max(16, triton.next_power_of_2(dh))
+        tokens, warps = (MR_BWD_INTERPRET, 1) if INTERPRET else _mr_bwd_tiles(block_n, block_dh)
+        blocks = dict(BLOCK_L=tokens, BLOCK_N=block_n, BLOCK_S=max(16, triton.next_power_of_2(S)), BLOCK_DH=block_dh,
+                      PREC="tf32" if q.dtype in (torch.float16, torch.bfloat16) else "ieee", num_warps=warps)
     else:
         blocks = dict(BLOCK_L=MR_CHUNK_INTERPRET if INTERPRET else MR_CHUNK, BLOCK_N=triton.next_power_of_2(N),
                       BLOCK_S=triton.next_power_of_2(S), BLOCK_DH=triton.next_power_of_2(dh),
