@@ -1,7 +1,8 @@
 """Compiles the memory_read Triton kernels for a CUDA target without a GPU (ASTSource -> PTX -> ptxas) and prints
 ptxas's registers and spill bytes per kernel: a check that they build for real, not only in the interpreter.
-    python bench/compile_memory_read.py [--dtype bf16|fp16|fp32|fp64] [--L 16 --fwd-warps 4 --bwd-warps 8] [--sm 90]
-(the shapes of the benchmark: N = 4 banks, S = 16 slots, dh = 64)."""
+    python bench/compile_memory_read.py [--dtype bf16|fp16|fp32|fp64] [--L 32 --fwd-warps 1] [--bwd-L 32 --bwd-warps 4]
+        [--N 4 --dh 64] [--sm 90]
+(defaults: the benchmark's N = 4 banks, S = 16 slots, dh = 64 at the backend's blocks)."""
 from __future__ import annotations
 
 import argparse
@@ -17,7 +18,8 @@ from triton.compiler import ASTSource
 from mmrec_ops.triton_kernels import memory_read as mr
 
 
-def build(fn, ptrs, consts, warps, sm):
+def build(fn, ptrs, consts, warps, sm, label=""):
+    consts = {k: v for k, v in consts.items() if k in fn.arg_names}   # each kernel takes its own constexprs
     sig = {name: "constexpr" if name in consts else ptrs.get(name, "i32") for name in fn.arg_names}
     kernel = triton.compile(ASTSource(fn, sig, constexprs=consts), target=GPUTarget("cuda", sm, 32),
                             options=dict(num_warps=warps))
@@ -28,29 +30,32 @@ def build(fn, ptrs, consts, warps, sm):
         out = subprocess.run([ptxas, f"-arch=sm_{sm}a" if sm >= 90 else f"-arch=sm_{sm}", "-v", f.name, "-o",
                               os.devnull], capture_output=True, text=True, check=True)
     info = [line.split("info    : ")[-1] for line in out.stderr.splitlines() if "Used" in line or "spill" in line]
-    print(f"{fn.__name__} {consts.get('FINAL', '')} warps={warps}: " + " | ".join(info))
+    print(f"{fn.__name__} {label} warps={warps}: " + " | ".join(info))
 
 
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32", "fp64"])
-    p.add_argument("--L", type=int, default=16)
-    p.add_argument("--fwd-warps", type=int, default=4)
-    p.add_argument("--bwd-warps", type=int, default=8)
+    p.add_argument("--L", type=int, default=32, help="the forward's tokens per program")
+    p.add_argument("--bwd-L", type=int, default=32, help="the backward's tokens per program")
+    p.add_argument("--N", type=int, default=4)
+    p.add_argument("--dh", type=int, default=64)
+    p.add_argument("--fwd-warps", type=int, default=1)
+    p.add_argument("--bwd-warps", type=int, default=4)
     p.add_argument("--sm", type=int, default=90)
     a = p.parse_args()
     acc_name = "fp64" if a.dtype == "fp64" else "fp32"
     blocks = dict(ACC=tl.float64 if a.dtype == "fp64" else tl.float32,
-                  PREC="tf32" if a.dtype in ("bf16", "fp16") else "ieee", BLOCK_L=a.L, BLOCK_N=4, BLOCK_S=16,
-                  BLOCK_DH=64)
-    io = ("q_ptr", "h_ptr", "v_ptr", "mod_ptr", "base_ptr", "Ms_ptr", "r_ptr", "grad_r_ptr", "dq_ptr", "dh_ptr",
-          "dv_ptr", "dm0_ptr")
-    scratch = ("entry_ptr", "consts_ptr", "ba_ptr", "by_ptr", "carry_ptr", "dms_part_ptr", "dmod_part_ptr",
-               "dbase_part_ptr")
+                  PREC="tf32" if a.dtype in ("bf16", "fp16") else "ieee", BLOCK_N=triton.next_power_of_2(a.N),
+                  BLOCK_S=16, BLOCK_DH=triton.next_power_of_2(a.dh))
+    io = ("q_ptr", "h_ptr", "v_ptr", "mod_ptr", "base_ptr", "Ms_ptr", "r_ptr", "grad_r_ptr", "grad_m_ptr", "dq_ptr",
+          "dh_ptr", "dxm_ptr", "m_ptr")
+    scratch = ("entry_ptr", "consts_ptr", "dms_part_ptr")
     ptrs = {**{n: f"*{a.dtype}" for n in io}, **{n: f"*{acc_name}" for n in scratch}}
-    build(mr.memory_read_fwd_kernel, ptrs, blocks, a.fwd_warps, a.sm)
-    for final in (False, True):
-        build(mr.memory_read_bwd_kernel, ptrs, dict(FINAL=final, **blocks), a.bwd_warps, a.sm)
+    build(mr.memory_read_fwd_kernel, ptrs, dict(BLOCK_L=a.L, **blocks), a.fwd_warps, a.sm, f"L={a.L}")
+    for has_gm in (False, True):
+        build(mr.memory_read_bwd_kernel, ptrs, dict(BLOCK_L=a.bwd_L, HAS_GM=has_gm, **blocks), a.bwd_warps, a.sm,
+              f"L={a.bwd_L} HAS_GM={has_gm}")
 
 
 if __name__ == "__main__":

@@ -173,13 +173,16 @@ def test_memory_read_time_chunks(monkeypatch, block_l, C, k0, eps):
     _check_memory_read(xs, (k0, C, 2, eps, 1e-6), torch.float64, 1e-12, 1e-10)
 
 
-@pytest.mark.parametrize("block_n,block_dh,tiles", [(4, 64, (32, 4)), (1, 16, (32, 4)), (4, 128, (16, 4)),
-                                                    (8, 128, (16, 8)), (16, 128, (16, 8))])
-def test_memory_read_backward_tiles_keep_the_bank_tile_per_thread(monkeypatch, block_n, block_dh, tiles):
-    """The backward's (tokens, warps) from (32, 4): 32 x 4 x 64 banks over 128 threads is 64 values per thread; a
-    larger N or dh takes 16 tokens, then 8 warps; past that (16 x 16 x 128 over 256 threads: 128) nothing is left."""
+@pytest.mark.parametrize("block_n,block_dh,acc_bytes,tiles", [(4, 64, 4, (32, 4)), (1, 16, 4, (32, 4)),
+                                                              (4, 128, 4, (16, 4)), (8, 128, 4, (16, 8)),
+                                                              (16, 128, 4, (16, 8)), (4, 64, 8, (16, 4)),
+                                                              (8, 64, 8, (16, 8))])
+def test_memory_read_backward_tiles_keep_the_bank_tile_per_thread(monkeypatch, block_n, block_dh, acc_bytes, tiles):
+    """The backward's (tokens, warps) from (32, 4): 32 x 4 x 64 float32 banks over 128 threads is 256 bytes per
+    thread; a larger N or dh, or float64, takes 16 tokens, then 8 warps; past that (16 x 16 x 128 over 256 threads:
+    512 bytes) nothing is left."""
     monkeypatch.setattr(triton_backend, "MR_BWD", (32, 4))
-    assert triton_backend._mr_bwd_tiles(block_n, block_dh) == tiles
+    assert triton_backend._mr_bwd_tiles(block_n, block_dh, acc_bytes) == tiles
 
 
 @pytest.mark.parametrize("dtype", LOW)

@@ -357,6 +357,10 @@ MR_CHUNK_INTERPRET = 8  # the interpreter's chunk: the tests' sequences span sev
 # tl.dot). Run a, the op's forward+backward ms: (16, 2) 1.93, (16, 4) 2.05, (32, 4) 1.92, (32, 8) 2.17, (64, 4) 2.17,
 # (64, 8) 1.92. Its bank tile [tokens, BLOCK_N, BLOCK_DH] holds 64 values per thread at (32, 4) with N=4, dh=64 (H100
 # run 2026-12-06 q: backward kernel 293 us); _mr_bwd_tiles keeps larger N or dh at that footprint (not timed there).
+# ptxas for sm_90, bf16 (`python bench/compile_memory_read.py --bwd-L L --bwd-warps W [--dh 128]`): 255 registers
+# at every (tokens, warps), spill stores per thread 1,480 B at (32, 4), 396 at (16, 4), 140 at (16, 8); at dh=128,
+# 7,080 B at (32, 4) against 2,020 at the rule's (16, 4); float64 (--dtype fp64) 7,120 B at (32, 4), 2,760 at the
+# rule's (16, 4). Whether fewer spills beat more programs is for a GPU run.
 MR_BWD = (32, 4)
 MR_BWD_INTERPRET = 16
 # bank_bwd_kernel's and carry_map_kernel's (channels, warps) per program; run r, the op's forward+backward ms:
@@ -364,13 +368,18 @@ MR_BWD_INTERPRET = 16
 MR_BANK_BWD = (64, 1)
 
 
-def _mr_bwd_tiles(block_n: int, block_dh: int) -> Tuple[int, int]:
+def _mr_bwd_tiles(block_n: int, block_dh: int, acc_bytes: int) -> Tuple[int, int]:
     """MR_BWD's (tokens, warps), with fewer tokens (down to tl.dot's 16), then more warps (up to 8), while the bank
-    tile [tokens, block_n, block_dh] would hold more than 64 values per thread."""
+    tile [tokens, block_n, block_dh] in the accumulation dtype (acc_bytes each) would take more than 256 bytes per
+    thread (64 float32 values)."""
     tokens, warps = MR_BWD
-    while tokens > 16 and tokens * block_n * block_dh > 64 * 32 * warps:
+
+    def too_big(tokens: int, warps: int) -> bool:
+        return tokens * block_n * block_dh * acc_bytes > 256 * 32 * warps
+
+    while tokens > 16 and too_big(tokens, warps):
         tokens //= 2
-    while warps < 8 and tokens * block_n * block_dh > 64 * 32 * warps:
+    while warps < 8 and too_big(tokens, warps):
         warps *= 2
     return tokens, warps
 
@@ -384,7 +393,8 @@ def _mr_setup(q: Tensor, base: Tensor, Ms: Tensor, n_heads: int, eps: float, nor
     N, S, dh = base.shape[0], Ms.shape[2], D // n_heads
     if backward:
         block_n, block_dh = triton.next_power_of_2(N), max(16, triton.next_power_of_2(dh))
-        tokens, warps = (MR_BWD_INTERPRET, 1) if INTERPRET else _mr_bwd_tiles(block_n, block_dh)
+        acc_bytes = torch.finfo(acc_dtype(q.dtype)).bits // 8
+        tokens, warps = (MR_BWD_INTERPRET, 1) if INTERPRET else _mr_bwd_tiles(block_n, block_dh, acc_bytes)
         blocks = dict(BLOCK_L=tokens, BLOCK_N=block_n, BLOCK_S=max(16, triton.next_power_of_2(S)), BLOCK_DH=block_dh,
                       PREC="tf32" if q.dtype in (torch.float16, torch.bfloat16) else "ieee", num_warps=warps)
     else:
