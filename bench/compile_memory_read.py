@@ -18,10 +18,16 @@ from triton.compiler import ASTSource
 from mmrec_ops.triton_kernels import memory_read as mr
 
 
-def build(fn, ptrs, consts, warps, sm, label=""):
+def build(fn, ptrs, consts, ints, warps, sm, label=""):
+    """ints: the integer arguments' values at the launch being mimicked. As Triton's launcher does, pointers and
+    integers divisible by 16 are compiled as such (the head's columns then load as vectors), integers equal to 1 as
+    constants."""
     consts = {k: v for k, v in consts.items() if k in fn.arg_names}   # each kernel takes its own constexprs
+    consts.update({k: 1 for k, v in ints.items() if v == 1 and k in fn.arg_names})
     sig = {name: "constexpr" if name in consts else ptrs.get(name, "i32") for name in fn.arg_names}
-    kernel = triton.compile(ASTSource(fn, sig, constexprs=consts), target=GPUTarget("cuda", sm, 32),
+    aligned = [name for name in fn.arg_names if name not in consts and (name in ptrs or ints.get(name, 1) % 16 == 0)]
+    attrs = {(fn.arg_names.index(name),): [["tt.divisibility", 16]] for name in aligned}
+    kernel = triton.compile(ASTSource(fn, sig, constexprs=consts, attrs=attrs), target=GPUTarget("cuda", sm, 32),
                             options=dict(num_warps=warps))
     ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
     with tempfile.NamedTemporaryFile("w", suffix=".ptx") as f:
@@ -52,10 +58,15 @@ def main():
           "dh_ptr", "dxm_ptr", "m_ptr")
     scratch = ("entry_ptr", "consts_ptr", "dms_part_ptr")
     ptrs = {**{n: f"*{a.dtype}" for n in io}, **{n: f"*{acc_name}" for n in scratch}}
-    build(mr.memory_read_fwd_kernel, ptrs, dict(BLOCK_L=a.L, **blocks), a.fwd_warps, a.sm, f"L={a.L}")
+    # the benchmark's launch: B=8 T=2048 heads=12 C=64, q and v columns of the in-projection [B, T, 3D + N]
+    T, D, C, S = 2048, 12 * a.dh, 64, 16
+    ints = dict(T=T, N=a.N, D=D, dh=a.dh, NS=T // C, S=S, H=12, k0=0, C=C, J=1, SQ=3 * D + a.N, SV=3 * D + a.N,
+                SMB=T // C * S * D)
+    build(mr.memory_read_fwd_kernel, ptrs, dict(BLOCK_L=a.L, **blocks), dict(ints, NC=T // a.L), a.fwd_warps, a.sm,
+          f"L={a.L}")
     for has_gm in (False, True):
-        build(mr.memory_read_bwd_kernel, ptrs, dict(BLOCK_L=a.bwd_L, HAS_GM=has_gm, **blocks), a.bwd_warps, a.sm,
-              f"L={a.bwd_L} HAS_GM={has_gm}")
+        build(mr.memory_read_bwd_kernel, ptrs, dict(BLOCK_L=a.bwd_L, HAS_GM=has_gm, **blocks),
+              dict(ints, NC=T // a.bwd_L), a.bwd_warps, a.sm, f"L={a.bwd_L} HAS_GM={has_gm}")
 
 
 if __name__ == "__main__":

@@ -356,11 +356,12 @@ MR_CHUNK_INTERPRET = 8  # the interpreter's chunk: the tests' sequences span sev
 # The backward kernel's (tokens, warps) per program: its tokens are tiles, so its chunk is its own (>= 16 for
 # tl.dot). Run a, the op's forward+backward ms: (16, 2) 1.93, (16, 4) 2.05, (32, 4) 1.92, (32, 8) 2.17, (64, 4) 2.17,
 # (64, 8) 1.92. Its bank tile [tokens, BLOCK_N, BLOCK_DH] holds 64 values per thread at (32, 4) with N=4, dh=64 (H100
-# run 2026-12-06 q: backward kernel 293 us); _mr_bwd_tiles keeps larger N or dh at that footprint (not timed there).
-# ptxas for sm_90, bf16 (`python bench/compile_memory_read.py --bwd-L L --bwd-warps W [--dh 128]`): 255 registers
-# at every (tokens, warps), spill stores per thread 1,480 B at (32, 4), 396 at (16, 4), 140 at (16, 8); at dh=128,
-# 7,080 B at (32, 4) against 2,020 at the rule's (16, 4); float64 (--dtype fp64) 7,120 B at (32, 4), 2,760 at the
-# rule's (16, 4). Whether fewer spills beat more programs is for a GPU run.
+# run 2026-12-06 q: backward kernel 293 us); _mr_bwd_tiles keeps a larger N, dh or dtype at that footprint (not timed).
+# ptxas for sm_90 (`python bench/compile_memory_read.py [--bwd-L L --bwd-warps W --dh 128 --dtype fp64]`, the local
+# Triton 3.7, the benchmark's launch specialisation), spill stores per thread: bf16 dh=64 836 B at (32, 4), none at
+# (16, 4), (16, 8) or (32, 8) (run q's sweep, wall-clock fwd+bwd ms on a host-bound machine: (16, 4) 1.92, (32, 4)
+# 1.88, (32, 8) 2.23; not changed without a kernel profile);
+# dh=128 3,008 B at (32, 4), 804 at the rule's (16, 4); float64 4,924 B at (32, 4), 1,840 at the rule's (16, 4).
 MR_BWD = (32, 4)
 MR_BWD_INTERPRET = 16
 # bank_bwd_kernel's and carry_map_kernel's (channels, warps) per program; run r, the op's forward+backward ms:
