@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import tempfile
+from typing import Dict, List
 
 import triton
 import triton.language as tl
@@ -37,19 +39,14 @@ def build(fn, ptrs, consts, ints, warps, sm, label=""):
                               os.devnull], capture_output=True, text=True, check=True)
     info = [line.split("info    : ")[-1] for line in out.stderr.splitlines() if "Used" in line or "spill" in line]
     print(f"{fn.__name__} {label} warps={warps}: " + " | ".join(info))
+    text = " ".join(info)
+    return dict(kernel=fn.__name__, label=label, registers=int(re.search(r"Used (\d+) registers", text).group(1)),
+                spill_stores=int(re.search(r"(\d+) bytes spill stores", text).group(1)))
 
 
-def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32", "fp64"])
-    p.add_argument("--L", type=int, default=32, help="the forward's tokens per program")
-    p.add_argument("--bwd-L", type=int, default=32, help="the backward's tokens per program")
-    p.add_argument("--N", type=int, default=4)
-    p.add_argument("--dh", type=int, default=64)
-    p.add_argument("--fwd-warps", type=int, default=1)
-    p.add_argument("--bwd-warps", type=int, default=4)
-    p.add_argument("--sm", type=int, default=90)
-    a = p.parse_args()
+def compile_all(a) -> List[Dict]:
+    """Builds the forward kernel and the backward kernel (without and with dL/dm_last) for the options `a`; one
+    dict of ptxas's figures per kernel."""
     acc_name = "fp64" if a.dtype == "fp64" else "fp32"
     blocks = dict(ACC=tl.float64 if a.dtype == "fp64" else tl.float32,
                   PREC="tf32" if a.dtype in ("bf16", "fp16") else "ieee", BLOCK_N=triton.next_power_of_2(a.N),
@@ -62,12 +59,26 @@ def main():
     T, D, C, S = 2048, 12 * a.dh, 64, 16
     ints = dict(T=T, N=a.N, D=D, dh=a.dh, NS=T // C, S=S, H=12, k0=0, C=C, J=1, SQ=3 * D + a.N, SV=3 * D + a.N,
                 SMB=T // C * S * D)
-    build(mr.memory_read_fwd_kernel, ptrs, dict(BLOCK_L=a.L, **blocks), dict(ints, NC=T // a.L), a.fwd_warps, a.sm,
-          f"L={a.L}")
+    out = [build(mr.memory_read_fwd_kernel, ptrs, dict(BLOCK_L=a.L, **blocks), dict(ints, NC=T // a.L), a.fwd_warps,
+                 a.sm, f"L={a.L}")]
     for has_gm in (False, True):
-        build(mr.memory_read_bwd_kernel, ptrs, dict(BLOCK_L=a.bwd_L, HAS_GM=has_gm, **blocks),
-              dict(ints, NC=T // a.bwd_L), a.bwd_warps, a.sm, f"L={a.bwd_L} HAS_GM={has_gm}")
+        out.append(build(mr.memory_read_bwd_kernel, ptrs, dict(BLOCK_L=a.bwd_L, HAS_GM=has_gm, **blocks),
+                         dict(ints, NC=T // a.bwd_L), a.bwd_warps, a.sm, f"L={a.bwd_L} HAS_GM={has_gm}"))
+    return out
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser()
+    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32", "fp64"])
+    p.add_argument("--L", type=int, default=32, help="the forward's tokens per program")
+    p.add_argument("--bwd-L", type=int, default=32, help="the backward's tokens per program")
+    p.add_argument("--N", type=int, default=4)
+    p.add_argument("--dh", type=int, default=64)
+    p.add_argument("--fwd-warps", type=int, default=1)
+    p.add_argument("--bwd-warps", type=int, default=4)
+    p.add_argument("--sm", type=int, default=90)
+    return p
 
 
 if __name__ == "__main__":
-    main()
+    compile_all(parser().parse_args())
